@@ -1,0 +1,99 @@
+"""Plain data shared by the service core (engine, sessions) and the gRPC servicer; no grpc, no protobuf."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+FinishReason = Literal["length", "stop", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters of one request (validated by ``service.sampling.validate``)."""
+
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    repetition_penalty: float = 1.0  # 1 = off
+    seed: int | None = None  # None: keep the state's random stream (a fresh state draws a random seed)
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """What to generate after the prompt has been consumed."""
+
+    sampling: Sampling = Sampling()
+    max_chars: int = 200
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+
+
+@dataclass
+class SeqState:
+    """One stream's recurrent state: what a session keeps between calls.
+
+    ``arrays`` holds one [layers, hidden] float32 array per state tensor (h, or h and c), in the
+    artifact's order. ``pending`` is the last consumed character id whose prediction has not been
+    computed yet: the next engine step feeds it. ``rng`` is the stream's own random generator, so a
+    seeded request gives the same characters alone or batched, and two calls equal one.
+    """
+
+    arrays: tuple[np.ndarray, ...]
+    pending: int | None = None
+    chars_consumed: int = 0
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    seed: int | None = None
+
+    def copy(self) -> SeqState:
+        """An independent copy (a fork): arrays and random stream duplicated."""
+        rng = np.random.default_rng()
+        rng.bit_generator.state = self.rng.bit_generator.state
+        return SeqState(tuple(a.copy() for a in self.arrays), self.pending, self.chars_consumed, rng, self.seed)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of hidden state held."""
+        return sum(a.nbytes for a in self.arrays)
+
+
+@dataclass
+class Chunk:
+    """Newly generated characters (several may be coalesced) and, if asked, their log-probabilities."""
+
+    text: str
+    logprobs: list[float] | None = None
+
+
+@dataclass
+class Finish:
+    """The end of one generation."""
+
+    reason: FinishReason
+    stop_sequence: str = ""
+    prompt_chars: int = 0
+    generated_chars: int = 0
+    time_to_first_char_ms: float = 0.0
+    total_ms: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class FeedResult:
+    """Characters consumed and their negative log-likelihood under the model."""
+
+    chars_consumed: int = 0
+    chars_scored: int = 0
+    nll_nats: float = 0.0
+
+    @property
+    def nats_per_char(self) -> float:
+        """Mean NLL in nats per scored character (0 when nothing was scored)."""
+        return self.nll_nats / self.chars_scored if self.chars_scored else 0.0
+
+    @property
+    def bits_per_char(self) -> float:
+        """Mean NLL in bits per scored character."""
+        return self.nats_per_char / float(np.log(2.0))
