@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -97,3 +97,16 @@ class FeedResult:
     def bits_per_char(self) -> float:
         """Mean NLL in bits per scored character."""
         return self.nats_per_char / float(np.log(2.0))
+
+
+class EngineObserver(Protocol):
+    """What the engine reports as it runs (the Prometheus metrics implement it; tests may record it)."""
+
+    def step(self, model: str, batch: int, seconds: float) -> None:
+        """One engine step of ``batch`` streams took ``seconds``."""
+
+    def chars(self, model: str, n: int) -> None:
+        """``n`` characters were generated."""
+
+    def first_char(self, model: str, seconds: float) -> None:
+        """A request produced its first character ``seconds`` after it arrived."""
