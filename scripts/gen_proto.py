@@ -20,7 +20,8 @@ SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 def generate(out: Path) -> None:
     """Runs protoc for every charlm .proto, writing stubs under ``out``."""
     include = Path(protoc.__file__).parent / "_proto"  # google/protobuf/*.proto shipped with grpcio-tools
-    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}"]
+    outs = [f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}"]
+    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", *outs]
     if protoc.main([*args, *PROTOS]) != 0:
         sys.exit("protoc failed")
 
@@ -38,7 +39,8 @@ def main() -> None:
         generate(Path(tmp))
         fresh, committed = stubs(Path(tmp)), stubs(PROTO_DIR)
         if args.check:
-            drift = [str(p) for p in fresh if not (PROTO_DIR / p).exists() or not filecmp.cmp(Path(tmp) / p, PROTO_DIR / p, shallow=False)]
+            same = [(PROTO_DIR / p).exists() and filecmp.cmp(Path(tmp) / p, PROTO_DIR / p, shallow=False) for p in fresh]
+            drift = [str(p) for p, ok in zip(fresh, same, strict=True) if not ok]
             drift += [str(p) for p in committed if p not in fresh]
             if drift:
                 sys.exit(f"generated stubs drifted from proto/ (run `make proto`): {', '.join(drift)}")
