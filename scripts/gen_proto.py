@@ -39,7 +39,7 @@ def main() -> None:
         generate(Path(tmp))
         fresh, committed = stubs(Path(tmp)), stubs(PROTO_DIR)
         if args.check:
-            same = [(PROTO_DIR / p).exists() and filecmp.cmp(Path(tmp) / p, PROTO_DIR / p, shallow=False) for p in fresh]
+            same = [(PROTO_DIR / p).exists() and filecmp.cmp(Path(tmp) / p, PROTO_DIR / p, False) for p in fresh]
             drift = [str(p) for p, ok in zip(fresh, same, strict=True) if not ok]
             drift += [str(p) for p in committed if p not in fresh]
             if drift:
