@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXTRAS ?= dev
 
-.PHONY: help install proto proto-check lint test test-fast
+.PHONY: help install proto proto-check lint test test-fast default-model
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -33,3 +33,31 @@ test: install proto-check lint  ## the whole test suite (what CI runs)
 
 test-fast: install  ## the tests only, no lint
 	$(VENV)/bin/pytest -q -x
+
+# The shipped model models/shakespeare/1: a 2-layer LSTM (hidden 256) with a fixed seed and a wall-clock
+# budget, so a rebuild on another machine trains a different number of steps (see its MODEL_CARD.md).
+# --threads 1: on a shared 2-core machine two torch threads are several times slower when other jobs run.
+DEFAULT_TRAIN := train --corpus shakespeare --arch lstm --layers 2 --hidden-size 256 --embedding-size 64 \
+	--batch-size 32 --seq-len 64 --lr 3e-3 --seed 1337 --max-seconds 720 --threads 1 \
+	--out-dir runs/default-model --no-progress
+default-model: install  ## retrain (about 12 min on a CPU) and re-export the shipped model models/shakespeare/1
+	rm -rf runs/default-model
+	$(VENV)/bin/charlm-train $(DEFAULT_TRAIN)
+	rm -rf models/shakespeare/1
+	$(VENV)/bin/charlm-train export runs/default-model/best.pt --repo models --name shakespeare --version 1 \
+		--train-command "charlm-train $(DEFAULT_TRAIN)"
+
+# Deployment (README "Quick start", docs/deployment.md).
+.PHONY: demo compose-validate compose-test
+demo:  ## fresh machine: install the server (no torch), serve the shipped model, stream a sample, stop
+	$(MAKE) --no-print-directory install EXTRAS=server
+	VENV=$(VENV) bash scripts/demo.sh
+
+compose-validate: install  ## docker-compose.yml against docker-compose 1.29 and the Compose Specification
+	command -v docker-compose >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
+	for p in "" "--profile train" "--profile gpu"; do docker-compose $$p config -q || exit 1; done
+	docker-compose -f docker-compose.yml -f docker-compose.ci.yml --profile train --profile gpu config -q
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.ci.yml
+
+compose-test: install compose-validate  ## build the server image, run the compose stack under podman, stream, check /metrics
+	VENV=$(VENV) bash scripts/compose_test.sh

@@ -60,7 +60,8 @@ class CharRNN(nn.Module):
     def init_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         """All-zero state for ``batch`` streams."""
         shape = (self.config.layers, batch, self.config.hidden_size)
-        return tuple(torch.zeros(shape, device=device) for _ in self.config.state_names())
+        dtype = self.decoder.weight.dtype  # follows .double() etc.
+        return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in self.config.state_names())
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """ids (B, T) int64 -> logits (B, T, V), new state."""

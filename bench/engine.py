@@ -1,0 +1,195 @@
+"""The raw engine limit of a model artifact: what onnxruntime alone does, before any server.
+
+Measures single-step calls (ids (B, 1)) at several batch sizes (chars/s = B / step time), the prefill rate
+(one long sequence call vs one call per character), and the machine's fp32 GEMM rate through numpy, from
+which the compute-bound chars/s follows (FLOPs per character from the artifact's shape).
+
+Example:
+    python -m bench.engine --model models/shakespeare/1 --threads 2 --seconds 1
+    python -m bench.engine --model models/shakespeare/1 --batches 1,64 --json > engine.json
+
+``measure_step_rate`` is what bench/serve.py imports to measure the raw engine beside the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.artifact import load_artifact
+from service.runtime import Runtime, RuntimeConfig
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight blocks per layer (gates times hidden outputs)
+
+
+@dataclass(frozen=True)
+class StepRate:
+    """Single-step calls at one batch size."""
+
+    batch: int
+    step_us: float  # mean wall time of one call
+    chars_per_s: float  # batch / step time
+
+
+def _runtime(artifact_path: Path | str, threads: int, provider: str = "cpu") -> Runtime:
+    return Runtime(load_artifact(Path(artifact_path)), RuntimeConfig(provider, intra_op_threads=threads))
+
+
+def _timed(call: Callable[[], object], seconds: float, min_calls: int = 5) -> float:
+    """Mean seconds per call of ``call()``, repeated for about ``seconds`` after one warm-up call."""
+    call()
+    n, start = 0, time.perf_counter()
+    while n < min_calls or time.perf_counter() - start < seconds:
+        call()
+        n += 1
+    return (time.perf_counter() - start) / n
+
+
+def measure_step_rate(artifact_path: Path | str, batch: int, threads: int = 0, seconds: float = 1.0,
+                      provider: str = "cpu", runtime: Runtime | None = None) -> StepRate:  # fmt: skip
+    """Chars/s of single-step calls at ``batch`` rows, through the prepared binding the engine uses."""
+    rt = runtime or _runtime(artifact_path, threads, provider)
+    rows = max(batch, rt.min_batch)  # as the engine runs it (see Runtime.min_batch)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, rt.vocab_size, (rows, 1), dtype=np.int64)
+    states = tuple(np.zeros((rt.layers, rows, rt.hidden), np.float32) for _ in rt.state_inputs)
+    out = tuple(np.zeros_like(s) for s in states)
+    logits = np.zeros((rows, 1, rt.vocab_size), np.float32)
+    call = rt.bind(ids, states, logits, out)
+    dt = _timed(call, seconds)
+    return StepRate(batch, dt * 1e6, batch / dt)
+
+
+@dataclass(frozen=True)
+class PrefillRate:
+    """Consuming one prompt: as one sequence call, and as one call per character."""
+
+    chars: int
+    one_call_ms: float
+    char_steps_ms: float
+
+    @property
+    def one_call_chars_per_s(self) -> float:
+        return self.chars / self.one_call_ms * 1e3
+
+    @property
+    def char_steps_chars_per_s(self) -> float:
+        return self.chars / self.char_steps_ms * 1e3
+
+
+def measure_prefill(artifact_path: Path | str, chars: int = 2000, threads: int = 0, seconds: float = 1.0,
+                    runtime: Runtime | None = None) -> PrefillRate:  # fmt: skip
+    """Time to consume ``chars`` characters as one sequence call and as one call per character."""
+    rt = runtime or _runtime(artifact_path, threads)
+    ids = np.random.default_rng(1).integers(0, rt.vocab_size, (1, chars), dtype=np.int64)
+    zero = tuple(s[:, None] for s in rt.zero_state())
+    one_call = _timed(lambda: rt.run(ids, zero), seconds, min_calls=2)
+
+    def per_char() -> None:
+        states = zero
+        for t in range(chars):
+            _, states = rt.run(ids[:, t : t + 1], states)
+
+    steps = _timed(per_char, seconds, min_calls=1)
+    return PrefillRate(chars, one_call * 1e3, steps * 1e3)
+
+
+def gemm_gflops(n: int = 1024, seconds: float = 1.0) -> float:
+    """fp32 matrix-multiply rate of numpy's BLAS on n x n matrices, GFLOP/s."""
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    return 2 * n**3 / _timed(lambda: a @ b, seconds) / 1e9
+
+
+def flops_per_char(architecture: str, layers: int, hidden: int, embedding: int, vocab: int) -> float:
+    """Multiply-adds x 2 of one step of one stream: gate GEMMs of every layer plus the output projection."""
+    g = GATES[architecture]
+    first = 2 * g * hidden * (embedding + hidden)  # layer 0 reads the embedding and its own state
+    rest = (layers - 1) * 2 * g * hidden * (2 * hidden)
+    return first + rest + 2 * hidden * vocab
+
+
+@dataclass(frozen=True)
+class EngineReport:
+    """Every measurement of one artifact."""
+
+    model: str
+    shape: str  # e.g. "lstm 2x256"
+    threads: int
+    padded_batch_1: bool  # batch-1 calls run as 2 rows (Runtime.min_batch)
+    steps: list[StepRate]
+    prefill: PrefillRate
+    gemm_gflops: float
+    flops_per_char: float
+
+    @property
+    def compute_bound_chars_per_s(self) -> float:
+        return self.gemm_gflops * 1e9 / self.flops_per_char
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready dict, derived rates included."""
+        d = asdict(self)
+        d["prefill"].update(one_call_chars_per_s=self.prefill.one_call_chars_per_s,
+                            char_steps_chars_per_s=self.prefill.char_steps_chars_per_s)  # fmt: skip
+        d["compute_bound_chars_per_s"] = self.compute_bound_chars_per_s
+        return d
+
+    def table(self) -> str:
+        """The human-readable form."""
+        p = self.prefill
+        lines = [f"{self.model} ({self.shape}), intra-op threads {self.threads or 'default'}",
+                 f"{'batch':>6} {'step µs':>10} {'chars/s':>12}"]  # fmt: skip
+        lines += [f"{s.batch:>6} {s.step_us:>10.1f} {s.chars_per_s:>12,.0f}" for s in self.steps]
+        lines.append(f"prefill {p.chars} chars: one call {p.one_call_ms:.2f} ms ({p.one_call_chars_per_s:,.0f} chars/s)"
+                     f", char steps {p.char_steps_ms:.2f} ms ({p.char_steps_chars_per_s:,.0f} chars/s)")  # fmt: skip
+        lines.append(f"fp32 GEMM {self.gemm_gflops:.1f} GFLOP/s / {self.flops_per_char:,.0f} FLOP per char"
+                     f" = compute bound {self.compute_bound_chars_per_s:,.0f} chars/s")  # fmt: skip
+        return "\n".join(lines)
+
+
+def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 1.0,
+            prefill_chars: int = 2000) -> EngineReport:  # fmt: skip
+    """Every measurement of the artifact at ``model``."""
+    rt = _runtime(model, threads)
+    info = load_artifact(model).info
+    return EngineReport(
+        model=rt.model,
+        shape=f"{info.architecture} {info.layers}x{info.hidden_size}",
+        threads=threads,
+        padded_batch_1=rt.min_batch > 1,
+        steps=[measure_step_rate(model, b, seconds=seconds, runtime=rt) for b in batches],
+        prefill=measure_prefill(model, prefill_chars, seconds=seconds, runtime=rt),
+        gemm_gflops=gemm_gflops(seconds=seconds),
+        flops_per_char=flops_per_char(
+            info.architecture, info.layers, info.hidden_size, info.embedding_size, info.vocab_size
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=Path("models/shakespeare/1"), help="artifact version folder")
+    p.add_argument("--batches", default="1,4,16,64,256", help="comma-separated batch sizes")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = one per core)")
+    p.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
+    p.add_argument("--prefill-chars", type=int, default=2000, help="prompt length for the prefill rate")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    a = p.parse_args(argv)
+    try:
+        batches = [int(b) for b in a.batches.split(",")]
+    except ValueError:
+        p.error(f"--batches: {a.batches!r} is not a comma-separated list of integers")
+    report = measure(a.model, batches, a.threads, a.seconds, a.prefill_chars)
+    print(json.dumps(report.to_json(), indent=2) if a.json else report.table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

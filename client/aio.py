@@ -1,0 +1,242 @@
+"""The asyncio client: the same surface as ``Client`` with ``await``/``async for``, over one grpc.aio channel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import grpc
+from charlm.v1 import charlm_pb2 as pb
+from charlm.v1 import charlm_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from client import convert
+from client.connection import ConnectOptions, aio_channel, call_metadata
+from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error
+from client.generation import AsyncGeneration
+from client.sync import build_options
+from client.types import FeedResult, ModelInfo, ModelList, Sampling, SessionInfo
+
+
+class AsyncClient:
+    """Asyncio charlm client; create it inside the running loop, ``async with AsyncClient(target) as c:``."""
+
+    def __init__(self, target: str | None = None, options: ConnectOptions | None = None, **overrides: Any) -> None:
+        self.options = build_options(target, options, overrides)
+        self._channel = aio_channel(self.options)
+        self._stub = charlm_pb2_grpc.TextGenerationStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = call_metadata(self.options)
+
+    async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await method(request, timeout=timeout or self.options.timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def generate(
+        self,
+        prompt: str = "",
+        *,
+        model: str = "",
+        max_chars: int = 200,
+        temperature: float | None = None,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        repetition_penalty: float = 0.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        session_id: str = "",
+        logprobs: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncGeneration:
+        """Starts sampling after ``prompt``; ``async for text in client.generate(...)``."""
+        sampling = Sampling(temperature, top_k, top_p, repetition_penalty, seed)
+        request = convert.generate_request(prompt, model, sampling, max_chars, stop, session_id, logprobs)
+        call = self._stub.Generate(request, timeout=timeout or self.options.stream_timeout, metadata=self._metadata)
+        return AsyncGeneration(call.__aiter__(), call.cancel)
+
+    async def feed(self, text: str | Iterable[str], *, session_id: str = "", model: str = "",
+                   timeout: float | None = None) -> FeedResult:
+        """Streams text (a string or an iterable of chunks) into a session, or scores it on a fresh state."""
+        requests = convert.feed_stream(convert.text_chunks(text), session_id, model)
+        response = await self._unary(self._stub.Feed, requests, timeout or self.options.stream_timeout)
+        return convert.feed_result(response)
+
+    async def create_session(self, model: str = "", prime: str = "", ttl_seconds: int = 0) -> AsyncSession:
+        """Creates a session; ``async with await client.create_session() as s:`` deletes it on exit."""
+        request = pb.CreateSessionRequest(model=model, prime=prime, ttl_seconds=ttl_seconds)
+        return AsyncSession(self, convert.session(await self._unary(self._stub.CreateSession, request)))
+
+    async def get_session(self, session_id: str) -> SessionInfo:
+        """Describes a session."""
+        return convert.session(await self._unary(self._stub.GetSession, pb.GetSessionRequest(session_id=session_id)))
+
+    async def list_sessions(self, model: str = "") -> list[SessionInfo]:
+        """Live sessions, optionally only those of one model."""
+        response = await self._unary(self._stub.ListSessions, pb.ListSessionsRequest(model=model))
+        return [convert.session(s) for s in response.sessions]
+
+    async def delete_session(self, session_id: str) -> None:
+        """Deletes a session and frees its state."""
+        await self._unary(self._stub.DeleteSession, pb.DeleteSessionRequest(session_id=session_id))
+
+    async def fork_session(self, session_id: str, ttl_seconds: int = 0) -> AsyncSession:
+        """A new session holding a copy of ``session_id``'s state."""
+        request = pb.ForkSessionRequest(session_id=session_id, ttl_seconds=ttl_seconds)
+        return AsyncSession(self, convert.session(await self._unary(self._stub.ForkSession, request)))
+
+    async def chat(self, session_id: str = "", model: str = "", ttl_seconds: int = 0,
+                   timeout: float | None = None) -> AsyncChat:
+        """Opens a bidirectional Chat on a session (a new one of ``model`` when no id is given)."""
+        call = self._stub.Chat(timeout=timeout or self.options.stream_timeout, metadata=self._metadata)
+        chat = AsyncChat(call)
+        await chat._open(pb.ChatOpen(session_id=session_id, model=model, ttl_seconds=ttl_seconds))
+        return chat
+
+    async def models(self) -> ModelList:
+        """Every served model and the default one."""
+        return convert.model_list(await self._unary(self._stub.ListModels, pb.ListModelsRequest()))
+
+    async def model(self, name: str = "") -> ModelInfo:
+        """One model (``"name"`` or ``"name:version"``; empty = the default)."""
+        return convert.model_info(await self._unary(self._stub.GetModel, pb.GetModelRequest(model=name)))
+
+    async def health(self, service: str = "") -> str:
+        """The standard health status: "SERVING", "NOT_SERVING", ... ("" = the whole server)."""
+        response = await self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service))
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Waits until the channel connects; raises Unavailable after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except TimeoutError:
+            raise Unavailable(f"could not connect to {self.options.target} within {timeout:g}s",
+                              grpc.StatusCode.UNAVAILABLE) from None
+
+    async def close(self) -> None:
+        """Closes the channel."""
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncSession:
+    """A server-side session; ``async with await client.create_session() as s:`` deletes it on exit."""
+
+    def __init__(self, client: AsyncClient, info: SessionInfo) -> None:
+        self.client = client
+        self.info = info
+
+    @property
+    def id(self) -> str:
+        """The server-issued session id."""
+        return self.info.id
+
+    def generate(self, prompt: str = "", **kwargs: Any) -> AsyncGeneration:
+        """``AsyncClient.generate`` continuing this session."""
+        return self.client.generate(prompt, session_id=self.id, **kwargs)
+
+    async def feed(self, text: str | Iterable[str]) -> FeedResult:
+        """Advances this session over text and scores it."""
+        return await self.client.feed(text, session_id=self.id)
+
+    async def chat(self) -> AsyncChat:
+        """A Chat stream on this session."""
+        return await self.client.chat(session_id=self.id)
+
+    async def fork(self, ttl_seconds: int = 0) -> AsyncSession:
+        """A new session with a copy of this one's state."""
+        return await self.client.fork_session(self.id, ttl_seconds)
+
+    async def refresh(self) -> SessionInfo:
+        """Fetches the session's current description."""
+        self.info = await self.client.get_session(self.id)
+        return self.info
+
+    async def delete(self) -> None:
+        """Deletes the session; already gone is fine."""
+        try:
+            await self.client.delete_session(self.id)
+        except CharlmError as e:
+            if e.code != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.delete()
+
+
+class AsyncChat:
+    """One bidirectional Chat stream (asyncio): ``await feed(text)``, ``async for t in chat.generate(...)``."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self.session: SessionInfo | None = None
+
+    async def _open(self, opening: pb.ChatOpen) -> None:
+        await self._write(pb.ChatRequest(open=opening))
+        self.session = convert.session((await self._expect("opened")).opened)
+
+    async def _write(self, request: pb.ChatRequest) -> None:
+        try:
+            await self._call.write(request)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    async def _expect(self, event: str) -> pb.ChatResponse:
+        try:
+            response = await self._call.read()
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        if response is grpc.aio.EOF:  # type: ignore[attr-defined]
+            raise ServerError("the chat stream ended unexpectedly", grpc.StatusCode.INTERNAL)
+        if response.WhichOneof("event") != event:
+            raise ServerError(f"chat: expected '{event}', got '{response.WhichOneof('event')}'",
+                              grpc.StatusCode.INTERNAL)
+        return response
+
+    async def _replies(self) -> AsyncIterator[pb.GenerateResponse]:
+        while True:
+            generated = (await self._expect("generated")).generated
+            yield generated
+            if generated.HasField("finish"):
+                return
+
+    async def feed(self, text: str) -> FeedResult:
+        """Feeds text (the user's turn) and returns the server's acknowledgement with its score."""
+        await self._write(pb.ChatRequest(feed=text))
+        return convert.feed_result((await self._expect("fed")).fed)
+
+    async def generate(self, *, max_chars: int = 200, temperature: float | None = None, top_k: int = 0,
+                       top_p: float = 0.0, repetition_penalty: float = 0.0, seed: int | None = None,
+                       stop: Sequence[str] = (), logprobs: bool = False) -> AsyncGeneration:
+        """Asks for a reply; iterate the result to its end before the next turn."""
+        sampling = Sampling(temperature, top_k, top_p, repetition_penalty, seed)
+        await self._write(convert.chat_generate(sampling, max_chars, stop, logprobs))
+        return AsyncGeneration(self._replies(), self.cancel)
+
+    async def cancel(self) -> None:
+        """Stops the reply in progress; it finishes with reason "cancelled" and the chat goes on."""
+        await self._write(pb.ChatRequest(cancel=pb.ChatCancel()))
+
+    async def close(self) -> None:
+        """Ends the stream; the session itself stays on the server."""
+        with contextlib.suppress(grpc.RpcError):  # the stream may have ended already
+            await self._call.done_writing()
+        self._call.cancel()
+
+    async def __aenter__(self) -> AsyncChat:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

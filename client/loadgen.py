@@ -1,0 +1,158 @@
+"""Load generation: N concurrent Generate streams against a server, with throughput and latency percentiles.
+
+Used by ``charlm bench`` and by ``bench/serve.py``. Latencies are measured at the client: time to first
+chunk from the call's start; inter-chunk gaps between messages; inter-character gaps spreading each
+chunk's gap over its characters, so that coalescing (several characters per message) shows as a lower
+per-character latency than per-chunk latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from client.aio import AsyncClient
+from client.connection import ConnectOptions
+from client.errors import CharlmError
+
+Progress = Callable[[int], None]  # called with the number of characters that just arrived
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Milliseconds at p50/p90/p99 (linear interpolation), the mean and the sample count."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    count: int
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) of already sorted values, linearly interpolated; nan when empty."""
+    if not sorted_values:
+        return math.nan
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(values_ms: list[float]) -> Percentiles:
+    """Percentiles of a list of millisecond values."""
+    values = sorted(values_ms)
+    mean = sum(values) / len(values) if values else math.nan
+    return Percentiles(percentile(values, 50), percentile(values, 90), percentile(values, 99), mean, len(values))
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """The outcome of one load run."""
+
+    target: str
+    streams: int
+    chars_per_stream: int
+    channels: int
+    wall_s: float  # from the first call's start to the last stream's end
+    total_chars: int
+    total_chunks: int
+    chars_per_s: float  # aggregate: total_chars / wall_s
+    ttfc_ms: Percentiles  # time to first chunk, per stream
+    inter_chunk_ms: Percentiles  # gap between consecutive messages of a stream
+    inter_char_ms: Percentiles  # each gap divided over the characters of the chunk that ended it
+    completed: int  # streams that finished without error
+    errors: dict[str, int] = field(default_factory=dict)  # status name -> count
+
+    @property
+    def chars_per_chunk(self) -> float:
+        """Mean characters per message (1.0 = no coalescing)."""
+        return self.total_chars / self.total_chunks if self.total_chunks else math.nan
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready dict (percentile groups as nested dicts)."""
+        return {**asdict(self), "chars_per_chunk": self.chars_per_chunk}
+
+
+@dataclass
+class _StreamStats:
+    chars: int = 0
+    chunks: int = 0
+    ttfc_ms: float | None = None
+    chunk_gaps_ms: list[float] = field(default_factory=list)
+    char_gaps_ms: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+async def _one_stream(
+    client: AsyncClient, prompt: str, chars: int, model: str, temperature: float | None, seed: int | None,
+    progress: Progress | None,
+) -> _StreamStats:
+    stats = _StreamStats()
+    last = time.perf_counter()  # the call's start: the first gap is the time to first chunk
+    try:
+        gen = client.generate(prompt, model=model, max_chars=chars, temperature=temperature, seed=seed)
+        async for text in gen:
+            now = time.perf_counter()
+            gap_ms = (now - last) * 1000.0
+            if stats.ttfc_ms is None:
+                stats.ttfc_ms = gap_ms
+            else:
+                stats.chunk_gaps_ms.append(gap_ms)
+                stats.char_gaps_ms.extend([gap_ms / len(text)] * len(text))
+            last = now
+            stats.chars += len(text)
+            stats.chunks += 1
+            if progress is not None:
+                progress(len(text))
+    except CharlmError as e:
+        stats.error = e.status
+    return stats
+
+
+async def run_load(
+    target: str,
+    streams: int,
+    chars: int,
+    prompt: str = "\n",
+    *,
+    model: str = "",
+    channels: int = 1,
+    temperature: float | None = None,
+    seed: int | None = 0,
+    options: ConnectOptions | None = None,
+    progress: Progress | None = None,
+) -> LoadReport:
+    """Runs ``streams`` concurrent generations of ``chars`` characters; stream i uses seed ``seed + i``."""
+    opts = options or ConnectOptions(target=target, timeout=None)
+    clients = [AsyncClient(target, opts) for _ in range(max(1, min(channels, streams)))]
+    try:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(
+            _one_stream(clients[i % len(clients)], prompt, chars, model, temperature,
+                        None if seed is None else seed + i, progress)
+            for i in range(streams)
+        ))
+        wall_s = time.perf_counter() - start
+    finally:
+        for c in clients:
+            await c.close()
+    total_chars = sum(r.chars for r in results)
+    return LoadReport(
+        target=target,
+        streams=streams,
+        chars_per_stream=chars,
+        channels=len(clients),
+        wall_s=wall_s,
+        total_chars=total_chars,
+        total_chunks=sum(r.chunks for r in results),
+        chars_per_s=total_chars / wall_s if wall_s > 0 else math.nan,
+        ttfc_ms=summarize([r.ttfc_ms for r in results if r.ttfc_ms is not None]),
+        inter_chunk_ms=summarize([g for r in results for g in r.chunk_gaps_ms]),
+        inter_char_ms=summarize([g for r in results for g in r.char_gaps_ms]),
+        completed=sum(1 for r in results if r.error is None),
+        errors=dict(Counter(r.error for r in results if r.error is not None)),
+    )

@@ -1,0 +1,248 @@
+"""The blocking client: one channel, plain Python types in and out, CharlmError on failure."""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import grpc
+from charlm.v1 import charlm_pb2 as pb
+from charlm.v1 import charlm_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from client import convert
+from client.connection import ConnectOptions, call_metadata, sync_channel, target_from_env
+from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error
+from client.generation import Generation
+from client.types import FeedResult, ModelInfo, ModelList, Sampling, SessionInfo
+
+
+def build_options(target: str | None, options: ConnectOptions | None, overrides: dict[str, Any]) -> ConnectOptions:
+    """Options from an explicit object, a target and field overrides; target defaults to CHARLM_TARGET."""
+    opts = options or ConnectOptions(target=target_from_env())
+    if target is not None:
+        overrides = {**overrides, "target": target}
+    return dataclasses.replace(opts, **overrides)
+
+
+class Client:
+    """Synchronous charlm client: ``Client("127.0.0.1:50051")``; use as a context manager to close the channel."""
+
+    def __init__(self, target: str | None = None, options: ConnectOptions | None = None, **overrides: Any) -> None:
+        self.options = build_options(target, options, overrides)
+        self._channel = sync_channel(self.options)
+        self._stub = charlm_pb2_grpc.TextGenerationStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = call_metadata(self.options)
+
+    def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.options.timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def generate(
+        self,
+        prompt: str = "",
+        *,
+        model: str = "",
+        max_chars: int = 200,
+        temperature: float | None = None,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        repetition_penalty: float = 0.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        session_id: str = "",
+        logprobs: bool = False,
+        timeout: float | None = None,
+    ) -> Generation:
+        """Starts sampling after ``prompt``; iterate the result for text chunks as they arrive."""
+        sampling = Sampling(temperature, top_k, top_p, repetition_penalty, seed)
+        request = convert.generate_request(prompt, model, sampling, max_chars, stop, session_id, logprobs)
+        call = self._stub.Generate(
+            request, timeout=timeout or self.options.stream_timeout, metadata=self._metadata
+        )
+        return Generation(call, call.cancel)
+
+    def feed(self, text: str | Iterable[str], *, session_id: str = "", model: str = "",
+             timeout: float | None = None) -> FeedResult:
+        """Streams text (a string or an iterable of chunks) into a session, or scores it on a fresh state."""
+        requests = convert.feed_stream(convert.text_chunks(text), session_id, model)
+        timeout = timeout or self.options.stream_timeout
+        return convert.feed_result(self._unary(self._stub.Feed, requests, timeout))
+
+    def create_session(self, model: str = "", prime: str = "", ttl_seconds: int = 0) -> Session:
+        """Creates a session (optionally primed with text); ``with client.create_session() as s:`` deletes it."""
+        request = pb.CreateSessionRequest(model=model, prime=prime, ttl_seconds=ttl_seconds)
+        return Session(self, convert.session(self._unary(self._stub.CreateSession, request, None)))
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        """Describes a session."""
+        request = pb.GetSessionRequest(session_id=session_id)
+        return convert.session(self._unary(self._stub.GetSession, request, None))
+
+    def list_sessions(self, model: str = "") -> list[SessionInfo]:
+        """Live sessions, optionally only those of one model."""
+        response = self._unary(self._stub.ListSessions, pb.ListSessionsRequest(model=model), None)
+        return [convert.session(s) for s in response.sessions]
+
+    def delete_session(self, session_id: str) -> None:
+        """Deletes a session and frees its state."""
+        self._unary(self._stub.DeleteSession, pb.DeleteSessionRequest(session_id=session_id), None)
+
+    def fork_session(self, session_id: str, ttl_seconds: int = 0) -> Session:
+        """A new session holding a copy of ``session_id``'s state."""
+        request = pb.ForkSessionRequest(session_id=session_id, ttl_seconds=ttl_seconds)
+        return Session(self, convert.session(self._unary(self._stub.ForkSession, request, None)))
+
+    def session(self, session_id: str) -> Session:
+        """A handle on an existing session (fetches its description)."""
+        return Session(self, self.get_session(session_id))
+
+    def chat(self, session_id: str = "", model: str = "", ttl_seconds: int = 0, timeout: float | None = None) -> Chat:
+        """Opens a bidirectional Chat on a session (a new one of ``model`` when no id is given)."""
+        opening = pb.ChatOpen(session_id=session_id, model=model, ttl_seconds=ttl_seconds)
+        return Chat(self._stub, opening, self._metadata, timeout or self.options.stream_timeout)
+
+    def models(self) -> ModelList:
+        """Every served model and the default one."""
+        return convert.model_list(self._unary(self._stub.ListModels, pb.ListModelsRequest(), None))
+
+    def model(self, name: str = "") -> ModelInfo:
+        """One model (``"name"`` or ``"name:version"``; empty = the default)."""
+        return convert.model_info(self._unary(self._stub.GetModel, pb.GetModelRequest(model=name), None))
+
+    def health(self, service: str = "") -> str:
+        """The standard health status: "SERVING", "NOT_SERVING", ... ("" = the whole server)."""
+        response = self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), None)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Blocks until the channel connects; raises Unavailable after ``timeout`` seconds."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise Unavailable(f"could not connect to {self.options.target} within {timeout:g}s",
+                              grpc.StatusCode.UNAVAILABLE) from None
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Session:
+    """A server-side session; ``with client.create_session(...) as s:`` deletes it on exit."""
+
+    def __init__(self, client: Client, info: SessionInfo) -> None:
+        self.client = client
+        self.info = info  # as last seen; refresh() fetches it again
+
+    @property
+    def id(self) -> str:
+        """The server-issued session id."""
+        return self.info.id
+
+    def generate(self, prompt: str = "", **kwargs: Any) -> Generation:
+        """``Client.generate`` continuing this session."""
+        return self.client.generate(prompt, session_id=self.id, **kwargs)
+
+    def feed(self, text: str | Iterable[str]) -> FeedResult:
+        """Advances this session over text and scores it."""
+        return self.client.feed(text, session_id=self.id)
+
+    def chat(self) -> Chat:
+        """A Chat stream on this session."""
+        return self.client.chat(session_id=self.id)
+
+    def fork(self, ttl_seconds: int = 0) -> Session:
+        """A new session with a copy of this one's state."""
+        return self.client.fork_session(self.id, ttl_seconds)
+
+    def refresh(self) -> SessionInfo:
+        """Fetches the session's current description."""
+        self.info = self.client.get_session(self.id)
+        return self.info
+
+    def delete(self) -> None:
+        """Deletes the session; already gone (expired, evicted, deleted) is fine."""
+        try:
+            self.client.delete_session(self.id)
+        except CharlmError as e:
+            if e.code != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.delete()
+
+
+class Chat:
+    """One bidirectional Chat stream: ``feed(text)`` then ``generate(...)``, in turns; ``cancel()`` from anywhere."""
+
+    def __init__(self, stub: Any, opening: pb.ChatOpen, metadata: Any, timeout: float | None) -> None:
+        # Requests flow through a queue so feed/generate/cancel can be issued while responses are read.
+        self._requests: queue.SimpleQueue[pb.ChatRequest | None] = queue.SimpleQueue()
+        self._requests.put(pb.ChatRequest(open=opening))
+        self._call = stub.Chat(iter(self._requests.get, None), timeout=timeout, metadata=metadata)
+        self.session = convert.session(self._expect("opened").opened)
+
+    def _next(self) -> pb.ChatResponse:
+        try:
+            return next(self._call)
+        except StopIteration:
+            raise ServerError("the chat stream ended unexpectedly", grpc.StatusCode.INTERNAL) from None
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def _expect(self, event: str) -> pb.ChatResponse:
+        response = self._next()
+        if response.WhichOneof("event") != event:
+            raise ServerError(f"chat: expected '{event}', got '{response.WhichOneof('event')}'",
+                              grpc.StatusCode.INTERNAL)
+        return response
+
+    def _replies(self) -> Iterator[pb.GenerateResponse]:
+        while True:
+            generated = self._expect("generated").generated
+            yield generated
+            if generated.HasField("finish"):
+                return
+
+    def feed(self, text: str) -> FeedResult:
+        """Feeds text (the user's turn) and waits for the server's acknowledgement with its score."""
+        self._requests.put(pb.ChatRequest(feed=text))
+        return convert.feed_result(self._expect("fed").fed)
+
+    def generate(self, *, max_chars: int = 200, temperature: float | None = None, top_k: int = 0,
+                 top_p: float = 0.0, repetition_penalty: float = 0.0, seed: int | None = None,
+                 stop: Sequence[str] = (), logprobs: bool = False) -> Generation:
+        """Asks for a reply; iterate the result for its chunks (read it to the end before the next turn)."""
+        sampling = Sampling(temperature, top_k, top_p, repetition_penalty, seed)
+        self._requests.put(convert.chat_generate(sampling, max_chars, stop, logprobs))
+        return Generation(self._replies(), self.cancel)
+
+    def cancel(self) -> None:
+        """Stops the reply in progress; its stream ends with finish reason "cancelled" and the chat goes on."""
+        self._requests.put(pb.ChatRequest(cancel=pb.ChatCancel()))
+
+    def close(self) -> None:
+        """Ends the stream; the session itself stays on the server (delete it separately)."""
+        self._requests.put(None)
+        self._call.cancel()
+
+    def __enter__(self) -> Chat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,98 @@
+"""The decode batch: every decoding stream's state in preallocated arrays, advanced by one onnxruntime call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.runtime import Runtime, States
+
+
+@dataclass
+class Joiner:
+    """A stream entering the batch: its state [layers, hidden] per tensor, the id to feed, its seen-mask (V,)."""
+
+    states: States
+    pending: int
+    seen: np.ndarray
+
+
+class DecodeBatch:
+    """States of up to ``capacity`` rows in two preallocated buffer sets, used alternately.
+
+    Each step reads ids and states from one buffer set and writes logits and new states into the other
+    through a prepared onnxruntime binding, so steady-state steps allocate and convert nothing. Rows are
+    always packed at the front (a contiguous [layers, n, hidden] view); ``rebuild`` gathers the kept rows
+    and appends the joining ones when membership changes, which happens far less often than steps.
+    """
+
+    def __init__(self, runtime: Runtime, capacity: int) -> None:
+        self.runtime = runtime
+        self.capacity = max(capacity, runtime.min_batch)
+        L, H, V = runtime.layers, runtime.hidden, runtime.vocab_size
+        size = L * self.capacity * H
+        self._bufs = [[np.zeros(size, np.float32) for _ in runtime.state_inputs] for _ in range(2)]
+        self._ids = np.zeros(self.capacity, np.int64)  # the ids fed by the next step: the engine writes them
+        self._logits = np.zeros(self.capacity * V, np.float32)
+        self.seen = np.zeros((self.capacity, V), bool)  # per row: characters seen in the request
+        self.n = 0  # live rows
+        self._rows = 0  # rows each call runs: n, padded up to runtime.min_batch
+        self._cur = 0  # which buffer set holds the current states
+        self._calls: tuple[Callable[[], None], Callable[[], None]] | None = None
+
+    @property
+    def ids(self) -> np.ndarray:
+        """(n,) ids the next step feeds; write the sampled ids here."""
+        return self._ids[: self.n]
+
+    def states(self) -> States:
+        """Current states of the live rows, each [layers, n, hidden] (views)."""
+        return tuple(v[:, : self.n] for v in self._views(self._cur, self._rows))
+
+    def row_state(self, row: int) -> States:
+        """A copy of one row's state, each [layers, hidden]."""
+        return tuple(v[:, row].copy() for v in self._views(self._cur, self._rows))
+
+    def step(self) -> np.ndarray:
+        """Feed ``ids`` to every row: one onnxruntime call; returns logits (n, V) (a view, valid until next step)."""
+        assert self._calls is not None and self.n > 0
+        self._calls[self._cur]()
+        self._cur ^= 1
+        return self._logits[: self._rows * self.runtime.vocab_size].reshape(self._rows, -1)[: self.n]
+
+    def rebuild(self, keep: Sequence[int], joining: Sequence[Joiner]) -> None:
+        """New membership: the rows ``keep`` (old indices, in their new order), then ``joining``."""
+        n = len(keep) + len(joining)
+        if n > self.capacity:
+            raise ValueError(f"batch of {n} rows exceeds capacity {self.capacity}")
+        rows = max(n, self.runtime.min_batch) if n else 0
+        keep_idx = np.asarray(keep, dtype=np.int64)
+        src = self._views(self._cur, self._rows)
+        dst = self._views(1 - self._cur, rows)
+        for k, (s, d) in enumerate(zip(src, dst, strict=True)):
+            d[:, : len(keep)] = s[:, keep_idx]
+            for j, joiner in enumerate(joining):
+                d[:, len(keep) + j] = joiner.states[k]
+            d[:, n:] = 0.0  # padding rows (see Runtime.min_batch): any finite state will do
+        ids = [self._ids[keep_idx], np.array([j.pending for j in joining], np.int64)]
+        self._ids[:n] = np.concatenate(ids)
+        self._ids[n:rows] = 0
+        seen = [self.seen[keep_idx], *(j.seen[None, :] for j in joining)]
+        self.seen[:n] = np.concatenate(seen)
+        self._cur = 1 - self._cur
+        self.n, self._rows = n, rows
+        self._calls = (self._bind(0), self._bind(1)) if n else None
+
+    def _views(self, which: int, rows: int) -> States:
+        """Buffer set ``which`` as contiguous [layers, rows, hidden] arrays."""
+        r = self.runtime
+        return tuple(b[: r.layers * rows * r.hidden].reshape(r.layers, rows, r.hidden) for b in self._bufs[which])
+
+    def _bind(self, which: int) -> Callable[[], None]:
+        """The call that reads buffer set ``which`` and writes the other."""
+        rows, v = self._rows, self.runtime.vocab_size
+        ids = self._ids[:rows].reshape(rows, 1)
+        logits = self._logits[: rows * v].reshape(rows, 1, v)
+        return self.runtime.bind(ids, self._views(which, rows), logits, self._views(1 - which, rows))

@@ -1,0 +1,146 @@
+"""`charlm-serve`: the ServiceConfig, built once from flags and CHARLM_* variables (flag > env > default)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from service.config import ServiceConfig
+from service.logs import setup_logging
+
+_DEFAULT = ServiceConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: its flag, the dotted config field it sets, its type and what it means."""
+
+    flag: str
+    field: str  # "port" or "limits.max_streams"
+    type: Callable[[str], Any]
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def env(self) -> str:
+        """The environment variable, e.g. CHARLM_MAX_STREAMS for --max-streams."""
+        return "CHARLM_" + self.flag.lstrip("-").replace("-", "_").upper()
+
+    @property
+    def default(self) -> Any:
+        """The default, read from the dataclasses (one source of truth)."""
+        value: Any = _DEFAULT
+        for part in self.field.split("."):
+            value = getattr(value, part)
+        return value
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+OPTIONS = [
+    Option("--model-repo", "model_repo", Path, "model repository: <repo>/<name>/<version>/{model.onnx,meta.json}"),
+    Option("--default-model", "default_model", str, "model served when a request names none (\"\" = shakespeare, "
+           "else the first)"),
+    Option("--host", "host", str, "address to listen on"),
+    Option("--port", "port", int, "gRPC port (0 = any free port)"),
+    Option("--metrics-host", "metrics_host", str, "address of the Prometheus /metrics endpoint"),
+    Option("--metrics-port", "metrics_port", int, "port of /metrics (0 = any free port, -1 = off)"),
+    Option("--grace-seconds", "grace_seconds", float, "on SIGTERM, how long in-flight streams may still run"),
+    Option("--reflection", "reflection", _bool, "serve gRPC server reflection (true/false)"),
+    Option("--log-format", "log_format", str, "log line format", ("logfmt", "json")),
+    Option("--log-level", "log_level", str, "log level", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    Option("--provider", "runtime.provider", str, "onnxruntime execution provider (cuda falls back to cpu)",
+           ("cpu", "cuda")),
+    Option("--intra-op-threads", "runtime.intra_op_threads", int, "onnxruntime threads per op (0 = all cores)"),
+    Option("--inter-op-threads", "runtime.inter_op_threads", int, "onnxruntime threads across ops"),
+    Option("--max-batch", "engine.max_batch", int, "most streams one engine step advances"),
+    Option("--prefill-chunk", "engine.prefill_chunk", int, "prompt characters consumed per prefill call"),
+    Option("--stream-buffer-chars", "engine.stream_buffer_chars", int,
+           "characters buffered per stream for a slow reader"),
+    Option("--run-in-thread", "engine.run_in_thread", _bool, "run onnxruntime steps in a worker thread (true/false)"),
+    Option("--max-streams", "limits.max_streams", int, "concurrent Generate/Feed/Chat streams"),
+    Option("--max-prompt-chars", "limits.max_prompt_chars", int, "longest prompt, prime or fed text message"),
+    Option("--max-chars", "limits.max_chars", int, "largest max_chars a request may ask for"),
+    Option("--max-stop-sequences", "limits.max_stop_sequences", int, "stop sequences per request"),
+    Option("--max-message-bytes", "limits.max_message_bytes", int, "largest gRPC message, either way"),
+    Option("--session-ttl-seconds", "sessions.ttl_seconds", float, "idle time-to-live of a session by default"),
+    Option("--max-session-ttl-seconds", "sessions.max_ttl_seconds", float, "largest TTL a session may ask for"),
+    Option("--max-sessions", "sessions.max_sessions", int, "sessions kept; beyond, the least recently used "
+           "idle one is evicted"),
+    Option("--session-sweep-seconds", "sessions.sweep_seconds", float, "how often expired sessions are removed"),
+]
+
+_METAVARS: dict[Callable[[str], Any], str] = {Path: "DIR", int: "N", float: "SECONDS", _bool: "BOOL"}
+
+EXAMPLE = """example:
+  charlm-serve --model-repo models --port 50051 --max-streams 512
+  CHARLM_PROVIDER=cuda CHARLM_LOG_FORMAT=json charlm-serve     # same settings from the environment
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser; every flag defaults to None so that env and defaults can fill in."""
+    p = argparse.ArgumentParser(
+        prog="charlm-serve", description="Serve character-level language models over gRPC (charlm.v1).",
+        epilog=EXAMPLE + "\nEach flag can also be set by its CHARLM_* variable; a flag wins over the variable.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    for o in OPTIONS:
+        metavar = "{" + ",".join(o.choices) + "}" if o.choices else _METAVARS.get(o.type, "TEXT")
+        default = '""' if o.default == "" else str(o.default).lower() if isinstance(o.default, bool) else o.default
+        p.add_argument(o.flag, type=o.type, choices=o.choices, default=None, metavar=metavar,
+                       help=f"{o.help} [env {o.env}; default {default}]".replace("%", "%%"))
+    return p
+
+
+def build_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ServiceConfig:
+    """The frozen config from flags, then CHARLM_* variables, then the dataclass defaults."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    environ = os.environ if environ is None else environ
+    groups: dict[str, dict[str, Any]] = {"": {}}
+    for o in OPTIONS:
+        value = getattr(args, o.flag.lstrip("-").replace("-", "_"))
+        if value is None and o.env in environ:
+            try:
+                value = o.type(environ[o.env])
+            except ValueError as e:
+                parser.error(f"{o.env}={environ[o.env]!r}: {e}")
+            if o.choices and value not in o.choices:
+                parser.error(f"{o.env}={environ[o.env]!r}: choose from {', '.join(o.choices)}")
+        if value is not None:
+            group, _, name = o.field.rpartition(".")
+            groups.setdefault(group, {})[name] = value
+    try:  # the dataclasses check their own ranges (e.g. RuntimeConfig.provider)
+        nested = {g: dataclasses.replace(getattr(_DEFAULT, g), **kv) for g, kv in groups.items() if g}
+        return dataclasses.replace(_DEFAULT, **groups[""], **nested)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `charlm-serve` and `python -m service`."""
+    from service.server import serve  # after parsing, so that --help stays fast
+
+    config = build_config(argv)
+    setup_logging(config.log_format, config.log_level)
+    try:
+        return asyncio.run(serve(config))
+    except (OSError, ValueError) as e:  # no loadable model, port in use, bad default model: a clear one-liner
+        print(f"charlm-serve: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The server's configuration: frozen dataclasses built once at the entry point (service/cli.py) and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+from service.engine import EngineConfig
+from service.runtime import RuntimeConfig
+
+LogFormat = Literal["logfmt", "json"]
+
+
+def _positive(config: object) -> None:
+    """Every numeric field of a limits-like dataclass must be > 0 (a zero limit would refuse everything)."""
+    for f in fields(config):  # type: ignore[arg-type]
+        value = getattr(config, f.name)
+        if isinstance(value, int | float) and not value > 0:
+            raise ValueError(f"{f.name}: must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one client can ask of the server; beyond them requests fail, memory never grows unbounded."""
+
+    max_streams: int = 1024  # concurrent Generate/Feed/Chat streams over all models
+    max_prompt_chars: int = 65536  # prompt, prime and each feed/chat text message
+    max_chars: int = 65536  # upper bound of a request's max_chars
+    max_stop_sequences: int = 16
+    max_stop_chars: int = 256  # length of one stop sequence
+    max_message_bytes: int = 4 * 1024 * 1024  # gRPC send/receive message size
+
+    def __post_init__(self) -> None:
+        _positive(self)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """The in-memory session store: idle TTL, capacity, and how often expired sessions are swept."""
+
+    ttl_seconds: float = 600.0  # idle time-to-live when a request sets none
+    max_ttl_seconds: float = 86400.0  # a per-session TTL above this is rejected
+    max_sessions: int = 10000  # beyond this the least recently used idle session is evicted
+    sweep_seconds: float = 5.0  # how often expired sessions are removed
+    remember_gone: int = 100000  # how many expired/evicted ids are remembered to explain NOT_FOUND
+
+    def __post_init__(self) -> None:
+        _positive(self)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything `charlm-serve` needs: network, models, runtime, engine, limits, sessions, logging."""
+
+    model_repo: Path = Path("models")
+    default_model: str = ""  # "" = "shakespeare" when served, else the first model
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 = an ephemeral port
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9090  # 0 = an ephemeral port, -1 = no metrics endpoint
+    grace_seconds: float = 10.0  # on SIGTERM, how long in-flight streams may run before they are cancelled
+    reflection: bool = True
+    log_format: LogFormat = "logfmt"
+    log_level: str = "INFO"
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    limits: Limits = field(default_factory=Limits)
+    sessions: SessionConfig = field(default_factory=SessionConfig)

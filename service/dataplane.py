@@ -1,0 +1,257 @@
+"""The transport-free facade the gRPC servicer calls: limits, validation, sessions and engines put together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from service import errors, sampling
+from service.config import Limits
+from service.registry import Model, Registry
+from service.requests import (
+    ChatAction,
+    ChatCancel,
+    ChatEvent,
+    ChatFeed,
+    ChatGenerate,
+    ChatOpen,
+    Done,
+    Fed,
+    FeedChunk,
+    GenerateRequest,
+    Turn,
+)
+from service.sessions import Session, SessionStore
+from service.types import Chunk, FeedResult, Finish, GenerateParams, SeqState
+
+CHAT_QUEUE = 16  # Chat turns received ahead of the one in progress
+
+
+class StreamObserver(Protocol):
+    """Told how many streams are in progress (the Prometheus metrics implement it)."""
+
+    def streams(self, active: int) -> None:
+        """``active`` streams are in progress."""
+
+
+class DataPlane:
+    """Generate, sessions, Feed, Chat and models, with the server's limits; refuses new streams while draining."""
+
+    def __init__(self, registry: Registry, sessions: SessionStore, limits: Limits,
+                 observer: StreamObserver | None = None) -> None:
+        self.registry, self.sessions, self._limits, self._observer = registry, sessions, limits, observer
+        self._streams = 0
+        self._cancels: set[asyncio.Event] = set()  # one per generation in progress, set when draining ends
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
+
+    async def generate(self, req: GenerateRequest) -> AsyncIterator[Chunk | Done]:
+        """Streams a generation from the request's session or a fresh state."""
+        async with self._stream():
+            if not req.session_id:
+                model = self.registry.resolve(req.model)
+                self._check_generate(model, req.prompt, req.params)
+                state = model.engine.new_state(req.params.sampling.seed)
+                async for event in self._generate(model, state, req.prompt, req.params, ""):
+                    yield event
+                return
+            async with self.sessions.lease(req.session_id) as session:
+                model = self._session_model(session, req.model)
+                self._check_generate(model, req.prompt, req.params)
+                async for event in self._generate(model, session.state, req.prompt, req.params, session.id):
+                    yield event
+
+    async def _generate(self, model: Model, state: SeqState, prompt: str, params: GenerateParams, session_id: str,
+                        cancel: asyncio.Event | None = None) -> AsyncIterator[Chunk | Done]:
+        cancel = cancel or asyncio.Event()
+        self._cancels.add(cancel)
+        try:
+            async for event in model.engine.generate(state, prompt, params, cancel):
+                yield Done(event, model.spec, session_id) if isinstance(event, Finish) else event
+        finally:
+            self._cancels.discard(cancel)
+
+    def _check_generate(self, model: Model, prompt: str, params: GenerateParams) -> None:
+        lim = self._limits
+        self._check_text("prompt", prompt)
+        sampling.validate(params.sampling, len(model.vocab))
+        if not 1 <= params.max_chars <= lim.max_chars:
+            raise errors.InvalidArgument("max_chars", f"must be in [1, {lim.max_chars}], got {params.max_chars}")
+        if len(params.stop) > lim.max_stop_sequences:
+            raise errors.InvalidArgument("stop", f"at most {lim.max_stop_sequences} stop sequences")
+        for s in params.stop:
+            if not 1 <= len(s) <= lim.max_stop_chars:
+                raise errors.InvalidArgument("stop", f"each stop sequence must have 1 to {lim.max_stop_chars} chars")
+
+    def _check_text(self, name: str, text: str) -> None:
+        if len(text) > (limit := self._limits.max_prompt_chars):
+            raise errors.InvalidArgument(name, f"{len(text)} characters is over the limit of {limit}")
+
+    async def create_session(self, model: str = "", prime: str = "", ttl_seconds: float = 0) -> Session:
+        """A new session of ``model``, its state primed with ``prime``."""
+        self._refuse_if_draining()
+        m = self.registry.resolve(model)
+        self._check_text("prime", prime)
+        state = m.engine.new_state()
+        if prime:
+            await m.engine.feed(state, prime)
+        return self.sessions.create(m.spec, state, ttl_seconds)
+
+    def get_session(self, session_id: str) -> Session:
+        """A live session."""
+        return self.sessions.get(session_id)
+
+    def list_sessions(self, model: str = "") -> list[Session]:
+        """Live sessions of every model, of a model name (all versions), or of one "name:version"."""
+        if not model:
+            return self.sessions.list()
+        m = self.registry.resolve(model)
+        if ":" in model:
+            return self.sessions.list(m.spec)
+        return [s for s in self.sessions.list() if s.model.split(":")[0] == m.info.name]
+
+    def delete_session(self, session_id: str) -> None:
+        """Deletes a session."""
+        self.sessions.delete(session_id)
+
+    def fork_session(self, session_id: str, ttl_seconds: float = 0) -> Session:
+        """A new session with a copy of another's state."""
+        self._refuse_if_draining()
+        return self.sessions.fork(session_id, ttl_seconds)
+
+    def _session_model(self, session: Session, requested: str) -> Model:
+        model = self.registry.resolve(session.model)
+        # "name" matches any version of the session's model; "name:version" must match exactly
+        other = self.registry.resolve(requested) if requested else model
+        if other is not model and (":" in requested or other.info.name != model.info.name):
+            raise errors.FailedPrecondition(
+                f"session {session.id!r} belongs to model {session.model}, not {requested!r}", field="model")
+        return model
+
+    async def feed(self, chunks: AsyncIterator[FeedChunk]) -> Fed:
+        """Advances a session (or a fresh, discarded state) over streamed text and scores it."""
+        async with self._stream():
+            first = await anext(chunks, FeedChunk(""))
+            if not first.session_id:
+                model = self.registry.resolve(first.model)
+                return await self._feed(model, model.engine.new_state(), first.text, chunks, "")
+            async with self.sessions.lease(first.session_id) as session:
+                model = self._session_model(session, first.model)
+                return await self._feed(model, session.state, first.text, chunks, session.id)
+
+    async def _feed(self, model: Model, state: SeqState, text: str, rest: AsyncIterator[FeedChunk],
+                    session_id: str) -> Fed:
+        total = FeedResult()
+        while True:
+            self._check_text("text", text)
+            if text:
+                r = await model.engine.feed(state, text)
+                total = FeedResult(total.chars_consumed + r.chars_consumed, total.chars_scored + r.chars_scored,
+                                   total.nll_nats + r.nll_nats)
+            nxt = await anext(rest, None)
+            if nxt is None:
+                return Fed(session_id, total)
+            text = nxt.text
+
+    async def chat(self, actions: AsyncIterator[ChatAction]) -> AsyncIterator[ChatEvent]:
+        """One session, interleaving feeds and generations; a cancel stops the generation in progress."""
+        async with self._stream():
+            opening = await anext(actions, None)
+            if not isinstance(opening, ChatOpen):
+                raise errors.InvalidArgument("open", "the first Chat message must be `open`")
+            if opening.session_id:
+                session_id = self.sessions.get(opening.session_id).id
+            else:
+                session_id = (await self.create_session(opening.model, "", opening.ttl_seconds)).id
+            async with self.sessions.lease(session_id) as session:
+                model = self._session_model(session, opening.model if opening.session_id else "")
+                yield session
+                async for event in self._chat_turns(model, session, actions):
+                    yield event
+
+    async def _chat_turns(self, model: Model, session: Session,
+                          actions: AsyncIterator[ChatAction]) -> AsyncIterator[ChatEvent]:
+        # A reader task keeps receiving while a generation streams, so that a cancel takes effect mid-generation.
+        queue: asyncio.Queue[Turn] = asyncio.Queue(CHAT_QUEUE)  # bounded: a flooding client waits, memory doesn't grow
+        reader = asyncio.get_running_loop().create_task(self._chat_reader(actions, queue))
+        try:
+            while (action := await queue.get()) is not None:
+                if isinstance(action, ChatOpen):
+                    raise errors.InvalidArgument("open", "`open` may only be the first Chat message")
+                if isinstance(action, ChatFeed):
+                    self._check_text("feed", action.text)
+                    yield Fed(session.id, await model.engine.feed(session.state, action.text))
+                    continue
+                gen, cancel = action
+                self._check_generate(model, "", gen.params)
+                async for event in self._generate(model, session.state, "", gen.params, session.id, cancel):
+                    yield event
+            await reader  # re-raises a receive error
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    @staticmethod
+    async def _chat_reader(actions: AsyncIterator[ChatAction], queue: asyncio.Queue[Turn]) -> None:
+        latest: asyncio.Event | None = None  # cancels the most recently requested generation
+        try:
+            async for action in actions:
+                if isinstance(action, ChatCancel):
+                    if latest is not None:
+                        latest.set()
+                elif isinstance(action, ChatGenerate):
+                    latest = asyncio.Event()
+                    await queue.put((action, latest))
+                else:
+                    await queue.put(action)
+        except Exception:
+            await queue.put(None)  # the turn loop stops and `await reader` re-raises this
+            raise
+        await queue.put(None)
+
+    def list_models(self) -> tuple[list[Model], Model]:
+        """The served versions and the default one."""
+        return self.registry.models, self.registry.default
+
+    def get_model(self, model: str) -> Model:
+        """One served version ("name", "name:version" or "" for the default)."""
+        return self.registry.resolve(model)
+
+    @contextlib.asynccontextmanager
+    async def _stream(self) -> AsyncIterator[None]:
+        self._refuse_if_draining()
+        if self._streams >= self._limits.max_streams:
+            raise errors.ResourceExhausted(f"the server is at its limit of {self._limits.max_streams} streams")
+        self._streams += 1
+        self._idle.clear()
+        if self._observer:
+            self._observer.streams(self._streams)
+        try:
+            yield
+        finally:
+            self._streams -= 1
+            if self._streams == 0:
+                self._idle.set()
+            if self._observer:
+                self._observer.streams(self._streams)
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise errors.Unavailable("the server is shutting down; retry on another replica")
+
+    @property
+    def active_streams(self) -> int:
+        """Generate, Feed and Chat streams in progress."""
+        return self._streams
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Refuses new work, waits up to ``grace_seconds`` for streams to end, then cancels generations."""
+        self.draining = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace_seconds)
+        for cancel in list(self._cancels):
+            cancel.set()

@@ -1,0 +1,84 @@
+"""Prometheus metrics of one server, in its own CollectorRegistry (several servers may share a test process)."""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Engine steps of a char-level RNN take tens of microseconds; requests take milliseconds to minutes.
+_STEP_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_TTFC_BUCKETS = (5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class Metrics:
+    """Request, engine and session metrics; implements types.EngineObserver and sessions.SessionObserver."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("charlm_requests", "Finished RPCs by method and status code.", ["rpc", "code"],
+                                registry=r)
+        self.generated = Counter("charlm_chars_generated", "Characters generated.", ["model"], registry=r)
+        self.active_streams = Gauge("charlm_active_streams", "Generate, Feed and Chat streams in progress.",
+                                    registry=r)
+        self.batch_size = Histogram("charlm_batch_size", "Streams advanced per engine step.", ["model"],
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.step_seconds = Histogram("charlm_step_seconds", "Engine step latency (one onnxruntime call).",
+                                      ["model"], buckets=_STEP_BUCKETS, registry=r)
+        self.ttfc_seconds = Histogram("charlm_time_to_first_char_seconds",
+                                      "From request arrival to its first generated character.", ["model"],
+                                      buckets=_TTFC_BUCKETS, registry=r)
+        self.active_sessions = Gauge("charlm_active_sessions", "Live sessions.", registry=r)
+        self.session_state_bytes = Gauge("charlm_session_state_bytes", "Bytes of hidden state held by sessions.",
+                                         registry=r)
+        self.sessions_removed = Counter("charlm_sessions_removed", "Sessions removed, by reason.", ["reason"],
+                                        registry=r)
+        self._http: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # types.EngineObserver: called from the engine's step loop, so each is one cheap update.
+    def step(self, model: str, batch: int, seconds: float) -> None:
+        """One engine step of ``batch`` streams took ``seconds``."""
+        self.batch_size.labels(model).observe(batch)
+        self.step_seconds.labels(model).observe(seconds)
+
+    def chars(self, model: str, n: int) -> None:
+        """``n`` characters were generated."""
+        self.generated.labels(model).inc(n)
+
+    def first_char(self, model: str, seconds: float) -> None:
+        """A request produced its first character ``seconds`` after it arrived."""
+        self.ttfc_seconds.labels(model).observe(seconds)
+
+    # sessions.SessionObserver
+    def sessions(self, active: int, state_bytes: int) -> None:
+        """The session store's size."""
+        self.active_sessions.set(active)
+        self.session_state_bytes.set(state_bytes)
+
+    def session_gone(self, reason: str) -> None:
+        """A session was expired, evicted or deleted."""
+        self.sessions_removed.labels(reason).inc()
+
+    def streams(self, active: int) -> None:
+        """``active`` streams are in progress."""
+        self.active_streams.set(active)
+
+    def request(self, rpc: str, code: str) -> None:
+        """An RPC finished with status ``code`` (e.g. "OK", "NOT_FOUND")."""
+        self.requests.labels(rpc, code).inc()
+
+    def serve(self, host: str, port: int) -> int:
+        """Serves /metrics over HTTP on a background thread; returns the bound port (port 0 = ephemeral)."""
+        self._http, self._thread = start_http_server(port, host, registry=self.registry)
+        return int(self._http.server_port)
+
+    def close(self) -> None:
+        """Stops the HTTP endpoint."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

@@ -1,0 +1,101 @@
+"""The served models: every version in the model repository, each with its own runtime and batching engine."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from charlm.v1 import charlm_pb2
+
+from service import errors
+from service.artifact import Artifact, scan_repository
+from service.engine import Engine, EngineConfig
+from service.runtime import Runtime, RuntimeConfig
+from service.types import EngineObserver
+from service.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+SHIPPED_DEFAULT = "shakespeare"
+
+
+@dataclass
+class Model:
+    """One served model version."""
+
+    artifact: Artifact
+    engine: Engine
+    vocab: Vocab
+
+    @property
+    def spec(self) -> str:
+        """ "name:version"."""
+        return self.artifact.spec
+
+    @property
+    def info(self) -> charlm_pb2.ModelInfo:
+        """The artifact's metadata (what GetModel returns)."""
+        return self.artifact.info
+
+
+class Registry:
+    """Resolves "name", "name:version" and "" (the default) to a served model version."""
+
+    def __init__(self, models: list[Model], default_name: str = "") -> None:
+        if not models:
+            raise ValueError("no model to serve")
+        self._ordered = sorted(models, key=lambda m: (m.info.name, m.info.version))
+        self._models = {m.spec: m for m in self._ordered}
+        self._latest = {m.info.name: m for m in self._ordered}  # the highest version of each name wins
+        fallback = SHIPPED_DEFAULT if SHIPPED_DEFAULT in self._latest else self._ordered[0].info.name
+        try:
+            self.default = self.resolve(default_name or fallback)
+        except errors.NotFound as e:  # a configuration error, not a request's
+            raise ValueError(f"default model: {e.message}") from None
+
+    @classmethod
+    def load(cls, repo: Path, runtime: RuntimeConfig, engine: EngineConfig, default_name: str = "",
+             observer: EngineObserver | None = None) -> Registry:
+        """Loads every version under ``repo``; broken artifacts are logged and skipped."""
+        artifacts, broken = scan_repository(repo)
+        for err in broken:
+            log.error("skipping a model that failed to load: %s", err)
+        models = []
+        for art in sorted(artifacts, key=lambda a: (a.info.name, a.info.version)):
+            try:
+                vocab = Vocab(art.info.vocabulary)
+                rt = Runtime(art, runtime)
+            except Exception as e:  # onnxruntime raises its own types; one bad model must not stop the others
+                log.error("skipping model %s: %s: %s", art.spec, type(e).__name__, e)
+                continue
+            models.append(Model(art, Engine(rt, vocab, engine, art.spec, observer), vocab))
+            log.info("loaded model %s from %s (provider %s)", art.spec, art.path, rt.provider)
+        if not models:
+            raise FileNotFoundError(f"{repo}: no loadable model version (expected {repo}/<name>/<version>/meta.json)")
+        return cls(models, default_name)
+
+    def resolve(self, spec: str) -> Model:
+        """The model named by "name" (its latest version), "name:version", or "" (the default)."""
+        if not spec:
+            return self.default
+        model = self._models.get(spec) if ":" in spec else self._latest.get(spec)
+        if model is None:
+            served = ", ".join(sorted(self._models))
+            raise errors.NotFound(f"model {spec!r} is not served (served: {served})", "MODEL_NOT_FOUND", model=spec)
+        return model
+
+    @property
+    def models(self) -> list[Model]:
+        """All served versions, by name then version."""
+        return list(self._ordered)
+
+    async def start(self) -> None:
+        """Starts every engine's step loop."""
+        for m in self._ordered:
+            await m.engine.start()
+
+    async def close(self) -> None:
+        """Stops every engine."""
+        for m in self._ordered:
+            await m.engine.close()

@@ -1,0 +1,131 @@
+"""Vectorised sampling over a batch of streams, and validation of sampling parameters.
+
+Every operation here is row-wise (elementwise maths, per-row sort and cumulative sums), so a row's result
+depends only on that row's logits, parameters and uniform: a seeded stream samples the same characters
+alone or batched with any other streams.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import InvalidArgument
+from service.types import Sampling
+
+MAX_TEMPERATURE = 10.0
+MAX_REPETITION_PENALTY = 10.0
+
+
+def validate(s: Sampling, vocab_size: int | None = None) -> None:
+    """Raise InvalidArgument naming the first out-of-range field of ``s`` and its allowed range."""
+    if not 0.0 <= s.temperature <= MAX_TEMPERATURE:  # also rejects NaN
+        raise InvalidArgument("sampling.temperature", f"{s.temperature} is outside [0, {MAX_TEMPERATURE:g}]")
+    top_k_max = vocab_size if vocab_size is not None else math.inf
+    if not 0 <= s.top_k <= top_k_max:
+        bound = vocab_size if vocab_size is not None else "vocabulary size"
+        raise InvalidArgument("sampling.top_k", f"{s.top_k} is outside [0, {bound}]")
+    if not 0.0 < s.top_p <= 1.0:
+        raise InvalidArgument("sampling.top_p", f"{s.top_p} is outside (0, 1]")
+    if not 1.0 <= s.repetition_penalty <= MAX_REPETITION_PENALTY:
+        raise InvalidArgument(
+            "sampling.repetition_penalty", f"{s.repetition_penalty} is outside [1, {MAX_REPETITION_PENALTY:g}]"
+        )
+    if s.seed is not None and not 0 <= s.seed < 2**64:
+        raise InvalidArgument("sampling.seed", f"{s.seed} is outside [0, 2^64)")
+
+
+@dataclass(frozen=True)
+class BatchParams:
+    """Per-row sampling parameters of a batch, as arrays (built when the batch's membership changes)."""
+
+    temperature: np.ndarray  # (B,) float64; 0 = greedy
+    top_k: np.ndarray  # (B,) int64; 0 = off
+    top_p: np.ndarray  # (B,) float64; 1 = off
+    penalty: np.ndarray  # (B,) float64; 1 = off
+    plain: np.ndarray  # row indices that draw from the whole softmax (temperature > 0, no top-k/top-p)
+    truncated: np.ndarray  # row indices that draw after top-k and/or top-p (these need a sort)
+    any_penalty: bool
+
+    @staticmethod
+    def of(rows: Sequence[Sampling]) -> BatchParams:
+        """Arrays of the given rows' parameters, in order."""
+        temperature = np.array([s.temperature for s in rows], dtype=np.float64)
+        top_k = np.array([s.top_k for s in rows], dtype=np.int64)
+        top_p = np.array([s.top_p for s in rows], dtype=np.float64)
+        penalty = np.array([s.repetition_penalty for s in rows], dtype=np.float64)
+        sampled, truncate = temperature > 0.0, (top_k > 0) | (top_p < 1.0)
+        return BatchParams(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            penalty=penalty,
+            plain=np.flatnonzero(sampled & ~truncate),
+            truncated=np.flatnonzero(sampled & truncate),
+            any_penalty=bool((penalty != 1.0).any()),
+        )
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Natural-log softmax over the last axis, in float64."""
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def apply_repetition_penalty(x: np.ndarray, penalty: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """CTRL-style penalty: seen characters' logits divided by p when positive, multiplied when negative."""
+    p = penalty[:, None]  # (B, 1)
+    return np.where(seen & (p != 1.0), np.where(x > 0, x / p, x * p), x)
+
+
+def sample(logits: np.ndarray, params: BatchParams, uniforms: np.ndarray, seen: np.ndarray | None = None) -> np.ndarray:
+    """Sample one id per row of ``logits`` (B, V).
+
+    Order: repetition penalty on the raw logits, then greedy argmax for temperature 0, else temperature,
+    top-k, top-p (the smallest most-likely set whose mass reaches top_p) and an inverse-CDF draw with the
+    row's uniform in [0, 1). ``uniforms`` (B,) is read only for sampled rows. Rows without top-k/top-p
+    draw in id order; truncated rows draw in order of probability (the same distribution either way).
+    """
+    x = logits.astype(np.float64)  # (B, V)
+    if params.any_penalty and seen is not None:
+        x = apply_repetition_penalty(x, params.penalty, seen)
+    ids = x.argmax(axis=1)  # (B,) greedy for every row; sampled rows are overwritten below
+    rows = params.plain
+    if rows.size:
+        ids[rows] = _draw(x[rows], params.temperature[rows], uniforms[rows])
+    rows = params.truncated
+    if rows.size:
+        t, k, p = params.temperature[rows], params.top_k[rows], params.top_p[rows]
+        ids[rows] = _draw_truncated(x[rows], t, k, p, uniforms[rows])
+    return ids
+
+
+def _draw(x: np.ndarray, temperature: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw from softmax(x / T) in id order (no sort needed); x (M, V), the rest (M,)."""
+    x = x / temperature[:, None]
+    cum = np.cumsum(np.exp(x - x.max(axis=1, keepdims=True)), axis=1)  # (M, V) unnormalised CDF
+    j = (cum < u[:, None] * cum[:, -1:]).sum(axis=1)  # first id whose cumulative mass exceeds u·total
+    return np.minimum(j, x.shape[1] - 1)
+
+
+def _draw_truncated(
+    x: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray, u: np.ndarray
+) -> np.ndarray:
+    """Inverse-CDF draw from softmax(x / T) restricted by top-k and top-p; x (M, V), the rest (M,)."""
+    m, v = x.shape
+    x = x / temperature[:, None]
+    order = np.argsort(-x, axis=1, kind="stable")  # (M, V) most likely first
+    xs = np.take_along_axis(x, order, axis=1)
+    p = np.exp(xs - xs[:, :1])  # (M, V) unnormalised, descending
+    rank = np.arange(v)[None, :]  # (1, V)
+    p[rank >= np.where(top_k > 0, top_k, v)[:, None]] = 0.0
+    cum = np.cumsum(p, axis=1)
+    # Nucleus: drop a character when the mass before it already reaches top_p (the first one always stays).
+    p[((cum - p) >= top_p[:, None] * cum[:, -1:]) & (top_p < 1.0)[:, None]] = 0.0
+    cum = np.cumsum(p, axis=1)
+    j = (cum < u[:, None] * cum[:, -1:]).sum(axis=1)  # first rank whose cumulative mass exceeds u·total
+    return order[np.arange(m), np.minimum(j, v - 1)]

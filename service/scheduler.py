@@ -1,0 +1,290 @@
+"""The step loop behind an Engine: one onnxruntime call per step advances every decoding stream of a model.
+
+Each iteration (1) applies membership changes (streams that finished, paused or left; streams ready to
+join), (2) runs one decode step for the whole batch, ids (B, 1), and samples every row at once, (3) feeds
+one chunk of at most ``prefill_chunk`` characters to the streams still consuming their prompts (or fed
+text), batched together, so that a long prompt never stalls the others for more than one chunk. Consumers
+are woken per chunk, not per character: characters pile up in each stream's buffer while its reader is
+busy, and a stream whose buffer is full leaves the batch until its reader catches up, so a slow reader
+costs the others nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from service.batch import DecodeBatch, Joiner
+from service.runtime import Runtime
+from service.sampling import BatchParams, log_softmax, sample
+from service.stream import Stream
+from service.types import EngineObserver, FinishReason
+from service.vocab import Vocab
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How one model's engine batches."""
+
+    max_batch: int = 256  # decode rows per step; further streams wait for a free row
+    prefill_chunk: int = 256  # characters per sequence call when consuming prompts and fed text
+    stream_buffer_chars: int = 4096  # unread characters per stream before it stops being stepped
+    # onnxruntime releases the GIL: a call run in a worker thread lets the event loop serve consumers and
+    # the network meanwhile, but the hand-off costs ~50-140 µs (measured here on 2 shared cores). So calls
+    # expected (from recent ones) to take longer than thread_above_us run in the worker thread, and short
+    # ones (small batches of a small model) in the loop thread. run_in_thread=False keeps every call in the
+    # loop thread; thread_above_us=0 sends every call to the thread.
+    run_in_thread: bool = True
+    thread_above_us: float = 200.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "prefill_chunk", "stream_buffer_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not self.thread_above_us >= 0:
+            raise ValueError(f"thread_above_us: must be >= 0, got {self.thread_above_us}")
+
+
+class Scheduler:
+    """The streams of one model and the loop that steps them (Engine adds the request API on top)."""
+
+    def __init__(self, runtime: Runtime, vocab: Vocab, config: EngineConfig, model: str,
+                 observer: EngineObserver | None) -> None:  # fmt: skip
+        if len(vocab) != runtime.vocab_size:
+            raise ValueError(f"{model}: vocabulary has {len(vocab)} characters, the model {runtime.vocab_size}")
+        self.runtime, self.vocab, self.config, self.observer = runtime, vocab, config, observer
+        self.model = model or runtime.model
+        self._batch = DecodeBatch(runtime, config.max_batch)
+        self._rows: list[Stream] = []  # the streams of the batch rows, in row order
+        self._params = BatchParams.of([])
+        self._sampled: list[tuple[int, Stream]] = []  # rows that draw a uniform each step
+        self._uniforms = np.zeros(self._batch.capacity)
+        self._arange = np.arange(self._batch.capacity)
+        self._want_logprobs = False
+        self._prefilling: list[Stream] = []
+        self._ready: deque[Stream] = deque()
+        self._paused: set[Stream] = set()  # out of the batch until their readers catch up
+        self._dirty = False  # batch membership must be rebuilt before the next step
+        self._active = 0
+        self._kick = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="charlm-ort")
+        self._expected = {"decode": 0.0, "prefill": 0.0}  # recent call durations (s), to place the next call
+        self._yielded = False  # whether this iteration awaited a worker thread (else it yields explicitly)
+
+    def _enqueue(self, s: Stream) -> None:
+        """Queue a stream for a batch row."""
+        s.where = "ready"
+        self._paused.discard(s)
+        self._ready.append(s)
+        self._dirty = True
+        self._kick.set()
+
+    def _abandon(self, s: Stream) -> None:
+        """The consumer went away: a batch row is freed at the next step; elsewhere the stream ends now."""
+        s.abandoned = True
+        if s.where == "batch":
+            self._dirty = True
+            self._kick.set()
+        elif s.where != "done":
+            self._end(s, None)
+
+    def _end(self, s: Stream, reason: FinishReason | None, stop: str = "") -> None:
+        """The one place a stream becomes done (its state is consistent by then)."""
+        s.where, s.finish_reason, s.stop_sequence = "done", reason, stop
+        self._paused.discard(s)
+        s.t_end = time.perf_counter()
+        s.sync_rng()
+        s.state.chars_consumed += s.generated
+        if not s.score:
+            self._active -= 1
+        s.wake()
+
+    def _fail_all(self, error: BaseException) -> None:
+        """End every stream the loop holds with ``error`` (the engine is closing, or a step failed)."""
+        for i, s in enumerate(self._rows):
+            if s.where == "batch":  # a failed call swapped no buffers: rows still hold consistent states
+                self._save_row(s, i)
+        for s in [*self._rows, *self._prefilling, *self._ready, *self._paused]:
+            if s.where != "done":
+                s.error = error
+                self._end(s, None)
+        self._rows, self._prefilling = [], []
+        self._ready.clear()
+        self._paused.clear()
+        self._batch.rebuild([], [])
+        self._dirty = False
+
+    async def _loop(self) -> None:
+        """Admit, decode, prefill; forever."""
+        while True:
+            if not (self._rows or self._prefilling or self._ready or self._dirty):
+                self._kick.clear()
+                await self._kick.wait()
+            try:
+                self._admit()
+                if self._batch.n:
+                    await self._decode()
+                if self._prefilling:
+                    await self._prefill()
+            except Exception as e:  # a failed step fails its streams, never the loop
+                log.exception("%s: engine step failed", self.model)
+                self._fail_all(e)
+            if not self._yielded:
+                await asyncio.sleep(0)  # let consumers and the network run between steps
+            self._yielded = False
+
+    async def _call(self, kind: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run an onnxruntime call in the loop thread, or in the worker thread when it is expected to be long."""
+        start = time.perf_counter()
+        if not self.config.run_in_thread or self._expected[kind] * 1e6 < self.config.thread_above_us:
+            result = fn(*args)
+        else:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            self._yielded = True
+        self._expected[kind] = 0.8 * self._expected[kind] + 0.2 * (time.perf_counter() - start)
+        return result
+
+    def _admit(self) -> None:
+        """Rebuild the batch: drop rows that left, save abandoned ones' states, add ready streams."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        b = self._batch
+        keep: list[int] = []
+        rows: list[Stream] = []
+        for i, s in enumerate(self._rows):
+            if s.where != "batch":  # finished or paused while stepping: state already saved
+                continue
+            if s.abandoned:
+                self._save_row(s, i)
+                self._end(s, None)
+                continue
+            keep.append(i)
+            rows.append(s)
+        joining: list[Joiner] = []
+        while self._ready and len(rows) < self.config.max_batch:
+            s = self._ready.popleft()
+            if s.where != "ready":
+                continue
+            if s.cancel is not None and s.cancel.is_set():
+                self._end(s, "cancelled")
+                continue
+            assert s.state.pending is not None
+            s.where = "batch"
+            joining.append(Joiner(s.state.arrays, s.state.pending, s.seen))
+            rows.append(s)
+        b.rebuild(keep, joining)
+        self._rows = rows
+        self._params = BatchParams.of([s.sampling for s in rows])
+        self._sampled = [(i, s) for i, s in enumerate(rows) if s.sampling.temperature > 0]
+        self._want_logprobs = any(s.lps is not None for s in rows)
+
+    def _save_row(self, s: Stream, row: int) -> None:
+        """Copy a row's state out of the batch into the stream's SeqState (its next id is the pending one)."""
+        b = self._batch
+        s.state.arrays = b.row_state(row)
+        s.state.pending = int(b.ids[row])
+        s.seen = b.seen[row].copy()
+
+    async def _decode(self) -> None:
+        """One step of the whole batch: feed every row's pending id, sample every row's next id."""
+        b, n = self._batch, self._batch.n
+        u = self._uniforms
+        for i, s in self._sampled:
+            u[i] = s.next_uniform()
+        t = time.perf_counter()
+        logits = await self._call("decode", b.step)  # (n, V)
+        dt = time.perf_counter() - t
+        ids = sample(logits, self._params, u[:n], b.seen[:n])  # (n,)
+        b.ids[:] = ids
+        b.seen[self._arange[:n], ids] = True
+        lps = log_softmax(logits)[self._arange[:n], ids].tolist() if self._want_logprobs else None
+        self._deliver(ids.tolist(), lps)
+        if self.observer is not None:
+            self.observer.step(self.model, n, dt)
+            self.observer.chars(self.model, n)
+
+    def _deliver(self, ids: list[int], lps: list[float] | None) -> None:
+        """Append each row's character to its stream; finish, pause or wake streams as needed."""
+        chars, cap, now = self.vocab.chars, self.config.stream_buffer_chars, time.perf_counter()
+        for i, s in enumerate(self._rows):
+            c = chars[ids[i]]
+            s.buf.append(c)
+            if s.lps is not None and lps is not None:
+                s.lps.append(lps[i])
+            s.generated += 1
+            if s.t_first is None:
+                s.t_first = now
+                if self.observer is not None:
+                    self.observer.first_char(self.model, now - s.t0)
+            stop = s.match_stop(c) if s.has_stops else None
+            if stop is not None:
+                self._leave(s, i, "stop", stop)
+            elif s.generated >= s.params.max_chars:
+                self._leave(s, i, "length")
+            elif s.cancel is not None and s.cancel.is_set():
+                self._leave(s, i, "cancelled")
+            elif len(s.buf) >= cap:
+                self._leave(s, i, None)
+            else:
+                s.wake()
+
+    def _leave(self, s: Stream, row: int, reason: FinishReason | None, stop: str = "") -> None:
+        """Take a row out of the batch after this step: finished (reason given) or paused (None)."""
+        self._save_row(s, row)
+        self._dirty = True
+        if reason is None:
+            s.where = "paused"
+            self._paused.add(s)
+            s.wake()
+        else:
+            self._end(s, reason, stop)
+
+    async def _prefill(self) -> None:
+        """Feed one chunk to every stream still consuming text, as one (P, L) sequence call."""
+        group: list[Stream] = []
+        for s in self._prefilling:
+            if s.where != "prefill":
+                continue
+            if s.cancel is not None and s.cancel.is_set():
+                self._end(s, "cancelled")
+            elif len(group) < self.config.max_batch:
+                group.append(s)
+        # The shortest remaining text sets the chunk: everyone advances together and short prompts finish first.
+        n = min(self.config.prefill_chunk, *(s.remaining for s in group)) if group else 0
+        if n:
+            ids = np.stack([s.todo[s.done : s.done + n] for s in group])  # (P, n)
+            per_tensor = zip(*(s.state.arrays for s in group), strict=True)
+            states = tuple(np.stack(a, axis=1) for a in per_tensor)  # each (layers, P, H)
+            logits, new = await self._call("prefill", self.runtime.run, ids, states)  # (P, n, V)
+            for i, s in enumerate(group):
+                if s.where != "prefill":  # abandoned during the call: its state stays as it was
+                    continue
+                if s.score:
+                    self._score(s, logits[i], n)
+                s.state.arrays = tuple(np.ascontiguousarray(a[:, i]) for a in new)
+                s.done += n
+                s.state.pending = int(s.todo[s.done]) if s.remaining else s.pending_after
+                if not s.remaining and s.score:
+                    self._end(s, None)
+                elif not s.remaining:
+                    self._enqueue(s)
+        self._prefilling = [s for s in self._prefilling if s.where == "prefill"]
+
+    @staticmethod
+    def _score(s: Stream, logits: np.ndarray, n: int) -> None:
+        """Add the NLL of the ids that follow the ``n`` fed ones (logits (n, V))."""
+        nxt = np.append(s.todo[s.done + 1 : s.done + n + 1], [] if s.done + n < s.todo.size else [s.pending_after])
+        s.nll -= float(log_softmax(logits)[np.arange(n), nxt.astype(np.int64)].sum())
+        s.scored += n

@@ -1,0 +1,109 @@
+"""The grpc.aio server: TextGeneration, health, reflection, /metrics, and a graceful drain on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from charlm.v1 import charlm_pb2, charlm_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.config import ServiceConfig
+from service.dataplane import DataPlane
+from service.metrics import Metrics
+from service.registry import Registry
+from service.servicer import Servicer
+from service.sessions import InMemorySessionStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = charlm_pb2.DESCRIPTOR.services_by_name["TextGeneration"].full_name  # "charlm.v1.TextGeneration"
+
+
+class Server:
+    """One charlm server: start(), then shutdown() (drain, stop, release)."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.port = 0  # bound gRPC port, known after start()
+        self.metrics_port: int | None = None  # bound /metrics port, None when disabled
+        self.metrics = Metrics()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs predate aio
+        self._grpc: grpc.aio.Server | None = None
+        self._dataplane: DataPlane | None = None
+        self._registry: Registry | None = None
+        self._sessions: InMemorySessionStore | None = None
+
+    async def start(self) -> None:
+        """Loads the models, binds the ports and starts serving."""
+        cfg = self.config
+        self._registry = Registry.load(cfg.model_repo, cfg.runtime, cfg.engine, cfg.default_model, self.metrics)
+        await self._registry.start()
+        self._sessions = InMemorySessionStore(cfg.sessions, self.metrics)
+        self._sessions.start()
+        self._dataplane = DataPlane(self._registry, self._sessions, cfg.limits, self.metrics)
+        size = cfg.limits.max_message_bytes
+        self._grpc = grpc.aio.server(options=[("grpc.max_send_message_length", size),
+                                              ("grpc.max_receive_message_length", size),
+                                              ("grpc.so_reuseport", 0)])  # a second server must not share the port
+        charlm_pb2_grpc.add_TextGenerationServicer_to_server(Servicer(self._dataplane, self.metrics), self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        if cfg.reflection:
+            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                     reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, self._grpc)
+        try:
+            self.port = self._grpc.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        except RuntimeError as e:  # grpc says only "Failed to bind"
+            raise OSError(f"cannot listen on {cfg.host}:{cfg.port} (in use?): {e}") from None
+        if cfg.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+        await self._grpc.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s:%d (default model %s; metrics %s)", SERVICE_NAME, cfg.host, self.port,
+                 self._registry.default.spec,
+                 f"http://{cfg.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else "off",
+                 extra={"port": self.port, "metrics_port": self.metrics_port})
+
+    async def drain(self) -> None:
+        """Health NOT_SERVING, new streams refused (UNAVAILABLE); in-flight ones get the grace period, then end."""
+        await self.health.enter_graceful_shutdown()
+        if self._dataplane is not None:
+            log.info("draining: %d streams in flight, grace %.1fs", self._dataplane.active_streams,
+                     self.config.grace_seconds)
+            await self._dataplane.drain(self.config.grace_seconds)
+
+    async def shutdown(self) -> None:
+        """Drains, stops the gRPC server and releases engines, sessions and the metrics endpoint."""
+        await self.drain()
+        if self._grpc is not None:
+            # Generations were cancelled at the end of the grace period; this lets their last messages flush.
+            await self._grpc.stop(grace=2.0)
+        if self._sessions is not None:
+            await self._sessions.close()
+        if self._registry is not None:
+            await self._registry.close()
+        self.metrics.close()
+        log.info("stopped")
+
+
+async def serve(config: ServiceConfig) -> int:
+    """Runs a server until SIGTERM or SIGINT, then shuts it down gracefully; returns the exit code (0)."""
+    server = Server(config)
+    try:
+        await server.start()
+    except BaseException:
+        await server.shutdown()  # engines and the metrics endpoint may already run
+        raise
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: shutting down")
+    await server.shutdown()
+    return 0

@@ -1,0 +1,236 @@
+"""The gRPC servicer: the only module that converts protobuf to service types and maps errors to status codes."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from charlm.v1 import charlm_pb2 as pb
+from charlm.v1 import charlm_pb2_grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from service import errors
+from service.dataplane import DataPlane
+from service.metrics import Metrics
+from service.requests import (
+    ChatAction,
+    ChatCancel,
+    ChatEvent,
+    ChatFeed,
+    ChatGenerate,
+    ChatOpen,
+    Done,
+    Fed,
+    FeedChunk,
+    GenerateRequest,
+)
+from service.sessions import Session
+from service.types import Chunk, GenerateParams, Sampling
+
+log = logging.getLogger(__name__)
+
+# The one place where domain errors become status codes.
+_CODES: list[tuple[type[errors.CharlmError], grpc.StatusCode]] = [
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.SessionBusy, grpc.StatusCode.ABORTED),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+]
+_FINISH = {"length": pb.FINISH_REASON_LENGTH, "stop": pb.FINISH_REASON_STOP, "cancelled": pb.FINISH_REASON_CANCELLED}
+
+
+def _status(code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]) -> grpc.Status:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="charlm", metadata=metadata))
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[detail]))
+
+
+def _code(e: BaseException) -> grpc.StatusCode:
+    """The status of an RPC that raised ``e``: CANCELLED for a cancelled task, INTERNAL for our bugs."""
+    if isinstance(e, errors.CharlmError):
+        return next((c for cls, c in _CODES if isinstance(e, cls)), grpc.StatusCode.INTERNAL)
+    return grpc.StatusCode.INTERNAL if isinstance(e, Exception) else grpc.StatusCode.CANCELLED
+
+
+async def _abort(e: Exception, context: Any, rpc: str) -> None:  # grpc-stubs lack the aio context
+    """Aborts the RPC with the rich status for ``e`` (never UNKNOWN); unexpected errors are logged."""
+    if isinstance(e, errors.CharlmError):
+        status = _status(_code(e), e.message, e.reason, {k: str(v) for k, v in e.metadata.items()})
+    else:
+        log.exception("unexpected error in %s", rpc)
+        status = _status(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}", "INTERNAL", {})
+    await context.abort_with_status(status)
+
+
+def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Maps errors to statuses and counts the RPC by its status code; works for unary and streaming responses."""
+    name = fn.__name__
+
+    async def fail(self: Servicer, e: BaseException, context: Any) -> None:
+        # Counted before aborting: abort sends the status, and a client may scrape /metrics right after.
+        self._metrics.request(name, _code(e).name)
+        if isinstance(e, Exception):
+            await _abort(e, context, name)
+
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def stream(self: Servicer, request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except BaseException as e:
+                await fail(self, e, context)
+                raise
+            self._metrics.request(name, "OK")
+        return stream
+
+    @functools.wraps(fn)
+    async def unary(self: Servicer, request: Any, context: Any) -> Any:
+        try:
+            response = await fn(self, request, context)
+        except BaseException as e:
+            await fail(self, e, context)
+            raise
+        self._metrics.request(name, "OK")
+        return response
+    return unary
+
+
+# ---------------------------------------------------------------- conversions
+
+def sampling_from_pb(p: pb.SamplingParams) -> Sampling:
+    """Proto defaults (unset/0) become the documented neutral values."""
+    return Sampling(temperature=p.temperature if p.HasField("temperature") else 1.0, top_k=p.top_k,
+                    top_p=p.top_p or 1.0, repetition_penalty=p.repetition_penalty or 1.0,
+                    seed=p.seed if p.HasField("seed") else None)
+
+
+def params_from_pb(p: pb.SamplingParams, max_chars: int, stop: Any, logprobs: bool) -> GenerateParams:
+    """GenerateParams from the fields GenerateRequest and ChatGenerate share."""
+    return GenerateParams(sampling_from_pb(p), max_chars, tuple(stop), logprobs)
+
+
+def generated_to_pb(event: Chunk | Done) -> pb.GenerateResponse:
+    """A chunk of text, or the final message with the finish."""
+    if isinstance(event, Chunk):  # the hot path: one call per message
+        if event.logprobs is None:
+            return pb.GenerateResponse(text=event.text)  # half the cost of passing an empty logprobs
+        return pb.GenerateResponse(text=event.text, logprobs=event.logprobs)
+    f = event.finish
+    return pb.GenerateResponse(finish=pb.Finish(
+        reason=_FINISH[f.reason], stop_sequence=f.stop_sequence, prompt_chars=f.prompt_chars,
+        generated_chars=f.generated_chars, time_to_first_char_ms=f.time_to_first_char_ms, total_ms=f.total_ms,
+        model=event.model, session_id=event.session_id, seed=f.seed))
+
+
+def session_to_pb(s: Session) -> pb.Session:
+    """A session's description."""
+    return pb.Session(id=s.id, model=s.model, chars_consumed=s.state.chars_consumed, ttl_seconds=int(s.ttl_seconds),
+                      created_at=s.created_at, last_used_at=s.last_used_at, expires_at=s.expires_at,
+                      state_bytes=s.state.nbytes, busy=s.busy)
+
+
+def fed_to_pb(f: Fed) -> pb.FeedResponse:
+    """Characters consumed and their score."""
+    r = f.result
+    return pb.FeedResponse(session_id=f.session_id, chars_consumed=r.chars_consumed, chars_scored=r.chars_scored,
+                           nll_nats=r.nll_nats, nats_per_char=r.nats_per_char, bits_per_char=r.bits_per_char)
+
+
+def chat_action_from_pb(r: pb.ChatRequest) -> ChatAction:
+    """One Chat message as a domain action."""
+    kind = r.WhichOneof("action")
+    if kind == "open":
+        return ChatOpen(r.open.session_id, r.open.model, r.open.ttl_seconds)
+    if kind == "feed":
+        return ChatFeed(r.feed)
+    if kind == "generate":
+        g = r.generate
+        return ChatGenerate(params_from_pb(g.sampling, g.max_chars, g.stop, g.logprobs))
+    if kind == "cancel":
+        return ChatCancel()
+    raise errors.InvalidArgument("action", "a ChatRequest must set one of open, feed, generate, cancel")
+
+
+def chat_event_to_pb(e: ChatEvent) -> pb.ChatResponse:
+    """One Chat event as a message."""
+    if isinstance(e, Session):
+        return pb.ChatResponse(opened=session_to_pb(e))
+    if isinstance(e, Fed):
+        return pb.ChatResponse(fed=fed_to_pb(e))
+    return pb.ChatResponse(generated=generated_to_pb(e))
+
+
+async def _feed_chunks(requests: AsyncIterator[pb.FeedRequest]) -> AsyncIterator[FeedChunk]:
+    async for r in requests:
+        yield FeedChunk(r.text, r.session_id, r.model)
+
+
+async def _chat_actions(requests: AsyncIterator[pb.ChatRequest]) -> AsyncIterator[ChatAction]:
+    async for r in requests:
+        yield chat_action_from_pb(r)
+
+
+# ---------------------------------------------------------------- the service
+
+class Servicer(charlm_pb2_grpc.TextGenerationServicer):
+    """charlm.v1.TextGeneration over a DataPlane."""
+
+    def __init__(self, dataplane: DataPlane, metrics: Metrics) -> None:
+        self._dp = dataplane
+        self._metrics = metrics
+
+    @_rpc
+    async def Generate(self, request: pb.GenerateRequest, context: Any) -> AsyncIterator[pb.GenerateResponse]:
+        params = params_from_pb(request.sampling, request.max_chars, request.stop, request.logprobs)
+        async for event in self._dp.generate(GenerateRequest(request.model, request.prompt, params,
+                                                             request.session_id)):
+            yield generated_to_pb(event)
+
+    @_rpc
+    async def CreateSession(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
+        return session_to_pb(await self._dp.create_session(request.model, request.prime, request.ttl_seconds))
+
+    @_rpc
+    async def GetSession(self, request: pb.GetSessionRequest, context: Any) -> pb.Session:
+        return session_to_pb(self._dp.get_session(request.session_id))
+
+    @_rpc
+    async def ListSessions(self, request: pb.ListSessionsRequest, context: Any) -> pb.ListSessionsResponse:
+        return pb.ListSessionsResponse(sessions=[session_to_pb(s) for s in self._dp.list_sessions(request.model)])
+
+    @_rpc
+    async def DeleteSession(self, request: pb.DeleteSessionRequest, context: Any) -> pb.DeleteSessionResponse:
+        self._dp.delete_session(request.session_id)
+        return pb.DeleteSessionResponse()
+
+    @_rpc
+    async def ForkSession(self, request: pb.ForkSessionRequest, context: Any) -> pb.Session:
+        return session_to_pb(self._dp.fork_session(request.session_id, request.ttl_seconds))
+
+    @_rpc
+    async def Feed(self, request_iterator: AsyncIterator[pb.FeedRequest], context: Any) -> pb.FeedResponse:
+        return fed_to_pb(await self._dp.feed(_feed_chunks(request_iterator)))
+
+    @_rpc
+    async def Chat(self, request_iterator: AsyncIterator[pb.ChatRequest],
+                   context: Any) -> AsyncIterator[pb.ChatResponse]:
+        async for event in self._dp.chat(_chat_actions(request_iterator)):
+            yield chat_event_to_pb(event)
+
+    @_rpc
+    async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
+        models, default = self._dp.list_models()
+        return pb.ListModelsResponse(models=[m.info for m in models], default_model=default.spec)
+
+    @_rpc
+    async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelInfo:
+        return self._dp.get_model(request.model).info

@@ -1,0 +1,40 @@
+"""The load generator behind `charlm bench` and bench/serve.py: percentiles, and a small real run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from fixtures.charlm_client import PROMPT
+from fixtures.server import RunningServer
+
+from client.loadgen import percentile, run_load, summarize
+
+
+def test_percentile_interpolates() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile([7.0], 90) == 7.0 and math.isnan(percentile([], 50))
+    s = summarize([3.0, 1.0, 2.0])
+    assert (s.p50, s.mean, s.count) == (2.0, 2.0, 3)
+
+
+async def test_run_load_counts_every_character(server: RunningServer) -> None:
+    seen: list[int] = []
+    report = await run_load(server.target, streams=4, chars=50, prompt=PROMPT, channels=2, progress=seen.append)
+    assert report.total_chars == 200 == sum(seen) and report.completed == 4 and report.errors == {}
+    assert report.channels == 2 and report.ttfc_ms.count == 4
+    assert report.total_chunks == len(seen) and 1.0 <= report.chars_per_chunk <= 50
+    # Inter-character gaps spread each chunk gap over its characters: they sum to the inter-chunk gaps.
+    assert report.inter_chunk_ms.count == report.total_chunks - 4  # one gap fewer than chunks, per stream
+    assert report.inter_chunk_ms.count <= report.inter_char_ms.count < 200
+    assert report.inter_char_ms.mean * report.inter_char_ms.count == pytest.approx(
+        report.inter_chunk_ms.mean * report.inter_chunk_ms.count, rel=1e-6)
+    assert report.chars_per_s > 0 and report.ttfc_ms.p50 > 0
+
+
+async def test_run_load_reports_errors_by_status(server: RunningServer) -> None:
+    report = await run_load(server.target, streams=3, chars=10, prompt=PROMPT, model="no-such-model")
+    assert report.errors == {"NOT_FOUND": 3} and report.completed == 0 and report.total_chars == 0
+    assert report.to_dict()["errors"] == {"NOT_FOUND": 3}

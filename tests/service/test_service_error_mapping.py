@@ -1,0 +1,85 @@
+"""The servicer's one error-mapping place: every domain error has its code; a bug is INTERNAL, never UNKNOWN."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from service import errors
+from service.metrics import Metrics
+from service.servicer import _rpc
+
+
+class Aborted(Exception):
+    """What a real context.abort_with_status raises."""
+
+
+class Context:
+    """Records the status an RPC aborts with (the grpc.aio context's abort_with_status)."""
+
+    status: grpc.Status | None = None
+
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        self.status = status
+        raise Aborted
+
+
+class Failing:
+    """Two RPCs, unary and streaming, that raise what they are given."""
+
+    def __init__(self) -> None:
+        self._metrics = Metrics()
+
+    @_rpc
+    async def Unary(self, request: BaseException, context: Any) -> None:
+        raise request
+
+    @_rpc
+    async def Streaming(self, request: BaseException, context: Any) -> AsyncIterator[int]:
+        yield 1
+        raise request
+
+
+def error_info(status: grpc.Status) -> error_details_pb2.ErrorInfo:
+    trailing = dict(status.trailing_metadata)
+    rich = status_pb2.Status.FromString(trailing["grpc-status-details-bin"])
+    info = error_details_pb2.ErrorInfo()
+    assert rich.details[0].Unpack(info) and rich.code == status.code.value[0] and rich.message == status.details
+    return info
+
+
+@pytest.mark.parametrize(("error", "code", "reason"), [
+    (errors.InvalidArgument("sampling.top_p", "1.5 is outside (0, 1]"), grpc.StatusCode.INVALID_ARGUMENT,
+     "INVALID_ARGUMENT"),
+    (errors.NotFound("session 'x' expired", "SESSION_EXPIRED"), grpc.StatusCode.NOT_FOUND, "SESSION_EXPIRED"),
+    (errors.SessionBusy("busy"), grpc.StatusCode.ABORTED, "SESSION_BUSY"),
+    (errors.ResourceExhausted("full"), grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"),
+    (errors.FailedPrecondition("other model", field="model"), grpc.StatusCode.FAILED_PRECONDITION,
+     "FAILED_PRECONDITION"),
+    (errors.Unavailable("draining"), grpc.StatusCode.UNAVAILABLE, "DRAINING"),
+    (errors.CharlmError("odd"), grpc.StatusCode.INTERNAL, "INTERNAL"),
+    (ZeroDivisionError("a bug"), grpc.StatusCode.INTERNAL, "INTERNAL"),
+])
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_each_error_maps_to_its_status(error: Exception, code: grpc.StatusCode, reason: str,
+                                             streaming: bool, caplog: pytest.LogCaptureFixture) -> None:
+    svc, context = Failing(), Context()
+    with pytest.raises(Aborted):
+        if streaming:
+            async for _ in svc.Streaming(error, context):
+                pass
+        else:
+            await svc.Unary(error, context)
+    assert context.status is not None and context.status.code == code
+    info = error_info(context.status)
+    assert info.reason == reason and info.domain == "charlm"
+    if isinstance(error, errors.InvalidArgument):
+        assert info.metadata["field"] == "sampling.top_p" and "sampling.top_p" in context.status.details
+    if isinstance(error, ZeroDivisionError):
+        assert "Traceback" in caplog.text and "ZeroDivisionError" in caplog.text  # logged for whoever debugs it
+    rpc = "Streaming" if streaming else "Unary"
+    assert svc._metrics.requests.labels(rpc, code.name)._value.get() == 1

@@ -1,0 +1,155 @@
+"""Operations: health, reflection, /metrics, cancellation, draining, and SIGTERM on a real `python -m service`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from charlm.v1 import charlm_pb2 as pb
+from charlm.v1 import charlm_pb2_grpc
+from fixtures.server import error_info, generate
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from service.config import Limits
+
+SERVICE = "charlm.v1.TextGeneration"
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The /metrics samples as {'name{labels}': value}."""
+    with urllib.request.urlopen(url, timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    return {k: float(v) for k, v in (ln.rsplit(" ", 1) for ln in lines if ln and not ln.startswith("#"))}
+
+
+async def health_of(channel: grpc.aio.Channel, service: str) -> int:
+    return (await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))).status
+
+
+async def test_health_and_reflection(server) -> None:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        assert await health_of(channel, "") == SERVING
+        assert await health_of(channel, SERVICE) == SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for response in stub.ServerReflectionInfo(iter([request])):
+            names = {s.name for s in response.list_services_response.service}
+            assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
+async def test_metrics_endpoint(server, stub) -> None:
+    s = await stub.CreateSession(pb.CreateSessionRequest(prime="The "))
+    await generate(stub, session_id=s.id, max_chars=30)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.GetModel(pb.GetModelRequest(model="nope"))
+    m = scrape(server.metrics_url)
+    assert m['charlm_requests_total{code="OK",rpc="Generate"}'] >= 1
+    assert m['charlm_requests_total{code="NOT_FOUND",rpc="GetModel"}'] >= 1
+    assert m['charlm_chars_generated_total{model="tiny-lstm:1"}'] >= 30
+    assert m["charlm_active_sessions"] >= 1 and m["charlm_session_state_bytes"] > 0
+    assert m["charlm_active_streams"] == 0
+    for histogram in ("charlm_batch_size", "charlm_step_seconds", "charlm_time_to_first_char_seconds"):
+        assert m[f'{histogram}_count{{model="tiny-lstm:1"}}'] >= 1
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
+        assert "charlm_sessions_removed_total" in r.read().decode()  # declared even before any removal
+
+
+async def test_cancelling_a_stream_frees_its_slot(server_factory) -> None:
+    srv = server_factory(limits=Limits(max_streams=1))
+    async with grpc.aio.insecure_channel(srv.target) as channel:
+        stub = charlm_pb2_grpc.TextGenerationStub(channel)
+        for _ in range(3):  # each cancelled stream leaves room for the next one
+            call = stub.Generate(pb.GenerateRequest(prompt="The ", max_chars=60000))
+            assert (await call.read()).text
+            call.cancel()
+            for _ in range(100):
+                if scrape(srv.metrics_url)["charlm_active_streams"] == 0:
+                    break
+                await asyncio.sleep(0.05)
+        text, _, _, _ = await generate(stub, prompt="The ", max_chars=10)
+        assert len(text) == 10
+
+
+async def test_draining_refuses_new_work_and_finishes_in_flight(server_factory) -> None:
+    srv = server_factory(grace_seconds=5.0)
+    async with grpc.aio.insecure_channel(srv.target) as channel:
+        stub = charlm_pb2_grpc.TextGenerationStub(channel)
+        in_flight = stub.Generate(pb.GenerateRequest(prompt="The ", max_chars=3000))
+        first = await in_flight.read()
+        drained = srv.drain()
+        await asyncio.sleep(0.2)
+        assert await health_of(channel, "") == NOT_SERVING and await health_of(channel, SERVICE) == NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await generate(stub, prompt="a", max_chars=1)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE and error_info(e.value).reason == "DRAINING"
+        text = [first.text]
+        while (r := await in_flight.read()) != grpc.aio.EOF:  # type: ignore[attr-defined]
+            text.append(r.text)
+            finish = r.finish if r.HasField("finish") else None
+        assert finish is not None and finish.reason == pb.FINISH_REASON_LENGTH and len("".join(text)) == 3000
+        await asyncio.wrap_future(drained)
+
+
+async def test_streams_still_running_after_the_grace_period_end_cancelled(server_factory) -> None:
+    srv = server_factory(grace_seconds=0.2)
+    async with grpc.aio.insecure_channel(srv.target) as channel:
+        stub = charlm_pb2_grpc.TextGenerationStub(channel)
+        call = stub.Generate(pb.GenerateRequest(prompt="The ", max_chars=65536))
+        text = [(await call.read()).text]
+        srv.drain()
+        while (r := await call.read()) != grpc.aio.EOF:  # type: ignore[attr-defined]
+            text.append(r.text)
+            finish = r.finish if r.HasField("finish") else None
+        assert finish is not None and finish.reason == pb.FINISH_REASON_CANCELLED
+        assert finish.generated_chars == len("".join(text)) < 65536
+
+
+def test_sigterm_drains_and_exits_zero(model_repo: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "CHARLM_LOG_FORMAT": "json", "CHARLM_METRICS_PORT": "-1", "CHARLM_GRACE_SECONDS": "5"}
+    log = (tmp_path / "server.log").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--model-repo", str(model_repo), "--port", "0"],
+                            cwd=Path(__file__).resolve().parents[2], env=env, stderr=log, stdout=log)
+    try:
+        port = wait_for_port(proc, Path(log.name))
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = charlm_pb2_grpc.TextGenerationStub(channel)
+        stream = stub.Generate(pb.GenerateRequest(prompt="The ", max_chars=2000))
+        text = [next(stream).text]
+        proc.send_signal(signal.SIGTERM)
+        finish = None
+        for r in stream:  # the in-flight stream completes (or ends cleanly, cancelled) despite the signal
+            text.append(r.text)
+            if r.HasField("finish"):
+                finish = r.finish
+        assert finish is not None and finish.generated_chars == len("".join(text))
+        assert proc.wait(timeout=30) == 0
+        channel.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    lines = [json.loads(ln) for ln in Path(log.name).read_text().splitlines() if ln.startswith("{")]
+    assert any(ln["msg"] == "stopped" for ln in lines)
+
+
+def wait_for_port(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> int:
+    """The port from the server's structured "serving" log line."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        for line in log.read_text().splitlines():
+            if line.startswith("{") and "port" in (record := json.loads(line)):
+                return int(record["port"])
+        time.sleep(0.1)
+    raise AssertionError(f"server did not start: {log.read_text()}")

@@ -1,0 +1,194 @@
+"""The batching engine's flow control: cancellation, slow readers, chunked prefill, stops, limits, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fixtures.service_core import EngineFactory, RecordingObserver, collect
+
+from service.engine import Engine
+from service.errors import InvalidArgument, Unavailable
+from service.types import Chunk, Finish, GenerateParams, Sampling
+
+PROMPT = "The keeper "
+LONG = GenerateParams(Sampling(temperature=1.0, seed=1), max_chars=100_000)
+
+
+async def until(cond: object, timeout: float = 10.0) -> None:
+    """Yield to the loop until cond() holds."""
+    async with asyncio.timeout(timeout):
+        while not cond():  # type: ignore[operator]
+            await asyncio.sleep(0.001)
+
+
+async def consume(engine: Engine, prompt: str, params: GenerateParams, out: list[str]) -> Finish:
+    await engine.start()
+    async for event in engine.generate(engine.new_state(), prompt, params):
+        if isinstance(event, Chunk):
+            out.append(event.text)
+        else:
+            return event
+    raise AssertionError("no Finish")
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+async def test_cancelled_consumer_task_frees_its_row(make_engine: EngineFactory, threaded: bool) -> None:
+    engine = make_engine("lstm", run_in_thread=threaded, thread_above_us=0.0)
+    await engine.start()
+    chunks: list[str] = []
+    task = asyncio.create_task(consume(engine, PROMPT, LONG, chunks))
+    await until(lambda: len(chunks) > 3)
+    assert engine.active_streams == 1 and engine.batch_size == 1
+    task.cancel()
+    await until(lambda: engine.batch_size == 0)
+    assert engine.active_streams == 0
+
+
+async def test_consumer_that_stops_iterating_frees_its_row(make_engine: EngineFactory) -> None:
+    engine = make_engine("rnn")
+    await engine.start()
+    state = engine.new_state()
+    gen = engine.generate(state, PROMPT, LONG)
+    async for event in gen:
+        assert isinstance(event, Chunk)
+        break
+    await gen.aclose()  # what `async for ... break` leads to once the generator is dropped
+    await until(lambda: engine.batch_size == 0)
+    assert engine.active_streams == 0
+    assert state.pending is not None and state.chars_consumed > len(PROMPT)  # the state kept what was sampled
+
+
+async def test_cancel_event_finishes_with_cancelled(make_engine: EngineFactory) -> None:
+    engine = make_engine("gru")
+    await engine.start()
+    cancel = asyncio.Event()
+    got: list[str] = []
+    finish = None
+    async for event in engine.generate(engine.new_state(), PROMPT, LONG, cancel):
+        if isinstance(event, Chunk):
+            got.append(event.text)
+            if len("".join(got)) > 20:
+                cancel.set()
+        else:
+            finish = event
+    assert finish is not None and finish.reason == "cancelled"
+    assert finish.generated_chars == len("".join(got))
+    assert engine.active_streams == 0
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+async def test_slow_reader_coalesces_and_does_not_hold_others_back(make_engine: EngineFactory, threaded: bool) -> None:
+    engine = make_engine("lstm", stream_buffer_chars=32, run_in_thread=threaded, thread_above_us=0.0)
+    await engine.start()
+    slow = engine.generate(engine.new_state(), PROMPT, GenerateParams(Sampling(seed=2), max_chars=200))
+    first = await slow.__anext__()  # then the reader stops reading for a while
+    fast: list[str] = []
+    fast_finish = await consume(engine, PROMPT, GenerateParams(Sampling(seed=3), max_chars=300), fast)
+    assert fast_finish.reason == "length" and len("".join(fast)) == 300  # finished while the slow one was stuck
+    await until(lambda: engine.batch_size == 0)  # the finished row leaves at the next step...
+    assert engine.active_streams == 1  # ...and the slow stream is held, paused, not stepped
+    rest: list[Chunk | Finish] = [e async for e in slow]
+    chunks = [e for e in rest if isinstance(e, Chunk)]
+    assert isinstance(first, Chunk) and isinstance(rest[-1], Finish)
+    assert len(chunks[0].text) == 32 - len(first.text) or len(chunks[0].text) == 32  # a full buffer, coalesced
+    assert len(first.text) + sum(len(c.text) for c in chunks) == 200 == rest[-1].generated_chars
+    # the paused-and-resumed stream sampled exactly what an undisturbed one does
+    alone, _ = await collect(engine, engine.new_state(), PROMPT, GenerateParams(Sampling(seed=2), max_chars=200))
+    assert first.text + "".join(c.text for c in chunks) == alone
+
+
+async def test_long_prompt_is_prefilled_in_chunks_while_others_step(make_engine: EngineFactory,
+                                                                    tiny_text: str) -> None:  # fmt: skip
+    observer = RecordingObserver()
+    engine = make_engine("lstm", prefill_chunk=64, observer=observer)
+    await engine.start()
+    runner: list[str] = []
+    task = asyncio.create_task(consume(engine, PROMPT, LONG, runner))
+    await until(lambda: len(runner) > 0)
+    long_prompt = tiny_text[:2000]
+    steps_before = len(observer.steps)
+    out: list[str] = []
+    finish = await consume(engine, long_prompt, GenerateParams(Sampling(seed=4), max_chars=5), out)
+    assert finish.prompt_chars == 2000 and len("".join(out)) == 5
+    # ~2000 / 64 prefill chunks, each interleaved with a decode step of the running stream
+    assert len(observer.steps) - steps_before >= 2000 // 64
+    task.cancel()
+    # and the chunked prefill left the same state as one pass: compare with a lone stream
+    alone: list[str] = []
+    await consume(make_engine("lstm", prefill_chunk=4096), long_prompt, GenerateParams(Sampling(seed=4), max_chars=5),
+                  alone)  # fmt: skip
+    assert "".join(out) == "".join(alone)
+
+
+async def test_stop_sequence_ends_the_output_with_it(make_engine: EngineFactory) -> None:
+    engine = make_engine("lstm")
+    greedy = Sampling(temperature=0)
+    free, _ = await collect(engine, engine.new_state(), PROMPT, GenerateParams(greedy, 80))
+    stop = free[20:23]
+    text, finish = await collect(engine, engine.new_state(), PROMPT, GenerateParams(greedy, 80, stop=("zzzq", stop)))
+    assert finish.reason == "stop" and finish.stop_sequence == stop
+    assert text == free[: free.index(stop) + len(stop)] and text.endswith(stop)
+    assert finish.generated_chars == len(text)
+
+
+async def test_max_chars_is_exact(make_engine: EngineFactory) -> None:
+    engine = make_engine("rnn")
+    text, finish = await collect(engine, engine.new_state(), "a", GenerateParams(Sampling(seed=9), max_chars=17))
+    assert len(text) == 17 and finish.reason == "length" and finish.generated_chars == 17
+
+
+@pytest.mark.parametrize(
+    ("prompt", "params", "field", "words"),
+    [
+        ("héllo", GenerateParams(), "prompt", "'é' (U+00E9)"),
+        ("", GenerateParams(), "prompt", "no context"),
+        ("hi", GenerateParams(max_chars=0), "max_chars", ">= 1"),
+        ("hi", GenerateParams(stop=("",)), "stop", "empty"),
+        ("hi", GenerateParams(Sampling(top_p=0.0)), "sampling.top_p", "(0, 1]"),
+        ("hi", GenerateParams(Sampling(top_k=1000)), "sampling.top_k", "[0, "),
+    ],
+)
+async def test_bad_requests_are_invalid_arguments(make_engine: EngineFactory, prompt: str, params: GenerateParams,
+                                                  field: str, words: str) -> None:  # fmt: skip
+    engine = make_engine("gru")
+    await engine.start()
+    with pytest.raises(InvalidArgument) as e:
+        await collect(engine, engine.new_state(), prompt, params)
+    assert e.value.field == field and words in str(e.value)
+    assert engine.active_streams == 0
+    with pytest.raises(InvalidArgument, match="U\\+00E9"):
+        await engine.feed(engine.new_state(), "café")
+
+
+async def test_more_streams_than_rows_wait_for_a_free_row(make_engine: EngineFactory) -> None:
+    observer = RecordingObserver()
+    engine = make_engine("gru", max_batch=4, observer=observer)
+    await engine.start()
+    results = await asyncio.gather(*(collect(engine, engine.new_state(), PROMPT, GenerateParams(max_chars=30))
+                                     for _ in range(10)))  # fmt: skip
+    assert all(len(t) == 30 for t, _ in results)
+    assert max(observer.steps) == 4
+
+
+async def test_close_ends_held_streams_and_refuses_new_work(make_engine: EngineFactory) -> None:
+    engine = make_engine("gru", stream_buffer_chars=8)
+    await engine.start()
+    paused = engine.generate(engine.new_state(), PROMPT, LONG)
+    await paused.__anext__()  # then never read again: its buffer fills and it pauses
+    chunks: list[str] = []
+    running = asyncio.create_task(consume(engine, PROMPT, LONG, chunks))
+    await until(lambda: len(chunks) > 2)
+    await engine.close()
+    with pytest.raises(Unavailable):
+        await running
+    with pytest.raises(Unavailable):
+        async for _ in paused:
+            pass
+    with pytest.raises(Unavailable, match="not running"):
+        await collect_no_start(engine)
+
+
+async def collect_no_start(engine: Engine) -> None:
+    async for _ in engine.generate(engine.new_state(), PROMPT, GenerateParams()):
+        pass

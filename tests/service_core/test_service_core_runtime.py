@@ -1,0 +1,93 @@
+"""Runtime (onnxruntime over real tiny artifacts) and Vocab."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from fixtures.service_core import ARCHS
+
+from service.artifact import Artifact
+from service.errors import InvalidArgument
+from service.runtime import Runtime, RuntimeConfig
+from service.vocab import Vocab
+
+
+def random_states(rt: Runtime, batch: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    return tuple((rng.standard_normal((rt.layers, batch, rt.hidden)) * 0.5).astype(np.float32) for _ in rt.state_inputs)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_run_shapes_and_state_carry(tiny_runtimes: dict[str, Runtime], arch: str) -> None:
+    rt = tiny_runtimes[arch]
+    ids = np.random.default_rng(0).integers(0, rt.vocab_size, (3, 5))
+    logits, states = rt.run(ids, random_states(rt, 3))
+    assert logits.shape == (3, 5, rt.vocab_size) and logits.dtype == np.float32
+    assert [s.shape for s in states] == [(rt.layers, 3, rt.hidden)] * len(rt.state_inputs)
+    # five single-character calls carrying the state give the same logits as one call of five
+    st = random_states(rt, 3)
+    steps = []
+    for t in range(5):
+        out, st = rt.run(ids[:, t : t + 1], st)
+        steps.append(out)
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rows_alone_equal_rows_batched_bitwise(tiny_runtimes: dict[str, Runtime], arch: str) -> None:
+    rt = tiny_runtimes[arch]
+    ids = np.random.default_rng(1).integers(0, rt.vocab_size, (64, 1))
+    states = random_states(rt, 64, seed=1)
+    batched, new = rt.run(ids, states)
+    for i in (0, 17, 63):
+        alone, new_alone = rt.run(ids[i : i + 1], tuple(s[:, i : i + 1] for s in states))
+        assert np.array_equal(alone[0], batched[i])
+        assert all(np.array_equal(a[:, 0], b[:, i]) for a, b in zip(new_alone, new, strict=True))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bound_call_equals_run(tiny_runtimes: dict[str, Runtime], arch: str) -> None:
+    rt = tiny_runtimes[arch]
+    b = max(4, rt.min_batch)
+    ids = np.random.default_rng(2).integers(0, rt.vocab_size, (b, 1))
+    states = random_states(rt, b, seed=2)
+    logits = np.zeros((b, 1, rt.vocab_size), np.float32)
+    out = tuple(np.zeros_like(s) for s in states)
+    rt.bind(ids, states, logits, out)()
+    ref_logits, ref_states = rt.run(ids, states)
+    assert np.array_equal(logits, ref_logits)
+    assert all(np.array_equal(a, r) for a, r in zip(out, ref_states, strict=True))
+
+
+def test_cuda_falls_back_to_cpu_with_a_warning(tiny_artifacts: dict[str, Artifact],
+                                               caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: nothing to fall back from")
+    with caplog.at_level(logging.WARNING, logger="service.runtime"):
+        rt = Runtime(tiny_artifacts["gru"], RuntimeConfig(provider="cuda", intra_op_threads=1))
+    assert rt.provider == "cpu"
+    assert any("CUDA" in r.getMessage() for r in caplog.records)
+    logits, _ = rt.run(np.zeros((1, 2), np.int64), tuple(s[:, None] for s in rt.zero_state()))
+    assert logits.shape == (1, 2, rt.vocab_size)
+
+
+@pytest.mark.parametrize("kwargs", [{"provider": "tpu"}, {"intra_op_threads": -1}, {"inter_op_threads": -2}])
+def test_runtime_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        RuntimeConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_vocab_round_trip_and_errors() -> None:
+    vocab = Vocab("abc \n")
+    assert vocab.decode(vocab.encode("a cab\n")) == "a cab\n"
+    assert vocab.encode_array("cab").tolist() == [2, 0, 1]
+    with pytest.raises(InvalidArgument) as e:
+        vocab.encode("abé", field="text")
+    assert e.value.field == "text"
+    assert "'é' (U+00E9)" in str(e.value) and "vocabulary" in str(e.value)
+    with pytest.raises(ValueError):
+        Vocab("aa")

@@ -1,0 +1,126 @@
+"""The vectorised sampler and parameter validation, on synthetic logits (no model)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from service.errors import InvalidArgument
+from service.sampling import BatchParams, apply_repetition_penalty, log_softmax, sample, validate
+from service.types import Sampling
+
+V = 12
+
+
+def logits_of(probs: list[float]) -> np.ndarray:
+    """Logits (1, V) whose softmax is ``probs``."""
+    return np.log(np.array([probs], np.float64)).astype(np.float32)
+
+
+def draw_many(logits: np.ndarray, s: Sampling, n: int, seed: int = 0) -> np.ndarray:
+    """n draws from one row, as one batch of n identical rows with independent uniforms."""
+    rows = np.repeat(logits, n, axis=0)
+    u = np.random.default_rng(seed).random(n)
+    return sample(rows, BatchParams.of([s] * n), u)
+
+
+def test_greedy_is_argmax_per_row() -> None:
+    logits = np.random.default_rng(1).standard_normal((16, V)).astype(np.float32)
+    ids = sample(logits, BatchParams.of([Sampling(temperature=0.0)] * 16), np.zeros(16))
+    assert ids.tolist() == logits.argmax(axis=1).tolist()
+
+
+def test_top_k_keeps_only_the_k_most_likely() -> None:
+    logits = np.random.default_rng(2).standard_normal((1, V)).astype(np.float32)
+    ids = draw_many(logits, Sampling(temperature=2.0, top_k=3), 3000)
+    allowed = set(np.argsort(-logits[0])[:3].tolist())
+    assert set(ids.tolist()) == allowed  # all three appear at temperature 2, nothing else does
+
+
+@pytest.mark.parametrize(("top_p", "kept"), [(0.5, {0}), (0.8, {0, 1}), (0.81, {0, 1, 2}), (1.0, {0, 1, 2, 3})])
+def test_top_p_keeps_the_smallest_set_reaching_the_mass(top_p: float, kept: set[int]) -> None:
+    logits = logits_of([0.5, 0.3, 0.15, 0.05])
+    ids = draw_many(logits, Sampling(top_p=top_p), 4000)
+    assert set(ids.tolist()) == kept
+
+
+def test_sampling_matches_the_probabilities() -> None:
+    probs = np.array([0.4, 0.25, 0.2, 0.1, 0.05])
+    n = 40_000
+    ids = draw_many(logits_of(probs.tolist()), Sampling(), n, seed=7)
+    freq = np.bincount(ids, minlength=probs.size) / n
+    sigma = np.sqrt(probs * (1 - probs) / n)
+    assert np.all(np.abs(freq - probs) < 5 * sigma), (freq, probs)
+
+
+def test_temperature_sharpens_and_flattens() -> None:
+    logits = logits_of([0.6, 0.3, 0.1])
+    cold = np.mean(draw_many(logits, Sampling(temperature=0.3), 5000) == 0)
+    hot = np.mean(draw_many(logits, Sampling(temperature=3.0), 5000) == 0)
+    assert cold > 0.85 and hot < 0.5
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits() -> None:
+    x = np.array([[2.0, -1.0, 3.0, 0.5]])
+    seen = np.array([[True, True, False, False]])
+    out = apply_repetition_penalty(x, np.array([2.0]), seen)
+    assert out.tolist() == [[1.0, -2.0, 3.0, 0.5]]
+
+
+def test_repetition_penalty_changes_the_greedy_choice() -> None:
+    logits = np.array([[3.0, 2.5, 0.0]], np.float32)
+    seen = np.array([[True, False, False]])
+    plain = sample(logits, BatchParams.of([Sampling(temperature=0.0)]), np.zeros(1), seen)
+    penalised = sample(logits, BatchParams.of([Sampling(temperature=0.0, repetition_penalty=1.5)]), np.zeros(1), seen)
+    assert plain.tolist() == [0] and penalised.tolist() == [1]
+
+
+def test_rows_are_independent_of_the_batch() -> None:
+    rng = np.random.default_rng(3)
+    n = 64
+    logits = (rng.standard_normal((n, V)) * 3).astype(np.float32)
+    params = [Sampling(temperature=float(t), top_k=int(k), top_p=float(p), repetition_penalty=float(r))
+              for t, k, p, r in zip(rng.uniform(0, 2, n), rng.integers(0, V, n), rng.uniform(0.2, 1, n),
+                                    rng.uniform(1, 3, n), strict=True)]  # fmt: skip
+    u = rng.random(n)
+    seen = rng.random((n, V)) < 0.3
+    batched = sample(logits, BatchParams.of(params), u, seen)
+    alone = [int(sample(logits[i : i + 1], BatchParams.of(params[i : i + 1]), u[i : i + 1], seen[i : i + 1])[0])
+             for i in range(n)]  # fmt: skip
+    assert batched.tolist() == alone
+
+
+def test_log_softmax_normalises() -> None:
+    logits = np.random.default_rng(4).standard_normal((3, V)).astype(np.float32) * 10
+    lp = log_softmax(logits)
+    assert np.allclose(np.exp(lp).sum(axis=1), 1.0)
+    assert lp.dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    ("sampling", "field", "bound"),
+    [
+        (Sampling(temperature=-0.1), "sampling.temperature", "[0, 10]"),
+        (Sampling(temperature=10.5), "sampling.temperature", "[0, 10]"),
+        (Sampling(temperature=math.nan), "sampling.temperature", "[0, 10]"),
+        (Sampling(top_k=-1), "sampling.top_k", f"[0, {V}]"),
+        (Sampling(top_k=V + 1), "sampling.top_k", f"[0, {V}]"),
+        (Sampling(top_p=0.0), "sampling.top_p", "(0, 1]"),
+        (Sampling(top_p=1.5), "sampling.top_p", "(0, 1]"),
+        (Sampling(repetition_penalty=0.5), "sampling.repetition_penalty", "[1, 10]"),
+        (Sampling(repetition_penalty=11.0), "sampling.repetition_penalty", "[1, 10]"),
+        (Sampling(seed=-1), "sampling.seed", "[0, 2^64)"),
+    ],
+)
+def test_validation_names_the_field_and_range(sampling: Sampling, field: str, bound: str) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        validate(sampling, V)
+    assert e.value.field == field
+    assert bound in str(e.value)
+
+
+def test_valid_parameters_pass() -> None:
+    validate(Sampling(temperature=0.0, top_k=V, top_p=1.0, repetition_penalty=10.0, seed=2**64 - 1), V)
+    validate(Sampling(temperature=10.0, top_k=0, top_p=0.01, repetition_penalty=1.0))
