@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.artifact import load_artifact
+from service.artifact import ArtifactError, load_artifact
 from service.runtime import Runtime, RuntimeConfig
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight blocks per layer (gates times hidden outputs)
@@ -186,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         batches = [int(b) for b in a.batches.split(",")]
     except ValueError:
         p.error(f"--batches: {a.batches!r} is not a comma-separated list of integers")
-    report = measure(a.model, batches, a.threads, a.seconds, a.prefill_chars)
+    try:
+        report = measure(a.model, batches, a.threads, a.seconds, a.prefill_chars)
+    except ArtifactError as e:
+        p.error(str(e))
     print(json.dumps(report.to_json(), indent=2) if a.json else report.table())
     return 0
 

@@ -142,7 +142,8 @@ class Engine(Scheduler):
         s = Stream(state, todo, pending, params, cancel, self.runtime.vocab_size)
         s.seen[ids] = True
         s.prompt_chars = int(ids.size)
-        state.pending = pending  # already true unless the whole prompt is one character with nothing to feed
+        if not todo.size:  # nothing to feed (empty prompt, or one character on a fresh state)
+            state.pending = pending
         state.chars_consumed += int(ids.size)
         self._active += 1
         if s.where == "prefill":
@@ -151,7 +152,6 @@ class Engine(Scheduler):
         else:
             self._enqueue(s)
         return s
-
 
     def _check_running(self) -> None:
         """Refuse new work unless the step loop runs (before start, after close)."""
@@ -170,4 +170,3 @@ class Engine(Scheduler):
             total_ms=(end - s.t0) * 1e3,
             seed=s.state.seed or 0,
         )
-

@@ -115,17 +115,24 @@ def _draw(x: np.ndarray, temperature: np.ndarray, u: np.ndarray) -> np.ndarray:
 def _draw_truncated(
     x: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray, u: np.ndarray
 ) -> np.ndarray:
-    """Inverse-CDF draw from softmax(x / T) restricted by top-k and top-p; x (M, V), the rest (M,)."""
+    """Inverse-CDF draw from softmax(x / T) cut by top-k and top-p; x (M, V), the rest (M,).
+
+    The cut is a probability threshold found on the sorted probabilities (top-k: the k-th largest; top-p:
+    the last of the smallest most-likely set whose mass reaches top_p), then the draw runs in id order over
+    the characters at or above it, so no argsort or gather is needed. Ties at the threshold are all kept.
+    """
     m, v = x.shape
+    rows = np.arange(m)
     x = x / temperature[:, None]
-    order = np.argsort(-x, axis=1, kind="stable")  # (M, V) most likely first
-    xs = np.take_along_axis(x, order, axis=1)
-    p = np.exp(xs - xs[:, :1])  # (M, V) unnormalised, descending
-    rank = np.arange(v)[None, :]  # (1, V)
-    p[rank >= np.where(top_k > 0, top_k, v)[:, None]] = 0.0
+    p = np.exp(x - x.max(axis=1, keepdims=True))  # (M, V) unnormalised
+    desc = -np.sort(-p, axis=1)  # (M, V) most likely first
+    k = np.where(top_k > 0, np.minimum(top_k, v), v)  # (M,)
+    desc[np.arange(v)[None, :] >= k[:, None]] = 0.0
+    cum = np.cumsum(desc, axis=1)
+    # nucleus: keep ranks up to the first whose cumulative mass reaches top_p of the (top-k) total
+    last = np.minimum((cum < top_p[:, None] * cum[:, -1:]).sum(axis=1), k - 1)
+    last = np.where(top_p < 1.0, last, k - 1)
+    p[p < desc[rows, last][:, None]] = 0.0
     cum = np.cumsum(p, axis=1)
-    # Nucleus: drop a character when the mass before it already reaches top_p (the first one always stays).
-    p[((cum - p) >= top_p[:, None] * cum[:, -1:]) & (top_p < 1.0)[:, None]] = 0.0
-    cum = np.cumsum(p, axis=1)
-    j = (cum < u[:, None] * cum[:, -1:]).sum(axis=1)  # first rank whose cumulative mass exceeds u·total
-    return order[np.arange(m), np.minimum(j, v - 1)]
+    j = (cum < u[:, None] * cum[:, -1:]).sum(axis=1)
+    return np.minimum(j, v - 1)

@@ -53,6 +53,9 @@ class TrainConfig:
                      "checkpoint_interval", "log_interval", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if (self.max_steps is not None and self.max_steps < 1) or (self.max_seconds is not None
+                                                                   and self.max_seconds <= 0):
+            raise ValueError("max_steps must be >= 1 and max_seconds > 0 (or None for no limit of that kind)")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0.0 <= self.dropout < 1.0:

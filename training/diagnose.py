@@ -48,14 +48,14 @@ def gradient_norms(model: CharRNN, ids: torch.Tensor, distance: int, windows: in
     emb = model.embed(x)  # (W, K, E)
     for t in range(distance):  # unrolled one step at a time so every h_t is a node we can ask about
         if model.config.arch == "lstm":
-            out, (h, c) = model.rnn(emb[:, t : t + 1], (state[0], state[1]))
+            _, (h, c) = model.rnn(emb[:, t : t + 1], (state[0], state[1]))
             state = (h, c)
         else:
-            out, h = model.rnn(emb[:, t : t + 1], state[0])
+            _, h = model.rnn(emb[:, t : t + 1], state[0])
             state = (h,)
         h.retain_grad()
         hs.append(h)  # (layers, W, H)
-    loss = F.cross_entropy(model.decoder(out[:, -1]), y)
+    loss = F.cross_entropy(model.decoder(hs[-1][-1]), y)  # top layer's h_T (== out[:, -1]) -> logits (W, V)
     loss.backward()
     # hs[-1 - k] is k steps from the loss; norm over layers and units, then mean over windows
     return [float(hs[-1 - k].grad.transpose(0, 1).flatten(1).norm(dim=1).mean()) for k in range(distance)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from fixtures.charlm_client import PROMPT, CliRunner, assert_one_line_error
 
@@ -34,8 +36,16 @@ def test_server_down(charlm: CliRunner) -> None:
         assert_one_line_error(proc, "cannot reach the server at 127.0.0.1:1", "UNAVAILABLE", "CHARLM_TARGET")
 
 
-def test_deadline_and_local_errors(charlm: CliRunner) -> None:
-    assert_one_line_error(charlm("sessions", "list", "--timeout", "0.000001"), "DEADLINE_EXCEEDED", "--timeout")
+def test_deadline_exceeded(charlm: CliRunner) -> None:
+    with socket.socket() as silent:  # accepts TCP connections, never speaks HTTP/2: every call waits
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        proc = charlm("sessions", "list", "--timeout", "0.5", target=target)
+    assert_one_line_error(proc, "DEADLINE_EXCEEDED", "--timeout")
+
+
+def test_local_errors(charlm: CliRunner) -> None:
     assert_one_line_error(charlm("score", "missing-file.txt"), "missing-file.txt", "no such file")
     assert_one_line_error(charlm("health", "--ca", "missing-ca.pem"), "missing-ca.pem", "CA certificate")
 
