@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXTRAS ?= dev
 
-.PHONY: help install proto proto-check lint test test-fast default-model
+.PHONY: help install proto proto-check lint test test-fast test-training default-model
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test: install proto-check lint  ## the whole test suite (what CI runs)
 
 test-fast: install  ## the tests only, no lint
 	$(VENV)/bin/pytest -q -x
+
+test-training: install  ## the training tests only (tiny models, about a minute on 2 cores)
+	$(VENV)/bin/pytest -q tests/training
 
 # The shipped model models/shakespeare/1: a 2-layer LSTM (hidden 256) with a fixed seed and a wall-clock
 # budget, so a rebuild on another machine trains a different number of steps (see its MODEL_CARD.md).

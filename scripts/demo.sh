@@ -35,7 +35,8 @@ for _ in $(seq 60); do
 done
 "$VENV/bin/charlm" --target "$TARGET" health >/dev/null || { echo "demo: the server is not healthy:"; cat "$LOG"; exit 1; }
 
-echo "demo: serving $("$VENV/bin/charlm" --target "$TARGET" models | head -n 1)"
+echo "demo: healthy; serving:"
+"$VENV/bin/charlm" --target "$TARGET" models | sed 's/^/  /'
 echo "demo: charlm generate \"$PROMPT\" -n $CHARS -t 0.8"
 echo "------------------------------------------------------------------------"
 "$VENV/bin/charlm" --target "$TARGET" generate "$PROMPT" -n "$CHARS" -t 0.8 --verbose

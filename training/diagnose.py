@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -136,5 +136,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--windows", type=int, default=d.windows, help=f"windows averaged (default: {d.windows})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads, 0 = default")
-    p.set_defaults(func=lambda a: run(DiagnoseConfig(**{k: v for k, v in vars(a).items()
-                                                         if k not in ("func", "command")})) and 0)
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    names = {f.name for f in fields(DiagnoseConfig)}
+    run(DiagnoseConfig(**{k: v for k, v in vars(args).items() if k in names}))
+    return 0

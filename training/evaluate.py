@@ -51,7 +51,10 @@ def sample(model: CharRNN, vocab: Vocab, prime: str, length: int, temperature: f
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu")
-    gen.manual_seed(seed if seed is not None else torch.seed())
+    if seed is None:
+        gen.seed()  # a fresh random seed
+    else:
+        gen.manual_seed(seed)
     ids = vocab.encode(prime, source="prime").to(device).unsqueeze(0)  # (1, P)
     logits, state = model(ids)  # consume the prime; its last logits predict the first new character
     out = []

@@ -115,12 +115,23 @@ def _check_graph(path: Path, config: ModelConfig) -> None:
             raise ExportError(f"graph tensor {name} is {kind(t.elem_type)} {got}, expected {kind(dtype)} {dims}")
 
 
+def _difference(name: str, got: np.ndarray, want: np.ndarray) -> float:
+    """Max abs difference; for the LSTM cell state, relative to max(1, |c|).
+
+    c is unbounded: counter-like units of the shipped model reach |c| ≈ 200, where one float32 ulp is 1.5e-5
+    and torch itself is 2e-4 away from a float64 reference after 256 steps. Logits and h are compared absolutely.
+    """
+    scale = np.maximum(1.0, np.abs(want)) if name == "c" else 1.0
+    return float((np.abs(got - want) / scale).max())
+
+
 def _verify(model: CharRNN, path: Path, tolerance: float) -> float:
     """onnxruntime (CPU) vs torch on a 256-char rollout, stepwise with the state carried and as one call."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # the check is small; don't compete for cores
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     inputs = [INPUT_NAME, *(i for _, i, _ in state_io_names(model.config))]
+    names = [LOGITS_NAME, *model.config.state_names()]
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(model.config.vocab_size, (3, ROLLOUT_CHARS), generator=gen)  # (B=3, T)
     # a non-zero start state, so a graph that ignored its state inputs would fail
@@ -144,15 +155,18 @@ def _verify(model: CharRNN, path: Path, tolerance: float) -> float:
     # oneDNN's LSTM JIT-compiles kernels on first use (~2 s); the plain ATen kernels are the reference anyway
     onednn = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a ContextProp: assigning sets the flag
+    worst = dict.fromkeys(names, 0.0)
     try:
         with torch.no_grad():
-            pairs = [zip(rollout(ort_run, n), rollout(torch_run, n), strict=True) for n in (1, ROLLOUT_CHARS)]
-            diff = max(float(np.abs(a - b).max()) for pair in pairs for a, b in pair)
+            for n in (1, ROLLOUT_CHARS):
+                for name, got, want in zip(names, rollout(ort_run, n), rollout(torch_run, n), strict=True):
+                    worst[name] = float(np.maximum(worst[name], _difference(name, got, want)))  # keeps NaN
     finally:
         torch.backends.mkldnn.enabled = onednn
-    if not diff <= tolerance:  # also catches NaN
-        raise ExportError(f"onnxruntime disagrees with PyTorch: max abs difference {diff:.3g} > {tolerance:g}")
-    return diff
+    for name, diff in worst.items():
+        if not diff <= tolerance:  # also catches NaN
+            raise ExportError(f"onnxruntime disagrees with PyTorch on {name}: difference {diff:.3g} > {tolerance:g}")
+    return max(worst.values())
 
 
 def _sha256(path: Path) -> str:
@@ -199,7 +213,8 @@ def model_card(info: charlm_pb2.ModelInfo, prov: Provenance, onnx_bytes: int, di
         f"| corpus | {prov.corpus_name or 'unknown'}, {prov.corpus_chars:,} chars, sha256 `{prov.corpus_sha256}` |",
         f"| training | {prov.steps:,} steps, {prov.seconds:.0f} s, seed {prov.seed} |",
         f"| validation loss | {val} |",
-        f"| verified | onnxruntime vs PyTorch, {ROLLOUT_CHARS}-char rollout: max abs difference {diff:.2g} |",
+        f"| verified | onnxruntime vs PyTorch, {ROLLOUT_CHARS}-char rollout: max difference {diff:.2g} "
+        "(absolute; the LSTM cell state relative to max(1, abs(c))) |",
         f"| created | {info.created_at} |", "",
         *(["## How it was made", "", "```", *commands, "```", ""] if commands else []),
         "## Training configuration", "", "```json", json.dumps(prov.train_config, indent=2, sort_keys=True), "```", "",
@@ -254,6 +269,8 @@ def export_model(
     if len(vocab) != model.config.vocab_size or len(set(vocab)) != len(vocab):
         raise ExportError(f"vocabulary has {len(vocab)} characters ({len(set(vocab))} distinct), "
                           f"the model expects {model.config.vocab_size} distinct")  # fmt: skip
+    if version is not None and (Path(repo) / name / str(version)).exists():  # fail before the slow part
+        raise ExportError(f"{Path(repo) / name / str(version)} already exists; pick another --version or omit it")
     prov = provenance or Provenance()
     model = copy.deepcopy(model).cpu().float().eval()  # float32 graph; the caller's model keeps device and mode
     model_dir = Path(repo) / name

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from training.models import CharRNN
 
@@ -110,8 +109,3 @@ def rnn_loss_and_grads(ref: RefModel, ids: Array, targets: Array) -> tuple[float
         np.add.at(g["embed.weight"], ids[:, t], da @ p["rnn.weight_ih_l0"])
         dh_next = da @ p["rnn.weight_hh_l0"]
     return loss / (batch * steps), g
-
-
-def as_tensor(a: Array) -> torch.Tensor:
-    """numpy -> float64 tensor (for comparisons)."""
-    return torch.from_numpy(np.ascontiguousarray(a))

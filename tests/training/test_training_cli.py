@@ -24,8 +24,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = base / "run"
     code = main(["train", "--corpus", str(base / "corpus.txt"), "--out-dir", str(run), "--arch", "gru",
                  "--layers", "1", "--hidden-size", "32", "--embedding-size", "8", "--batch-size", "8",
-                 "--seq-len", "32", "--lr", "1e-2", "--warmup-steps", "10", "--max-steps", "120", "--eval-interval", "40",
-                 "--no-progress"])
+                 "--seq-len", "32", "--lr", "1e-2", "--warmup-steps", "10", "--max-steps", "120",
+                 "--eval-interval", "40", "--no-progress"])
     assert code == 0
     return run
 

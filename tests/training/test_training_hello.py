@@ -10,12 +10,12 @@ import torch.nn.functional as F
 
 from training.config import TrainConfig
 from training.data import Vocab
-from training.models import CharRNN
+from training.models import Architecture, CharRNN
 from training.trainer import make_optimizer
 
 
 @pytest.mark.parametrize("arch", ["rnn", "lstm"])
-def test_hello(arch: str) -> None:
+def test_hello(arch: Architecture) -> None:
     torch.manual_seed(0)
     vocab = Vocab.from_text("hello")
     assert sorted(vocab.chars) == ["e", "h", "l", "o"]

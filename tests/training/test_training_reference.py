@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from training import reference
-from training.models import CharRNN, ModelConfig
+from training.models import Architecture, CharRNN, ModelConfig
 
 STEPS = 100
 
 
-def _model(arch: str, layers: int = 2, hidden: int = 16, vocab: int = 11) -> CharRNN:
+def _model(arch: Architecture, layers: int = 2, hidden: int = 16, vocab: int = 11) -> CharRNN:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(arch=arch, vocab_size=vocab, embedding_size=8, hidden_size=hidden, layers=layers))
     with torch.no_grad():  # larger weights than the default init, so the nonlinearities are really exercised
@@ -24,7 +24,7 @@ def _model(arch: str, layers: int = 2, hidden: int = 16, vocab: int = 11) -> Cha
 
 
 @pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
-def test_forward_matches_numpy_step_by_step(arch: str) -> None:
+def test_forward_matches_numpy_step_by_step(arch: Architecture) -> None:
     model = _model(arch)
     ref = reference.RefModel.from_torch(model)
     ids = torch.randint(0, 11, (3, STEPS), generator=torch.Generator().manual_seed(1))  # (B, T)
