@@ -50,6 +50,15 @@ default-model: install  ## retrain (about 12 min on a CPU) and re-export the shi
 	$(VENV)/bin/charlm-train export runs/default-model/best.pt --repo models --name shakespeare --version 1 \
 		--train-command "charlm-train $(DEFAULT_TRAIN)"
 
+# Benchmarks (docs/performance.md): BENCH_ARGS passes options through, e.g. BENCH_ARGS=--quick.
+.PHONY: bench-engine bench-serve
+BENCH_ARGS ?=
+bench-engine: install  ## the raw engine limit of the shipped model (onnxruntime steps, prefill, GEMM)
+	$(PY) -m bench.engine $(BENCH_ARGS)
+
+bench-serve: install  ## the real server under 1..256 streams beside the raw engine, baselines, soak (~3 min)
+	$(PY) -m bench.serve $(BENCH_ARGS)
+
 # Deployment (README "Quick start", docs/deployment.md).
 .PHONY: demo compose-validate compose-test
 demo:  ## fresh machine: install the server (no torch), serve the shipped model, stream a sample, stop

@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", nargs="?", default="../shared/data/tinyshakespeare.txt", help="corpus file")
     p.add_argument("--seconds", type=float, default=100.0, help="training-time budget (default: 100)")
+    p.add_argument("--steps", type=int, default=None, help="also stop after this many steps (for tuning)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="(default: cpu)")
     p.add_argument("--out-dir", default=None, help="run folder (default: a temporary folder)")
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace, out_dir: Path) -> dict[str, object]:
     """Trains once and returns the measured figures."""
     overrides = {k: getattr(args, k) for k in TUNABLE if getattr(args, k) is not None}
-    cfg = replace(TrainConfig(), corpus=args.text, out_dir=str(out_dir), val_fraction=0.1, max_steps=None,
+    cfg = replace(TrainConfig(), corpus=args.text, out_dir=str(out_dir), val_fraction=0.1, max_steps=args.steps,
                   max_seconds=args.seconds, eval_interval=10**9, checkpoint_interval=10**9, threads=args.threads,
                   device=args.device, progress=sys.stderr.isatty(), **overrides)
     wall = time.perf_counter()

@@ -9,6 +9,7 @@ per-character latency than per-chunk latency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import Counter
@@ -130,6 +131,10 @@ async def run_load(
     opts = options or ConnectOptions(target=target, timeout=None)
     clients = [AsyncClient(target, opts) for _ in range(max(1, min(channels, streams)))]
     try:
+        # Connect first: setting up the connection is not part of any stream's latency. A server that is down
+        # fails this at once, and every stream then reports the error.
+        with contextlib.suppress(CharlmError):
+            await asyncio.gather(*(c.health() for c in clients))
         start = time.perf_counter()
         results = await asyncio.gather(*(
             _one_stream(clients[i % len(clients)], prompt, chars, model, temperature,

@@ -6,7 +6,8 @@
 # Env: W (podman's work dir, default /tmp/ctr: base images are kept there between runs),
 #      VENV (the host virtualenv with the client, default .venv), CHARLM_CI_PORT / CHARLM_CI_METRICS_PORT.
 # The train profile instead (one-shot trainer, then `server-trained`; torch comes from PIP_TORCH_ARGS):
-#      PROFILE=train SERVICE=server-trained CHARLM_TRAIN_SECONDS=30 scripts/compose_test.sh
+#      COMPOSE_TEST_PROFILE=train COMPOSE_TEST_SERVICE=server-trained CHARLM_TRAIN_SECONDS=30 \
+#        COMPOSE_TEST_HEALTH_WAIT=180 scripts/compose_test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -16,8 +17,8 @@ VENV=${VENV:-.venv}
 PORT=${CHARLM_CI_PORT:-55051}
 METRICS_PORT=${CHARLM_CI_METRICS_PORT:-59090}
 export CHARLM_CI_PORT=$PORT CHARLM_CI_METRICS_PORT=$METRICS_PORT
-SERVICE=${SERVICE:-server}
-PROFILE=${PROFILE:-}
+SERVICE=${COMPOSE_TEST_SERVICE:-server}
+PROFILE=${COMPOSE_TEST_PROFILE:-}
 PROJECT=charlmci
 CONTAINER=${PROJECT}_${SERVICE}_1
 LOG=$W/compose-test.log
@@ -26,10 +27,10 @@ START=$(date +%s)
 
 say() { echo "compose-test [$(($(date +%s) - START))s] $*"; }
 fail() { say "FAILED: $*"; tail -n 60 "$LOG" | sed 's/^/  | /'; exit 1; }
-compose() { "$TOOL" "$ROOT" -p "$PROJECT" -f "$MERGED" ${PROFILE:+--profile "$PROFILE"} "$@" >>"$LOG" 2>&1; }
+compose() { bash "$TOOL" "$ROOT" -p "$PROJECT" -f "$MERGED" ${PROFILE:+--profile "$PROFILE"} "$@" >>"$LOG" 2>&1; }
 podman_() { CONTAINERS_CONF=$W/containers.conf CONTAINERS_STORAGE_CONF=$W/storage.conf podman "$@"; }
 
-[ -x "$TOOL" ] || [ -f "$TOOL" ] || { echo "compose-test: $TOOL not found (../shared missing?)"; exit 1; }
+[ -f "$TOOL" ] || { echo "compose-test: $TOOL not found (../shared missing?)"; exit 1; }
 [ -x "$VENV/bin/charlm" ] || { echo "compose-test: $VENV/bin/charlm not found: run 'make install' first"; exit 1; }
 [ -f models/shakespeare/1/meta.json ] || { echo "compose-test: models/shakespeare/1 (the baked-in model) is missing"; exit 1; }
 mkdir -p "$W"; : >"$LOG"
@@ -38,7 +39,7 @@ mkdir -p "$W"; : >"$LOG"
 #    (docker-py) rejects published ports with network_mode: host, and an override cannot remove them,
 #    so they are dropped here from the merged config; everything else is the real docker-compose.yml.
 say "podman + base images (first run on a machine: ~1-2 min), merging docker-compose.yml + docker-compose.ci.yml"
-"$TOOL" "$ROOT" -f docker-compose.yml -f docker-compose.ci.yml config >"$MERGED.raw" 2>>"$LOG" \
+bash "$TOOL" "$ROOT" -f docker-compose.yml -f docker-compose.ci.yml config >"$MERGED.raw" 2>>"$LOG" \
   || fail "docker-compose config"
 /usr/bin/python3 - "$MERGED.raw" "$MERGED" <<'EOF' || fail "dropping ports from the merged config"
 import sys, yaml
@@ -63,7 +64,7 @@ KEEP=1 compose up -d --build "$SERVICE" || fail "docker-compose up"
 # 3. Wait for the healthcheck (the gRPC health service, polled by compose-podman's loop).
 say "waiting for the healthcheck"
 status=""
-for _ in $(seq "${HEALTH_WAIT:-120}"); do
+for _ in $(seq "${COMPOSE_TEST_HEALTH_WAIT:-120}"); do
   status=$(podman_ inspect --format '{{.State.Health.Status}}' "$CONTAINER" 2>/dev/null || true)
   [ "$status" = healthy ] && break
   [ "$(podman_ inspect --format '{{.State.Running}}' "$CONTAINER" 2>/dev/null)" = false ] && break

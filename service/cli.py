@@ -26,6 +26,7 @@ class Option:
     type: Callable[[str], Any]
     help: str
     choices: tuple[str, ...] | None = None
+    metavar: str = ""  # "" = from the type
 
     @property
     def env(self) -> str:
@@ -65,11 +66,15 @@ OPTIONS = [
            ("cpu", "cuda")),
     Option("--intra-op-threads", "runtime.intra_op_threads", int, "onnxruntime threads per op (0 = all cores)"),
     Option("--inter-op-threads", "runtime.inter_op_threads", int, "onnxruntime threads across ops"),
+    Option("--ort-spinning", "runtime.spinning", _bool, "let idle onnxruntime threads spin-wait (true/false)"),
     Option("--max-batch", "engine.max_batch", int, "most streams one engine step advances"),
     Option("--prefill-chunk", "engine.prefill_chunk", int, "prompt characters consumed per prefill call"),
     Option("--stream-buffer-chars", "engine.stream_buffer_chars", int,
            "characters buffered per stream for a slow reader"),
     Option("--run-in-thread", "engine.run_in_thread", _bool, "run onnxruntime steps in a worker thread (true/false)"),
+    Option("--messages-per-s", "engine.messages_per_s", float, "generated-text messages per second a model's "
+           "streams aim at in all; a large batch coalesces more characters per message (0 = one per step)",
+           metavar="RATE"),
     Option("--max-streams", "limits.max_streams", int, "concurrent Generate/Feed/Chat streams"),
     Option("--max-prompt-chars", "limits.max_prompt_chars", int, "longest prompt, prime or fed text message"),
     Option("--max-chars", "limits.max_chars", int, "largest max_chars a request may ask for"),
@@ -97,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLE + "\nEach flag can also be set by its CHARLM_* variable; a flag wins over the variable.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     for o in OPTIONS:
-        metavar = "{" + ",".join(o.choices) + "}" if o.choices else _METAVARS.get(o.type, "TEXT")
+        metavar = "{" + ",".join(o.choices) + "}" if o.choices else o.metavar or _METAVARS.get(o.type, "TEXT")
         default = '""' if o.default == "" else str(o.default).lower() if isinstance(o.default, bool) else o.default
         p.add_argument(o.flag, type=o.type, choices=o.choices, default=None, metavar=metavar,
                        help=f"{o.help} [env {o.env}; default {default}]".replace("%", "%%"))

@@ -82,7 +82,7 @@ class Engine(Scheduler):
             while True:
                 if s.error is not None:
                     raise s.error
-                if s.buf:
+                if s.buf and (s.flush or s.where != "batch"):  # (in the batch, characters go out when due)
                     chunk = s.take()
                     if s.where == "paused":  # the reader caught up: back into the batch
                         self._enqueue(s)

@@ -47,13 +47,21 @@ class EngineConfig:
     # loop thread; thread_above_us=0 sends every call to the thread.
     run_in_thread: bool = True
     thread_above_us: float = 200.0
+    # Consumers are woken (and so messages sent) about messages_per_s times a second at most, over all the
+    # decoding streams: with n streams in the batch, a stream's characters wait up to n / messages_per_s
+    # seconds and leave together. A message costs ~50-100 µs of CPU (server and client), a character at
+    # batch 64 ~12 µs of engine time, so one message per character would cost the transport far more than
+    # the engine. A lone stream still sends every step or two; a stream's first character leaves at once.
+    # 0 = wake every stream at every step.
+    messages_per_s: float = 4000.0
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "prefill_chunk", "stream_buffer_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if not self.thread_above_us >= 0:
-            raise ValueError(f"thread_above_us: must be >= 0, got {self.thread_above_us}")
+        for name in ("thread_above_us", "messages_per_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
 
 class Scheduler:
@@ -144,16 +152,34 @@ class Scheduler:
                 await asyncio.sleep(0)  # let consumers and the network run between steps
             self._yielded = False
 
-    async def _call(self, kind: str, fn: Callable[..., T], *args: Any) -> T:
-        """Run an onnxruntime call in the loop thread, or in the worker thread when it is expected to be long."""
-        start = time.perf_counter()
-        if not self.config.run_in_thread or self._expected[kind] * 1e6 < self.config.thread_above_us:
+    def _launch(self, kind: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[tuple[T, float]]:
+        """Start an onnxruntime call; the future gives its result and its duration (s).
+
+        A call expected (from recent ones) to be short runs here and now, and the future is already done;
+        a long one runs in the worker thread, so the caller can do other work before awaiting it.
+        """
+
+        def timed() -> tuple[T, float]:
+            start = time.perf_counter()
             result = fn(*args)
-        else:
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-            self._yielded = True
-        self._expected[kind] = 0.8 * self._expected[kind] + 0.2 * (time.perf_counter() - start)
-        return result
+            return result, time.perf_counter() - start
+
+        loop = asyncio.get_running_loop()
+        if not self.config.run_in_thread or self._expected[kind] * 1e6 < self.config.thread_above_us:
+            done: asyncio.Future[tuple[T, float]] = loop.create_future()
+            try:
+                done.set_result(timed())
+            except Exception as e:
+                done.set_exception(e)
+            return done
+        self._yielded = True
+        return loop.run_in_executor(self._executor, timed)
+
+    async def _finish_call(self, kind: str, call: asyncio.Future[tuple[T, float]]) -> tuple[T, float]:
+        """Await a launched call (no yield when it ran inline) and update its expected duration."""
+        result, seconds = await call
+        self._expected[kind] = 0.8 * self._expected[kind] + 0.2 * seconds
+        return result, seconds
 
     def _admit(self) -> None:
         """Rebuild the batch: drop rows that left, save abandoned ones' states, add ready streams."""
@@ -200,12 +226,11 @@ class Scheduler:
     async def _decode(self) -> None:
         """One step of the whole batch: feed every row's pending id, sample every row's next id."""
         b, n = self._batch, self._batch.n
-        u = self._uniforms
+        call = self._launch("decode", b.step)
+        u = self._uniforms  # drawn while a threaded step runs (onnxruntime releases the GIL)
         for i, s in self._sampled:
             u[i] = s.next_uniform()
-        t = time.perf_counter()
-        logits = await self._call("decode", b.step)  # (n, V)
-        dt = time.perf_counter() - t
+        logits, dt = await self._finish_call("decode", call)  # (n, V)
         ids = sample(logits, self._params, u[:n], b.seen[:n])  # (n,)
         b.ids[:] = ids
         b.seen[self._arange[:n], ids] = True
@@ -218,26 +243,32 @@ class Scheduler:
     def _deliver(self, ids: list[int], lps: list[float] | None) -> None:
         """Append each row's character to its stream; finish, pause or wake streams as needed."""
         chars, cap, now = self.vocab.chars, self.config.stream_buffer_chars, time.perf_counter()
-        for i, s in enumerate(self._rows):
-            c = chars[ids[i]]
-            s.buf.append(c)
-            if s.lps is not None and lps is not None:
-                s.lps.append(lps[i])
-            s.generated += 1
+        rate = self.config.messages_per_s
+        due = now - len(self._rows) / rate if rate > 0 else now  # streams last woken at or before `due` are woken
+        if lps is not None:
+            for s, lp in zip(self._rows, lps, strict=True):
+                if s.lps is not None:
+                    s.lps.append(lp)
+        # This loop runs for every row at every step: plain locals, one attribute per fact (~0.5 µs a row).
+        for i, (s, k) in enumerate(zip(self._rows, ids, strict=True)):
+            c = chars[k]
+            buf = s.buf
+            buf.append(c)
+            s.generated = generated = s.generated + 1
             if s.t_first is None:
                 s.t_first = now
                 if self.observer is not None:
                     self.observer.first_char(self.model, now - s.t0)
-            stop = s.match_stop(c) if s.has_stops else None
-            if stop is not None:
+            if s.has_stops and (stop := s.match_stop(c)) is not None:
                 self._leave(s, i, "stop", stop)
-            elif s.generated >= s.params.max_chars:
+            elif generated >= s.max_chars:
                 self._leave(s, i, "length")
             elif s.cancel is not None and s.cancel.is_set():
                 self._leave(s, i, "cancelled")
-            elif len(s.buf) >= cap:
+            elif len(buf) >= cap:
                 self._leave(s, i, None)
-            else:
+            elif s.t_wake <= due:
+                s.t_wake = now
                 s.wake()
 
     def _leave(self, s: Stream, row: int, reason: FinishReason | None, stop: str = "") -> None:
@@ -267,7 +298,8 @@ class Scheduler:
             ids = np.stack([s.todo[s.done : s.done + n] for s in group])  # (P, n)
             per_tensor = zip(*(s.state.arrays for s in group), strict=True)
             states = tuple(np.stack(a, axis=1) for a in per_tensor)  # each (layers, P, H)
-            logits, new = await self._call("prefill", self.runtime.run, ids, states)  # (P, n, V)
+            call = self._launch("prefill", self.runtime.run, ids, states)
+            (logits, new), _ = await self._finish_call("prefill", call)  # logits (P, n, V)
             for i, s in enumerate(group):
                 if s.where != "prefill":  # abandoned during the call: its state stays as it was
                     continue

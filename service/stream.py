@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -39,6 +40,7 @@ class Stream:
         self.pending_after = pending_after  # the state's pending id once todo is fed
         self.params = params if params is not None else GenerateParams()
         self.sampling: Sampling = self.params.sampling
+        self.max_chars = self.params.max_chars
         self.cancel = cancel
         self.where: Where = "prefill" if todo.size else "ready"
         self.score = score  # a feed request: score the fed text, generate nothing
@@ -61,6 +63,8 @@ class Stream:
         self.waiter: asyncio.Future[Any] | None = None
         self.t0 = time.perf_counter()
         self.t_first: float | None = None
+        self.t_wake = -math.inf  # when the engine last woke the consumer for new characters
+        self.flush = False  # the buffer is due to go out (set by wake; characters before it are held)
         self.t_end: float | None = None
         # the rng is read in blocks; `sync_rng` rewinds it to exactly the draws used
         self._ublock: list[float] = []
@@ -101,13 +105,14 @@ class Stream:
     def take(self) -> Chunk:
         """Everything buffered, as one chunk (coalesced characters)."""
         chunk = Chunk("".join(self.buf), self.lps)
-        self.buf = []
+        self.buf, self.flush = [], False
         if self.lps is not None:
             self.lps = []
         return chunk
 
     def wake(self) -> None:
-        """Wake the consumer if it waits."""
+        """Release the buffer to the consumer and wake it if it waits."""
+        self.flush = True
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)

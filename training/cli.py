@@ -43,7 +43,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         ("lr", float, "peak learning rate"), ("min-lr-ratio", float, "final lr as a fraction of --lr"),
         ("warmup-steps", int, "linear warmup steps"), ("weight-decay", float, "AdamW weight decay"),
         ("grad-clip", float, "max global gradient norm, 0 = off"),
-        ("max-steps", int, "step budget"), ("max-seconds", float, "training-time budget in seconds"),
+        ("max-steps", int, "step budget, 0 = none"), ("max-seconds", float, "training-time budget in s, 0 = none"),
         ("eval-interval", int, "steps between validations"), ("checkpoint-interval", int, "steps between last.pt"),
         ("log-interval", int, "steps between metrics lines"), ("eval-batch-size", int, "validation streams"),
         ("seed", int, "random seed"), ("threads", int, "torch CPU threads, 0 = torch's default"),

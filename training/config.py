@@ -24,10 +24,10 @@ class TrainConfig:
     dropout: float = 0.0
     # data: B parallel streams, truncated BPTT windows of T characters
     batch_size: int = 32
-    seq_len: int = 64
+    seq_len: int = 32
     val_fraction: float = 0.1  # the last 10% of the corpus is the validation split
     # optimisation: AdamW, linear warmup then cosine decay to lr * min_lr_ratio at the end of the budget
-    lr: float = 3e-3
+    lr: float = 1e-2
     min_lr_ratio: float = 0.05
     warmup_steps: int = 50
     weight_decay: float = 0.01
@@ -36,8 +36,8 @@ class TrainConfig:
     max_steps: int | None = None
     max_seconds: float | None = 600.0
     # bookkeeping
-    eval_interval: int = 500  # steps between validations (and at the end)
-    checkpoint_interval: int = 100  # steps between last.pt saves (and at the end)
+    eval_interval: int = 1000  # steps between validations (and at the end)
+    checkpoint_interval: int = 200  # steps between last.pt saves (and at the end)
     log_interval: int = 10  # steps between metrics lines
     eval_batch_size: int = 64  # parallel streams over the validation split
     seed: int = 1337

@@ -1,0 +1,171 @@
+"""Serving benchmark: the real server (a child process) and real clients on 127.0.0.1, beside the raw engine.
+
+For each concurrency level (default 1, 8, 64, 256 streams of 2,000 characters): aggregate chars/s, time to
+first chunk and inter-character latency (p50/p99), characters per message, errors, and the raw engine at
+the same batch size measured right after it, so that served ÷ engine is a side-by-side ratio. Then the
+no-batching baselines (onnxruntime and PyTorch eager, one stream per call) at 64 streams, the 1-stream
+time to first character for a 16-character prompt, the cost of one streamed message, a 2,000-character
+prompt's first character against the raw prefill, and the 256-stream soak (errors, server RSS after
+warm-up). Ends with every target of the performance issue, met or not.
+
+Example:
+    python -m bench.serve                      # everything (about 2 minutes on 2 cores)
+    python -m bench.serve --quick              # a smoke run of every part (about 20 s)
+    python -m bench.serve --streams 64 --no-soak --no-baseline --json > serve.json
+    python -m bench.serve --server-arg=--run-in-thread=false   # an A/B of one server flag
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench.baseline import BaselineRate, unbatched_ort, unbatched_torch
+from bench.engine import measure_prefill, measure_step_rate
+from bench.serve_report import report_table, targets
+from bench.serve_runs import PROMPT16, Level, Soak, fit_prompt, long_prompt, run_level, soak, ttfc_probe
+from bench.server_proc import ServerError, ServerProcess
+from bench.transport import message_us
+from client.loadgen import run_load
+from service.artifact import ArtifactError, load_artifact
+from service.runtime import Runtime, RuntimeConfig
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=Path("models/shakespeare/1"),
+                   help="artifact version folder REPO/NAME/VERSION (the server serves REPO, this model by default)")
+    p.add_argument("--streams", default="1,8,64,256", help="comma-separated concurrency levels")
+    p.add_argument("--chars", type=int, default=2000, help="characters per stream")
+    p.add_argument("--channels", type=int, default=1, help="gRPC channels the load generator spreads streams over")
+    p.add_argument("--engine-seconds", type=float, default=1.0, help="time per raw engine measurement")
+    p.add_argument("--baseline-streams", type=int, default=64, help="streams of the no-batching baselines")
+    p.add_argument("--baseline-seconds", type=float, default=3.0, help="time per no-batching baseline")
+    p.add_argument("--ttfc-repeats", type=int, default=50, help="sequential requests of the 1-stream TTFC probe")
+    p.add_argument("--prompt-chars", type=int, default=2000, help="length of the long-prompt probe")
+    p.add_argument("--prompt-repeats", type=int, default=5, help="requests of the long-prompt probe")
+    p.add_argument("--soak-streams", type=int, default=256)
+    p.add_argument("--soak-seconds", type=float, default=60.0)
+    p.add_argument("--no-soak", action="store_true", help="skip the soak")
+    p.add_argument("--no-baseline", action="store_true", help="skip the no-batching baselines")
+    p.add_argument("--no-probes", action="store_true", help="skip the TTFC, message and long-prompt probes")
+    p.add_argument("--quick", action="store_true", help="a smoke run of every part: 1,8,64 streams of 300 chars, "
+                                                        "short measurements, a 5 s soak of 64 streams")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads, server and raw engine "
+                                                         "(0 = one per core, the server's default)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for `python -m service` (repeatable), e.g. --server-arg=--max-batch=128")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.streams, a.chars, a.engine_seconds, a.baseline_seconds = "1,8,64", 300, 0.3, 0.5
+        a.ttfc_repeats, a.prompt_repeats, a.soak_streams, a.soak_seconds = 10, 2, 64, 5.0
+    try:
+        a.levels = [int(s) for s in a.streams.split(",")]
+    except ValueError:
+        p.error(f"--streams: {a.streams!r} is not a comma-separated list of integers")
+    return a
+
+
+def _jsonable(obj: Any) -> Any:
+    """JSON has no NaN: it becomes null."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+async def _served(a: argparse.Namespace, server: ServerProcess, runtimes: dict[str, Runtime],
+                  model: str) -> dict[str, Any]:  # fmt: skip
+    """Everything that needs the server, in order: warm-up, levels, probes, soak."""
+    out: dict[str, Any] = {}
+    vocabulary = runtimes["spinning"].vocabulary
+    prompt = fit_prompt(PROMPT16, vocabulary, len(PROMPT16))  # PROMPT16 itself for the shipped model
+    await run_load(server.target, 8, 200, prompt, model=model, seed=0)  # warm-up: first calls, allocations
+    levels: list[Level] = []
+    for n in a.levels:
+        levels.append(await run_level(server, runtimes, model, n, a.chars, prompt, a.engine_seconds, a.channels))
+    out["levels"] = levels
+    if not a.no_probes:
+        out["ttfc16"] = await ttfc_probe(server.target, model, prompt, a.ttfc_repeats)
+        long = long_prompt(vocabulary, a.prompt_chars)
+        out["long_ttfc"] = await ttfc_probe(server.target, model, long, a.prompt_repeats)
+    if not a.no_soak:
+        out["soak"] = await soak(server, model, a.soak_streams, a.chars, a.soak_seconds, prompt)
+    return out
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement asked for, as a dict of results (dataclasses inside)."""
+    artifact = load_artifact(a.model)
+    # The raw engine with onnxruntime's threads spinning (its default) and not (the server's default); each
+    # level is judged against the faster of the two.
+    runtimes = {name: Runtime(artifact, RuntimeConfig(intra_op_threads=a.threads, spinning=spin))
+                for name, spin in (("spinning", True), ("no spinning", False))}  # fmt: skip
+    runtime = runtimes["spinning"]
+    info = artifact.info
+    model = f"{info.name}:{info.version}"
+    res: dict[str, Any] = {"model": model, "shape": f"{info.architecture} {info.layers}x{info.hidden_size}",
+                           "nproc": os.cpu_count(), "load_avg": os.getloadavg(), "chars": a.chars,
+                           "server_args": a.server_arg, "threads": a.threads}  # fmt: skip
+    args = ["--default-model", model, "--intra-op-threads", str(a.threads), *a.server_arg]
+    with ServerProcess(a.model.parent.parent, args) as server:
+        res.update(asyncio.run(_served(a, server, runtimes, model)))
+    if not a.no_probes:
+        res["step1"] = measure_step_rate("", 1, seconds=a.engine_seconds, runtime=runtime)
+        res["message_us"] = message_us(20000 if not a.quick else 3000)
+        res["prefill"] = measure_prefill("", a.prompt_chars, seconds=a.engine_seconds, runtime=runtime)
+    if not a.no_baseline:
+        base: list[BaselineRate] = [unbatched_ort(runtime, a.baseline_streams, a.baseline_seconds),
+                                    unbatched_torch(artifact, a.baseline_streams, a.baseline_seconds)]  # fmt: skip
+        res["baselines"] = base
+    res["load_avg_end"] = os.getloadavg()
+    return res
+
+
+def to_json(res: dict[str, Any]) -> dict[str, Any]:
+    """The results as plain JSON data, targets included."""
+    out: dict[str, Any] = {}
+    for k, v in res.items():
+        if k == "levels":
+            out[k] = [{"streams": lv.streams, "served": lv.served.to_dict(), "engine": asdict(lv.engine),
+                       "engines": {n: asdict(r) for n, r in lv.engines.items()}, "ratio": lv.ratio,
+                       "server_cpu_s": lv.server_cpu_s, "client_cpu_s": lv.client_cpu_s}
+                      for lv in v]  # fmt: skip
+        elif k == "soak" and isinstance(v, Soak):
+            out[k] = {**asdict(v), "rss_warm_kib": v.rss_warm_kib, "rss_end_kib": v.rss_end_kib, "growth": v.growth,
+                      "chars_per_s": v.chars_per_s}
+        elif k == "baselines":
+            out[k] = [asdict(b) for b in v]
+        elif hasattr(v, "__dataclass_fields__"):
+            out[k] = asdict(v)
+        else:
+            out[k] = v
+    out["targets"] = [{"target": t, "met": m, "figure": f} for t, m, f in targets(res)]
+    return _jsonable(out)  # type: ignore[no-any-return]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; exit status 1 when a stream failed."""
+    a = parse_args(argv)
+    try:
+        res = run(a)
+    except (ArtifactError, ServerError) as e:
+        print(f"bench.serve: error: {e}")
+        return 2
+    print(json.dumps(to_json(res), indent=2) if a.json else report_table(res))
+    failed = any(lv.served.errors for lv in res["levels"]) or bool(res.get("soak") and res["soak"].errors)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""bench/serve.py's human-readable tables and the performance issue's targets, judged from one run's results."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bench.serve_runs import Level, Soak
+
+Target = tuple[str, bool | None, str]  # what, met (None = not measured in this run), the figure
+
+
+def _level(res: dict[str, Any], streams: int) -> Level | None:
+    return next((lv for lv in res.get("levels", []) if lv.streams == streams), None)
+
+
+def targets(res: dict[str, Any]) -> list[Target]:
+    """Each target of the issue as (what, met, figure)."""
+    out: list[Target] = []
+    lv64, lv1 = _level(res, 64), _level(res, 1)
+    if lv64 is not None:
+        out.append(("64 streams: served >= 70% of raw engine at batch 64 (goal 85%)", lv64.ratio >= 0.70,
+                    f"{lv64.ratio:.0%} ({lv64.served.chars_per_s:,.0f} vs {lv64.engine.chars_per_s:,.0f} chars/s)"))
+    else:
+        out.append(("64 streams: served >= 70% of raw engine", None, "not run"))
+    if "ttfc16" in res:
+        p50 = res["ttfc16"].p50
+        out.append(("1 stream: TTFC p50 <= 2 ms, 16-char prompt", p50 <= 2.0, f"p50 {p50:.2f} ms, p99 "
+                    f"{res['ttfc16'].p99:.2f} ms over {res['ttfc16'].count} requests"))  # fmt: skip
+    if lv1 is not None and "step1" in res:
+        budget_ms = 1.5 * (res["step1"].step_us + res["message_us"]) / 1e3
+        p50 = lv1.served.inter_char_ms.p50
+        out.append(("1 stream: inter-char p50 <= 1.5 x (engine step + one message)", p50 <= budget_ms,
+                    f"p50 {p50 * 1e3:.0f} µs vs 1.5 x ({res['step1'].step_us:.0f} + {res['message_us']:.0f}) = "
+                    f"{budget_ms * 1e3:.0f} µs; inter-chunk p50 {lv1.served.inter_chunk_ms.p50 * 1e3:.0f} µs"))
+    soak = res.get("soak")
+    if isinstance(soak, Soak):
+        ok = not soak.errors and soak.growth < 0.05
+        out.append((f"{soak.streams} streams for {soak.seconds:.0f} s: no errors, RSS growth < 5%", ok,
+                    f"errors {soak.errors or 'none'}, {soak.completed} streams completed in {soak.wall_s:.0f} s, "
+                    f"RSS after warm-up {soak.rss_warm_kib / 1024:.1f} MiB -> end {soak.rss_end_kib / 1024:.1f} "
+                    f"MiB ({soak.growth:+.1%}; peak {soak.rss_max_kib / 1024:.1f})"))
+    base = res.get("baselines")
+    if base and lv64 is not None and base[0].streams == 64:
+        x = lv64.served.chars_per_s / base[0].chars_per_s
+        torch_x = lv64.served.chars_per_s / base[1].chars_per_s if base[1].chars else math.nan
+        out.append(("64 streams: batched >= 10x the no-batching baseline", x >= 10,
+                    f"{x:.1f}x onnxruntime unbatched ({base[0].chars_per_s:,.0f} chars/s), "
+                    f"{torch_x:.0f}x PyTorch eager unbatched"))
+    if "long_ttfc" in res and "prefill" in res:
+        r = res["long_ttfc"].p50 / res["prefill"].one_call_ms
+        out.append((f"{res['prefill'].chars}-char prompt: first char <= 5x raw prefill", r <= 5,
+                    f"{r:.2f}x (p50 {res['long_ttfc'].p50:.1f} ms vs one prefill call "
+                    f"{res['prefill'].one_call_ms:.1f} ms)"))
+    return out
+
+
+def _levels_table(levels: list[Level]) -> list[str]:
+    head = (f"{'streams':>7} {'served c/s':>11} {'engine c/s':>17} {'ratio':>6} {'TTFC p50/p99 ms':>16} "
+            f"{'inter-char p50/p99 ms':>22} {'c/msg':>6} {'srv cpu':>7} {'cli cpu':>7} {'errors':>6}")  # fmt: skip
+    lines = [head]
+    for lv in levels:
+        s = lv.served
+        spin, still = (lv.engines[k].chars_per_s for k in ("spinning", "no spinning"))
+        lines.append(f"{lv.streams:>7} {s.chars_per_s:>11,.0f} {spin:>8,.0f}/{still:<8,.0f} {lv.ratio:>6.0%} "
+                     f"{s.ttfc_ms.p50:>7.2f}/{s.ttfc_ms.p99:<8.2f} {s.inter_char_ms.p50:>10.3f}/"
+                     f"{s.inter_char_ms.p99:<11.3f} {s.chars_per_chunk:>6.1f} {lv.server_cpu_s:>6.1f}s "
+                     f"{lv.client_cpu_s:>6.1f}s {sum(s.errors.values()):>6}")  # fmt: skip
+    return lines
+
+
+def report_table(res: dict[str, Any]) -> str:
+    """Everything measured, as text."""
+    la = ", ".join(f"{x:.2f}" for x in res["load_avg"])
+    lines = [f"{res['model']} ({res['shape']}) on {res['nproc']} cores; load average at start {la}; "
+             f"{res['chars']} chars per stream; server args {res['server_args'] or 'none'}", ""]  # fmt: skip
+    lines += _levels_table(res.get("levels", []))
+    lines.append("  (served: real server process + real clients over loopback; engine: raw onnxruntime steps at "
+                 "the same batch, measured right after, with onnxruntime's threads spinning / not; ratio = served "
+                 "/ the faster engine; srv/cli cpu = CPU seconds of the server / the load generator during the "
+                 "level)")  # fmt: skip
+    if "step1" in res:
+        lines.append(f"raw step at batch 1: {res['step1'].step_us:.0f} µs; one streamed message on loopback "
+                     f"(bare grpc.aio): {res['message_us']:.0f} µs")  # fmt: skip
+    for b in res.get("baselines", []):
+        rate = f"{b.chars_per_s:,.0f} chars/s" if b.chars else "-"
+        lines.append(f"no batching, {b.engine}, {b.streams} streams one call each: {rate} {b.note}".rstrip())
+    if "soak" in res:
+        s = res["soak"]
+        lines.append(f"soak: {s.streams} streams x {s.chars} chars, {s.rounds} rounds in {s.wall_s:.0f} s "
+                     f"({s.chars_per_s:,.0f} chars/s); RSS MiB at start {s.rss_start_kib / 1024:.1f}, after each "
+                     f"round {', '.join(f'{r / 1024:.1f}' for r in s.rss_rounds_kib)}; peak "
+                     f"{s.rss_max_kib / 1024:.1f}")  # fmt: skip
+    lines += ["", "targets:"]
+    for what, met, figure in targets(res):
+        verdict = "not run" if met is None else "MET" if met else "NOT MET"
+        lines.append(f"  [{verdict:>7}] {what}: {figure}")
+    la_end = ", ".join(f"{x:.2f}" for x in res["load_avg_end"])
+    lines.append(f"load average at end {la_end}")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""The measurements of bench/serve.py, each against a running server: load levels, latency probes, the soak.
+
+Every served figure comes from the real client (client.loadgen / client.aio) over loopback; the raw engine
+figure of a level is measured in this process right after the level's load, so the two share the machine's
+state of the moment (the ratio is side by side; absolute rates move with whatever else runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from bench.engine import StepRate, measure_step_rate
+from bench.server_proc import ServerProcess
+from client.aio import AsyncClient
+from client.loadgen import LoadReport, Percentiles, run_load, summarize
+from service.runtime import Runtime
+
+PROMPT16 = "KING HENRY:\nWhat"  # 16 characters, every one in the shipped model's vocabulary
+_PARAGRAPH = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
+              "that lour'd upon our house in the deep bosom of the ocean buried.\n")  # fmt: skip
+
+
+def fit_prompt(text: str, vocabulary: str, chars: int) -> str:
+    """``text`` without characters outside ``vocabulary``, repeated or cut to exactly ``chars`` characters."""
+    kept = "".join(c for c in text if c in vocabulary) or vocabulary[0]
+    return (kept * (chars // len(kept) + 1))[:chars]
+
+
+def long_prompt(vocabulary: str, chars: int) -> str:
+    """A plain-English prompt of exactly ``chars`` characters of the model's vocabulary."""
+    return fit_prompt(_PARAGRAPH, vocabulary, chars)
+
+
+@dataclass(frozen=True)
+class Level:
+    """One concurrency level: the served load and the raw engine at the same batch size."""
+
+    streams: int
+    served: LoadReport
+    engines: dict[str, StepRate]  # the raw engine by onnxruntime setting ("spinning", "no spinning")
+    server_cpu_s: float  # CPU the server process used during the load
+    client_cpu_s: float  # CPU this (load generator) process used during the load
+
+    @property
+    def engine(self) -> StepRate:
+        """The raw engine at its fastest setting: the strictest denominator."""
+        return max(self.engines.values(), key=lambda r: r.chars_per_s)
+
+    @property
+    def ratio(self) -> float:
+        """Served aggregate chars/s over the raw engine's chars/s at batch ``streams``."""
+        return self.served.chars_per_s / self.engine.chars_per_s
+
+
+async def run_level(server: ServerProcess, runtimes: dict[str, Runtime], model: str, streams: int, chars: int,
+                    prompt: str, engine_seconds: float, channels: int = 1) -> Level:  # fmt: skip
+    """``streams`` concurrent generations of ``chars`` characters, then the raw engine at that batch."""
+    cpu0, client0 = server.cpu_seconds(), time.process_time()
+    report = await run_load(server.target, streams, chars, prompt, model=model, channels=channels,
+                            temperature=1.0, seed=0)  # fmt: skip
+    server_cpu, client_cpu = server.cpu_seconds() - cpu0, time.process_time() - client0
+    engines = {k: measure_step_rate("", streams, seconds=engine_seconds, runtime=rt) for k, rt in runtimes.items()}
+    return Level(streams, report, engines, server_cpu, client_cpu)
+
+
+async def ttfc_probe(target: str, model: str, prompt: str, repeats: int, max_chars: int = 1) -> Percentiles:
+    """Time to first chunk (ms) of ``repeats`` sequential 1-stream requests on one warm channel."""
+    async with AsyncClient(target) as client:
+        await client.wait_ready()
+        async for _ in client.generate(prompt, model=model, max_chars=max_chars, seed=0):
+            pass  # warm-up: the first call sets up the HTTP/2 stream machinery
+        ttfc: list[float] = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            first: float | None = None
+            async for _ in client.generate(prompt, model=model, max_chars=max_chars, seed=i):
+                first = first if first is not None else time.perf_counter()
+            assert first is not None, "a generation produced no text"
+            ttfc.append((first - start) * 1e3)
+    return summarize(ttfc)
+
+
+@dataclass
+class Soak:
+    """Rounds of ``streams`` concurrent generations for at least ``seconds``; server RSS sampled each second."""
+
+    streams: int
+    chars: int
+    seconds: float
+    rounds: int = 0
+    wall_s: float = 0.0
+    total_chars: int = 0
+    completed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    rss_start_kib: int = 0  # before the first round
+    rss_rounds_kib: list[int] = field(default_factory=list)  # at the end of each round
+    rss_max_kib: int = 0  # the largest sample (once a second) after the first round
+
+    @property
+    def rss_warm_kib(self) -> int:
+        """After the first (warm-up) round."""
+        return self.rss_rounds_kib[0] if self.rss_rounds_kib else 0
+
+    @property
+    def rss_end_kib(self) -> int:
+        """After the last round."""
+        return self.rss_rounds_kib[-1] if self.rss_rounds_kib else 0
+
+    @property
+    def growth(self) -> float:
+        """RSS growth after warm-up, like for like (both between rounds): (end - warm) / warm."""
+        return (self.rss_end_kib - self.rss_warm_kib) / self.rss_warm_kib if self.rss_warm_kib else float("nan")
+
+    @property
+    def chars_per_s(self) -> float:
+        return self.total_chars / self.wall_s if self.wall_s else float("nan")
+
+
+async def soak(server: ServerProcess, model: str, streams: int, chars: int, seconds: float, prompt: str) -> Soak:
+    """Keeps ``streams`` streams busy for ``seconds`` (whole rounds) and follows the server's memory."""
+    result = Soak(streams, chars, seconds, rss_start_kib=server.rss_kib())
+    warm = asyncio.Event()
+
+    async def sample() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if warm.is_set():
+                result.rss_max_kib = max(result.rss_max_kib, server.rss_kib())
+
+    sampler = asyncio.create_task(sample())
+    start = time.perf_counter()
+    try:
+        while result.rounds == 0 or time.perf_counter() - start < seconds:
+            r = await run_load(server.target, streams, chars, prompt, model=model, temperature=1.0,
+                               seed=result.rounds * streams)  # fmt: skip
+            result.rounds += 1
+            result.total_chars += r.total_chars
+            result.completed += r.completed
+            for k, v in r.errors.items():
+                result.errors[k] = result.errors.get(k, 0) + v
+            result.rss_rounds_kib.append(server.rss_kib())
+            warm.set()
+    finally:
+        sampler.cancel()
+    result.wall_s = time.perf_counter() - start
+    result.rss_max_kib = max(result.rss_max_kib, *result.rss_rounds_kib)
+    return result

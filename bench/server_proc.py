@@ -1,0 +1,112 @@
+"""The real server as a child process (its own interpreter and GIL, as in production) for the serving benchmarks.
+
+    with ServerProcess(Path("models")) as server:
+        ... run_load(server.target, ...) ...; server.rss_kib()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+
+class ServerError(RuntimeError):
+    """The server process did not start or died."""
+
+
+class ServerProcess:
+    """``python -m service`` on 127.0.0.1 with an ephemeral port; JSON logs go to a temporary file."""
+
+    def __init__(self, model_repo: Path, extra_args: Sequence[str] = (), start_timeout: float = 60.0) -> None:
+        self.model_repo = model_repo
+        self.extra_args = list(extra_args)
+        self.start_timeout = start_timeout
+        self.port = 0
+        fd, name = tempfile.mkstemp(prefix="charlm-bench-server-", suffix=".log")
+        os.close(fd)
+        self._log_path = Path(name)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        """host:port for the client."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
+    def start(self) -> ServerProcess:
+        """Starts the server and waits until its log says it serves (the bound port comes from that line)."""
+        cmd = [sys.executable, "-m", "service", "--model-repo", str(self.model_repo), "--host", "127.0.0.1",
+               "--port", "0", "--metrics-port", "-1", "--log-format", "json", *self.extra_args]  # fmt: skip
+        with self._log_path.open("wb") as log:  # the child keeps its own descriptor
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=os.environ.copy())
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServerError(f"the server exited with status {self._proc.returncode}:\n{self.log_text()}")
+            for line in self.log_text().splitlines():
+                port = _port_of(line)
+                if port:
+                    self.port = port
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise ServerError(f"the server did not start within {self.start_timeout:g}s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        """Everything the server logged so far."""
+        return self._log_path.read_text(errors="replace")
+
+    def rss_kib(self) -> int:
+        """Resident set size (VmRSS, KiB) from /proc/PID/status."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise ServerError(f"/proc/{self.pid}/status has no VmRSS line")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server has used (from /proc/PID/stat)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> int | None:
+        """SIGTERM (a graceful drain), then SIGKILL after 15 s; returns the exit status."""
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._log_path.unlink(missing_ok=True)
+        return self._proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+
+def _port_of(line: str) -> int:
+    """The bound port from the server's "serving ..." JSON log line; 0 for any other line."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return 0
+    port = record.get("port") if isinstance(record, dict) else None
+    return int(port) if isinstance(port, int) and port > 0 else 0
