@@ -61,7 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                          "(0 = one per core, the server's default)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `python -m service` (repeatable), e.g. --server-arg=--max-batch=128")
+    p.add_argument("--server-cwd", type=Path, help="run `python -m service` in this folder (another checkout's "
+                                                   "service/, for a before/after comparison)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    p.add_argument("--json-out", type=Path, help="also write the JSON object to this file")
     a = p.parse_args(argv)
     if a.quick:
         a.streams, a.chars, a.engine_seconds, a.baseline_seconds = "1,8,64", 300, 0.3, 0.5
@@ -118,7 +121,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                            "nproc": os.cpu_count(), "load_avg": os.getloadavg(), "chars": a.chars,
                            "server_args": a.server_arg, "threads": a.threads}  # fmt: skip
     args = ["--default-model", model, "--intra-op-threads", str(a.threads), *a.server_arg]
-    with ServerProcess(a.model.parent.parent, args) as server:
+    with ServerProcess(a.model.parent.parent, args, cwd=a.server_cwd) as server:
         res.update(asyncio.run(_served(a, server, runtimes, model)))
     if not a.no_probes:
         res["step1"] = measure_step_rate("", 1, seconds=a.engine_seconds, runtime=runtime)
@@ -162,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ArtifactError, ServerError) as e:
         print(f"bench.serve: error: {e}")
         return 2
-    print(json.dumps(to_json(res), indent=2) if a.json else report_table(res))
+    data = json.dumps(to_json(res), indent=2)
+    if a.json_out is not None:
+        a.json_out.write_text(data + "\n")
+    print(data if a.json else report_table(res))
     failed = any(lv.served.errors for lv in res["levels"]) or bool(res.get("soak") and res["soak"].errors)
     return 1 if failed else 0
 

@@ -25,8 +25,10 @@ class ServerError(RuntimeError):
 class ServerProcess:
     """``python -m service`` on 127.0.0.1 with an ephemeral port; JSON logs go to a temporary file."""
 
-    def __init__(self, model_repo: Path, extra_args: Sequence[str] = (), start_timeout: float = 60.0) -> None:
-        self.model_repo = model_repo
+    def __init__(self, model_repo: Path, extra_args: Sequence[str] = (), start_timeout: float = 60.0,
+                 cwd: Path | None = None) -> None:  # fmt: skip
+        self.model_repo = model_repo.resolve()
+        self.cwd = cwd  # where `python -m service` runs: another checkout's service/ for a before/after run
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
         self.port = 0
@@ -51,7 +53,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "service", "--model-repo", str(self.model_repo), "--host", "127.0.0.1",
                "--port", "0", "--metrics-port", "-1", "--log-format", "json", *self.extra_args]  # fmt: skip
         with self._log_path.open("wb") as log:  # the child keeps its own descriptor
-            self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=os.environ.copy())
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, cwd=self.cwd)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -41,6 +41,9 @@ class DecodeBatch:
         self._rows = 0  # rows each call runs: n, padded up to runtime.min_batch
         self._cur = 0  # which buffer set holds the current states
         self._calls: tuple[Callable[[], None], Callable[[], None]] | None = None
+        # the prepared calls by row count: the buffers never move, so a binding stays valid (and preparing
+        # one costs more than the step it runs at small batches, i.e. at every join or leave)
+        self._bound: dict[int, tuple[Callable[[], None], Callable[[], None]]] = {}
 
     @property
     def ids(self) -> np.ndarray:
@@ -83,7 +86,9 @@ class DecodeBatch:
         self.seen[:n] = np.concatenate(seen)
         self._cur = 1 - self._cur
         self.n, self._rows = n, rows
-        self._calls = (self._bind(0), self._bind(1)) if n else None
+        if n and rows not in self._bound:
+            self._bound[rows] = (self._bind(0), self._bind(1))
+        self._calls = self._bound[rows] if n else None
 
     def _views(self, which: int, rows: int) -> States:
         """Buffer set ``which`` as contiguous [layers, rows, hidden] arrays."""

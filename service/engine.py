@@ -61,7 +61,7 @@ class Engine(Scheduler):
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         # a call already in the worker thread finishes before the batch is torn down
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        await asyncio.get_running_loop().run_in_executor(None, self._offload.shutdown)
         self._fail_all(Unavailable(f"{self.model}: the engine is closed"))
 
     def new_state(self, seed: int | None = None) -> SeqState:

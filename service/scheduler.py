@@ -15,14 +15,12 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import numpy as np
 
 from service.batch import DecodeBatch, Joiner
+from service.offload import Offload
 from service.runtime import Runtime
 from service.sampling import BatchParams, log_softmax, sample
 from service.stream import Stream
@@ -30,7 +28,6 @@ from service.types import EngineObserver, FinishReason
 from service.vocab import Vocab
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -40,20 +37,18 @@ class EngineConfig:
     max_batch: int = 256  # decode rows per step; further streams wait for a free row
     prefill_chunk: int = 256  # characters per sequence call when consuming prompts and fed text
     stream_buffer_chars: int = 4096  # unread characters per stream before it stops being stepped
-    # onnxruntime releases the GIL: a call run in a worker thread lets the event loop serve consumers and
-    # the network meanwhile, but the hand-off costs ~50-140 µs (measured here on 2 shared cores). So calls
-    # expected (from recent ones) to take longer than thread_above_us run in the worker thread, and short
-    # ones (small batches of a small model) in the loop thread. run_in_thread=False keeps every call in the
-    # loop thread; thread_above_us=0 sends every call to the thread.
+    # Calls expected to take longer than thread_above_us run in a worker thread, the others inline (see
+    # service/offload.py). run_in_thread=False keeps every call in the loop thread; thread_above_us=0 sends
+    # every call to the thread.
     run_in_thread: bool = True
-    thread_above_us: float = 200.0
+    thread_above_us: float = 500.0
     # Consumers are woken (and so messages sent) about messages_per_s times a second at most, over all the
     # decoding streams: with n streams in the batch, a stream's characters wait up to n / messages_per_s
-    # seconds and leave together. A message costs ~50-100 µs of CPU (server and client), a character at
-    # batch 64 ~12 µs of engine time, so one message per character would cost the transport far more than
-    # the engine. A lone stream still sends every step or two; a stream's first character leaves at once.
-    # 0 = wake every stream at every step.
-    messages_per_s: float = 4000.0
+    # seconds and leave together. A message costs ~50-100 µs of CPU (server and client together), a
+    # character at batch 64 ~21 µs of engine CPU, so a message per character would cost several times the
+    # engine (docs/performance.md). A stream's first character leaves at once. 0 = wake every stream at
+    # every step.
+    messages_per_s: float = 2000.0
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "prefill_chunk", "stream_buffer_chars"):
@@ -86,9 +81,8 @@ class Scheduler:
         self._dirty = False  # batch membership must be rebuilt before the next step
         self._active = 0
         self._kick = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="charlm-ort")
-        self._expected = {"decode": 0.0, "prefill": 0.0}  # recent call durations (s), to place the next call
-        self._yielded = False  # whether this iteration awaited a worker thread (else it yields explicitly)
+        self._offload = Offload(config.run_in_thread, config.thread_above_us)
+        self._phase = 0.0  # of the latest stream's wake-ups (see _deliver)
 
     def _enqueue(self, s: Stream) -> None:
         """Queue a stream for a batch row."""
@@ -148,38 +142,9 @@ class Scheduler:
             except Exception as e:  # a failed step fails its streams, never the loop
                 log.exception("%s: engine step failed", self.model)
                 self._fail_all(e)
-            if not self._yielded:
+            if not self._offload.yielded:
                 await asyncio.sleep(0)  # let consumers and the network run between steps
-            self._yielded = False
-
-    def _launch(self, kind: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[tuple[T, float]]:
-        """Start an onnxruntime call; the future gives its result and its duration (s).
-
-        A call expected (from recent ones) to be short runs here and now, and the future is already done;
-        a long one runs in the worker thread, so the caller can do other work before awaiting it.
-        """
-
-        def timed() -> tuple[T, float]:
-            start = time.perf_counter()
-            result = fn(*args)
-            return result, time.perf_counter() - start
-
-        loop = asyncio.get_running_loop()
-        if not self.config.run_in_thread or self._expected[kind] * 1e6 < self.config.thread_above_us:
-            done: asyncio.Future[tuple[T, float]] = loop.create_future()
-            try:
-                done.set_result(timed())
-            except Exception as e:
-                done.set_exception(e)
-            return done
-        self._yielded = True
-        return loop.run_in_executor(self._executor, timed)
-
-    async def _finish_call(self, kind: str, call: asyncio.Future[tuple[T, float]]) -> tuple[T, float]:
-        """Await a launched call (no yield when it ran inline) and update its expected duration."""
-        result, seconds = await call
-        self._expected[kind] = 0.8 * self._expected[kind] + 0.2 * seconds
-        return result, seconds
+            self._offload.yielded = False
 
     def _admit(self) -> None:
         """Rebuild the batch: drop rows that left, save abandoned ones' states, add ready streams."""
@@ -226,11 +191,11 @@ class Scheduler:
     async def _decode(self) -> None:
         """One step of the whole batch: feed every row's pending id, sample every row's next id."""
         b, n = self._batch, self._batch.n
-        call = self._launch("decode", b.step)
+        call = self._offload.launch("decode", b.step)
         u = self._uniforms  # drawn while a threaded step runs (onnxruntime releases the GIL)
         for i, s in self._sampled:
             u[i] = s.next_uniform()
-        logits, dt = await self._finish_call("decode", call)  # (n, V)
+        logits, dt = await self._offload.finish("decode", call)  # (n, V)
         ids = sample(logits, self._params, u[:n], b.seen[:n])  # (n,)
         b.ids[:] = ids
         b.seen[self._arange[:n], ids] = True
@@ -244,7 +209,8 @@ class Scheduler:
         """Append each row's character to its stream; finish, pause or wake streams as needed."""
         chars, cap, now = self.vocab.chars, self.config.stream_buffer_chars, time.perf_counter()
         rate = self.config.messages_per_s
-        due = now - len(self._rows) / rate if rate > 0 else now  # streams last woken at or before `due` are woken
+        hold = len(self._rows) / rate if rate > 0 else 0.0  # how long a stream's characters may wait
+        due = now - hold  # streams last woken at or before `due` are woken
         if lps is not None:
             for s, lp in zip(self._rows, lps, strict=True):
                 if s.lps is not None:
@@ -255,7 +221,8 @@ class Scheduler:
             buf = s.buf
             buf.append(c)
             s.generated = generated = s.generated + 1
-            if s.t_first is None:
+            first = s.t_first is None
+            if first:
                 s.t_first = now
                 if self.observer is not None:
                     self.observer.first_char(self.model, now - s.t0)
@@ -267,9 +234,16 @@ class Scheduler:
                 self._leave(s, i, "cancelled")
             elif len(buf) >= cap:
                 self._leave(s, i, None)
-            elif s.t_wake <= due:
-                s.t_wake = now
+            elif first or s.t_wake <= due:
+                # A first character leaves at once and gives the stream a phase of its own, so that streams
+                # that started together send in different steps: a burst of messages would stall the next step.
+                s.t_wake = now - self._next_phase() * hold if first else now
                 s.wake()
+
+    def _next_phase(self) -> float:
+        """The next of a low-discrepancy sequence in [0, 1) (golden-ratio steps): evenly spread phases."""
+        self._phase = (self._phase + 0.6180339887498949) % 1.0
+        return self._phase
 
     def _leave(self, s: Stream, row: int, reason: FinishReason | None, stop: str = "") -> None:
         """Take a row out of the batch after this step: finished (reason given) or paused (None)."""
@@ -298,8 +272,8 @@ class Scheduler:
             ids = np.stack([s.todo[s.done : s.done + n] for s in group])  # (P, n)
             per_tensor = zip(*(s.state.arrays for s in group), strict=True)
             states = tuple(np.stack(a, axis=1) for a in per_tensor)  # each (layers, P, H)
-            call = self._launch("prefill", self.runtime.run, ids, states)
-            (logits, new), _ = await self._finish_call("prefill", call)  # logits (P, n, V)
+            call = self._offload.launch("prefill", self.runtime.run, ids, states)
+            (logits, new), _ = await self._offload.finish("prefill", call)  # logits (P, n, V)
             for i, s in enumerate(group):
                 if s.where != "prefill":  # abandoned during the call: its state stays as it was
                     continue

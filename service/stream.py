@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -63,7 +62,7 @@ class Stream:
         self.waiter: asyncio.Future[Any] | None = None
         self.t0 = time.perf_counter()
         self.t_first: float | None = None
-        self.t_wake = -math.inf  # when the engine last woke the consumer for new characters
+        self.t_wake = 0.0  # when the engine last woke the consumer for new characters (shifted by a phase)
         self.flush = False  # the buffer is due to go out (set by wake; characters before it are held)
         self.t_end: float | None = None
         # the rng is read in blocks; `sync_rng` rewinds it to exactly the draws used

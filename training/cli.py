@@ -70,7 +70,7 @@ def build_train_config(given: dict[str, Any]) -> TrainConfig:
             if fixed:
                 raise ValueError(f"{last}: cannot change {', '.join(sorted(fixed))} when resuming")
             given = {**saved, **given}
-    return TrainConfig(**given)
+    return TrainConfig.from_dict(given)
 
 
 def _train(args: argparse.Namespace) -> int:
