@@ -99,9 +99,9 @@ async def _served(a: argparse.Namespace, server: ServerProcess, runtimes: dict[s
         levels.append(await run_level(server, runtimes, model, n, a.chars, prompt, a.engine_seconds, a.channels))
     out["levels"] = levels
     if not a.no_probes:
-        out["ttfc16"] = await ttfc_probe(server.target, model, prompt, a.ttfc_repeats)
+        out["ttfc16"], out["ttfc16_engine"] = await ttfc_probe(server.target, model, prompt, a.ttfc_repeats)
         long = long_prompt(vocabulary, a.prompt_chars)
-        out["long_ttfc"] = await ttfc_probe(server.target, model, long, a.prompt_repeats)
+        out["long_ttfc"], out["long_ttfc_engine"] = await ttfc_probe(server.target, model, long, a.prompt_repeats)
     if not a.no_soak:
         out["soak"] = await soak(server, model, a.soak_streams, a.chars, a.soak_seconds, prompt)
     return out

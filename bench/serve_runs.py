@@ -65,21 +65,27 @@ async def run_level(server: ServerProcess, runtimes: dict[str, Runtime], model: 
     return Level(streams, report, engines, server_cpu, client_cpu)
 
 
-async def ttfc_probe(target: str, model: str, prompt: str, repeats: int, max_chars: int = 1) -> Percentiles:
-    """Time to first chunk (ms) of ``repeats`` sequential 1-stream requests on one warm channel."""
+async def ttfc_probe(target: str, model: str, prompt: str, repeats: int,
+                     max_chars: int = 1) -> tuple[Percentiles, Percentiles]:  # fmt: skip
+    """Time to first chunk (ms) of ``repeats`` sequential 1-stream requests on one warm channel: as the client
+    sees it, and as the server's engine reports it (from the request entering the engine to its first character).
+    """
     async with AsyncClient(target) as client:
         await client.wait_ready()
         async for _ in client.generate(prompt, model=model, max_chars=max_chars, seed=0):
             pass  # warm-up: the first call sets up the HTTP/2 stream machinery
         ttfc: list[float] = []
+        engine: list[float] = []
         for i in range(repeats):
             start = time.perf_counter()
             first: float | None = None
-            async for _ in client.generate(prompt, model=model, max_chars=max_chars, seed=i):
+            gen = client.generate(prompt, model=model, max_chars=max_chars, seed=i)
+            async for _ in gen:
                 first = first if first is not None else time.perf_counter()
-            assert first is not None, "a generation produced no text"
+            assert first is not None and gen.finish is not None, "a generation produced no text"
             ttfc.append((first - start) * 1e3)
-    return summarize(ttfc)
+            engine.append(gen.finish.time_to_first_char_ms)
+    return summarize(ttfc), summarize(engine)
 
 
 @dataclass

@@ -27,9 +27,9 @@ class RuntimeConfig:
     intra_op_threads: int = 0  # threads inside one operator; 0 = onnxruntime's default (one per core)
     inter_op_threads: int = 1  # threads across operators (the graph is a chain: 1 is enough)
     # Whether onnxruntime's idle intra-op threads spin waiting for the next operator. Spinning saves a
-    # wake-up per operator on an otherwise idle machine, but burns the cores that the server's event loop
-    # (and, on a shared host, everything else) needs between steps; measured on 2 shared cores, batch-64
-    # steps ran ~1.6x faster without it (docs/performance.md).
+    # wake-up per operator (raw steps ~10-30% faster on an idle machine), but burns the cores that the
+    # server's event loop and its clients need between steps: on 2 cores the served rate at 64 streams was
+    # 2-3x lower with it (docs/performance.md).
     spinning: bool = False
 
     def __post_init__(self) -> None:

@@ -38,8 +38,10 @@ class EngineConfig:
     prefill_chunk: int = 256  # characters per sequence call when consuming prompts and fed text
     stream_buffer_chars: int = 4096  # unread characters per stream before it stops being stepped
     # Calls expected to take longer than thread_above_us run in a worker thread, the others inline (see
-    # service/offload.py). run_in_thread=False keeps every call in the loop thread; thread_above_us=0 sends
-    # every call to the thread.
+    # service/offload.py): the hand-off costs ~100-300 µs on 2 busy cores, more than a step of up to ~16
+    # rows of the shipped model is worth (docs/performance.md); but blocking the loop for long calls would
+    # starve the network (new streams wait). run_in_thread=False keeps every call in the loop thread;
+    # thread_above_us=0 sends every call to the thread.
     run_in_thread: bool = True
     thread_above_us: float = 500.0
     # Consumers are woken (and so messages sent) about messages_per_s times a second at most, over all the

@@ -30,5 +30,6 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
         assert set(lv["engines"]) == {"spinning", "no spinning"} and lv["ratio"] > 0
     assert out["soak"]["rounds"] >= 1 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0
     assert out["ttfc16"]["count"] == 3 and out["long_ttfc"]["count"] == 1 and out["message_us"] > 0
+    assert out["ttfc16_engine"]["count"] == 3 and out["ttfc16_engine"]["p50"] > 0
     assert [b["engine"] for b in out["baselines"]] == ["onnxruntime", "pytorch-eager"]
     assert {t["target"].split(":")[0] for t in out["targets"]} >= {"64 streams"}  # judged, or marked not run
