@@ -22,8 +22,9 @@ class Joiner:
 class DecodeBatch:
     """States of up to ``capacity`` rows in two preallocated buffer sets, used alternately.
 
-    Each step reads ids and states from one buffer set and writes logits and new states into the other
-    through a prepared onnxruntime binding, so steady-state steps allocate and convert nothing. Rows are
+    Each step reads ids and states from one buffer set and writes logits, new states and the sampling head's
+    draws (the next ids: service/sampling_head.py) into the other through a prepared onnxruntime binding, so
+    steady-state steps allocate, convert and copy nothing. Rows are
     always packed at the front (a contiguous [layers, n, hidden] view); ``rebuild`` gathers the kept rows
     and appends the joining ones when membership changes, which happens far less often than steps.
     """
@@ -34,7 +35,9 @@ class DecodeBatch:
         L, H, V = runtime.layers, runtime.hidden, runtime.vocab_size
         size = L * self.capacity * H
         self._bufs = [[np.zeros(size, np.float32) for _ in runtime.state_inputs] for _ in range(2)]
-        self._ids = np.zeros(self.capacity, np.int64)  # the ids fed by the next step: the engine writes them
+        self._idsets = [np.zeros(self.capacity, np.int64) for _ in range(2)]  # per buffer set, like states
+        self.uniforms = np.zeros(self.capacity, np.float32)  # each row's uniform for the head's next draw
+        self.inv_temperature = np.ones(self.capacity, np.float32)  # per row, for the head (1 where unused)
         self._logits = np.zeros(self.capacity * V, np.float32)
         self.seen = np.zeros((self.capacity, V), bool)  # per row: characters seen in the request
         self.n = 0  # live rows
@@ -47,8 +50,8 @@ class DecodeBatch:
 
     @property
     def ids(self) -> np.ndarray:
-        """(n,) ids the next step feeds; write the sampled ids here."""
-        return self._ids[: self.n]
+        """(n,) ids the next step feeds: after a step, the head's draws; overwrite rows sampled elsewhere."""
+        return self._idsets[self._cur][: self.n]
 
     def states(self) -> States:
         """Current states of the live rows, each [layers, n, hidden] (views)."""
@@ -59,7 +62,8 @@ class DecodeBatch:
         return tuple(v[:, row].copy() for v in self._views(self._cur, self._rows))
 
     def step(self) -> np.ndarray:
-        """Feed ``ids`` to every row: one onnxruntime call; returns logits (n, V) (a view, valid until next step)."""
+        """Feed ``ids`` to every row and draw the next ``ids``: one onnxruntime call; returns logits (n, V)
+        (a view, valid until the next step)."""
         assert self._calls is not None and self.n > 0
         self._calls[self._cur]()
         self._cur ^= 1
@@ -79,9 +83,10 @@ class DecodeBatch:
             for j, joiner in enumerate(joining):
                 d[:, len(keep) + j] = joiner.states[k]
             d[:, n:] = 0.0  # padding rows (see Runtime.min_batch): any finite state will do
-        ids = [self._ids[keep_idx], np.array([j.pending for j in joining], np.int64)]
-        self._ids[:n] = np.concatenate(ids)
-        self._ids[n:rows] = 0
+        src_ids, dst_ids = self._idsets[self._cur], self._idsets[1 - self._cur]
+        dst_ids[:n] = np.concatenate([src_ids[keep_idx], np.array([j.pending for j in joining], np.int64)])
+        dst_ids[n:rows] = 0
+        self.uniforms[n:rows], self.inv_temperature[n:rows] = 0.0, 1.0
         seen = [self.seen[keep_idx], *(j.seen[None, :] for j in joining)]
         self.seen[:n] = np.concatenate(seen)
         self._cur = 1 - self._cur
@@ -98,6 +103,8 @@ class DecodeBatch:
     def _bind(self, which: int) -> Callable[[], None]:
         """The call that reads buffer set ``which`` and writes the other."""
         rows, v = self._rows, self.runtime.vocab_size
-        ids = self._ids[:rows].reshape(rows, 1)
+        ids, next_ids = (self._idsets[k][:rows].reshape(rows, 1) for k in (which, 1 - which))
         logits = self._logits[: rows * v].reshape(rows, 1, v)
-        return self.runtime.bind(ids, self._views(which, rows), logits, self._views(1 - which, rows))
+        u, inv_t = self.uniforms[:rows].reshape(rows, 1), self.inv_temperature[:rows].reshape(rows, 1)
+        states, new_states = self._views(which, rows), self._views(1 - which, rows)
+        return self.runtime.bind_decoder(ids, states, logits, new_states, u, inv_t, next_ids)

@@ -71,7 +71,6 @@ OPTIONS = [
     Option("--prefill-chunk", "engine.prefill_chunk", int, "prompt characters consumed per prefill call"),
     Option("--stream-buffer-chars", "engine.stream_buffer_chars", int,
            "characters buffered per stream for a slow reader"),
-    Option("--run-in-thread", "engine.run_in_thread", _bool, "run onnxruntime steps in a worker thread (true/false)"),
     Option("--messages-per-s", "engine.messages_per_s", float, "generated-text messages per second a model's "
            "streams aim at in all; a large batch coalesces more characters per message (0 = one per step)",
            metavar="RATE"),

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from service.engine import EngineConfig
 from service.runtime import RuntimeConfig
 
 LogFormat = Literal["logfmt", "json"]
@@ -18,6 +17,29 @@ def _positive(config: object) -> None:
         value = getattr(config, f.name)
         if isinstance(value, int | float) and not value > 0:
             raise ValueError(f"{f.name}: must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How one model's engine batches."""
+
+    max_batch: int = 256  # decode rows per step; further streams wait for a free row
+    prefill_chunk: int = 256  # characters per sequence call when consuming prompts and fed text
+    stream_buffer_chars: int = 4096  # unread characters per stream before it stops being stepped
+    # Consumers are woken (and so messages sent) about messages_per_s times a second at most, over all the
+    # decoding streams: with n streams in the batch, a stream's characters wait up to n / messages_per_s
+    # seconds and leave together. A message costs ~50-100 µs of CPU (server and client together), a
+    # character at batch 64 ~21 µs of engine CPU, so a message per character would cost several times the
+    # engine (docs/performance.md). A stream's first character leaves at once. 0 = wake every stream at
+    # every step.
+    messages_per_s: float = 2000.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "prefill_chunk", "stream_buffer_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not self.messages_per_s >= 0:
+            raise ValueError(f"messages_per_s: must be >= 0, got {self.messages_per_s}")
 
 
 @dataclass(frozen=True)

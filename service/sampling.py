@@ -73,6 +73,11 @@ class BatchParams:
         )
 
 
+def by_head(s: Sampling) -> bool:
+    """Whether the decode call's sampling head draws for ``s`` (a plain draw: service/sampling_head.py)."""
+    return s.temperature > 0.0 and s.top_k == 0 and s.top_p >= 1.0 and s.repetition_penalty == 1.0
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Natural-log softmax over the last axis, in float64."""
     x = logits.astype(np.float64)

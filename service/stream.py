@@ -1,14 +1,22 @@
-"""One request inside the engine: what it still has to consume, its output buffer, its place in the batch."""
+"""One request inside the engine: what it still has to consume, its output buffer, its place in the batch.
+
+A stream lives on both sides of service/handoff.py: the step thread owns its progress (``where``, the
+buffer of characters not yet released, the state), the event loop owns what was released to the reader
+(``out``, ``taken``, ``finished``). Each side writes only its own fields; the step thread tells the loop
+through events (``on_chunk``, ``on_pause``, ``on_done``), the loop tells the step thread through commands.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 
+from service.sampling import log_softmax
 from service.types import Chunk, FinishReason, GenerateParams, Sampling, SeqState
 
 Where = Literal["prefill", "ready", "batch", "paused", "done"]
@@ -19,8 +27,8 @@ class Stream:
     """A generate or feed request: its state, its prompt still to feed, and the characters not yet read.
 
     Lifecycle: "prefill" (sequence calls over ``todo``) -> "ready" (waiting for a batch row) -> "batch"
-    (one character per engine step) <-> "paused" (buffer full until the reader catches up) -> "done".
-    A feed request is done when its prefill is.
+    (one character per engine step) <-> "paused" (too many unread characters until the reader catches up)
+    -> "done". A feed request is done when its prefill is.
     """
 
     def __init__(
@@ -41,34 +49,40 @@ class Stream:
         self.sampling: Sampling = self.params.sampling
         self.max_chars = self.params.max_chars
         self.cancel = cancel
+        # ---- the step thread's (after submission)
         self.where: Where = "prefill" if todo.size else "ready"
         self.score = score  # a feed request: score the fed text, generate nothing
         self.prompt_chars = 0
         self.abandoned = False  # the consumer went away
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # set before on_done
         self.seen = np.zeros(vocab_size, bool)  # characters of this request, for the repetition penalty
         # feed scoring
         self.nll = 0.0
         self.scored = 0
-        # output
+        # output not yet released to the reader
         self.buf: list[str] = []
         self.lps: list[float] | None = [] if self.params.logprobs else None
+        self.sent = 0  # characters released (posted to the loop)
         self.generated = 0
         self.finish_reason: FinishReason | None = None
         self.stop_sequence = ""
         self._tail = ""
         self.has_stops = bool(self.params.stop)
         self._stop_keep = max((len(s) for s in self.params.stop), default=1) - 1  # tail chars kept between steps
-        self.waiter: asyncio.Future[Any] | None = None
         self.t0 = time.perf_counter()
         self.t_first: float | None = None
-        self.t_wake = 0.0  # when the engine last woke the consumer for new characters (shifted by a phase)
-        self.flush = False  # the buffer is due to go out (set by wake; characters before it are held)
+        self.t_wake = 0.0  # when the engine last released characters (shifted by a phase)
         self.t_end: float | None = None
         # the rng is read in blocks; `sync_rng` rewinds it to exactly the draws used
         self._ublock: list[float] = []
         self._uk = 0
         self._usaved: Mapping[str, Any] | None = None
+        # ---- the event loop's
+        self.out: deque[Chunk] = deque()  # released chunks the reader has not taken
+        self.taken = 0  # characters the reader took (read by the step thread for flow control)
+        self.paused = False  # the step thread paused the stream; the reader resumes it once caught up
+        self.finished = False  # on_done ran: the stream's results and state are final
+        self.waiter: asyncio.Future[Any] | None = None
 
     @property
     def remaining(self) -> int:
@@ -101,23 +115,63 @@ class Stream:
         self._tail = tail[-self._stop_keep :] if self._stop_keep > 0 else ""
         return None
 
-    def take(self) -> Chunk:
-        """Everything buffered, as one chunk (coalesced characters)."""
+    def score_chunk(self, logits: np.ndarray, n: int) -> None:
+        """(step thread) Add the NLL of the ids that follow the ``n`` fed from ``done`` on (logits (n, V))."""
+        nxt = self.todo[self.done + 1 : self.done + n + 1]
+        if self.done + n >= self.todo.size:  # the last fed id is followed by the text's last character
+            nxt = np.append(nxt, np.int64(self.pending_after or 0))
+        self.nll -= float(log_softmax(logits)[np.arange(n), nxt].sum())
+        self.scored += n
+
+    def release(self) -> Chunk:
+        """(step thread) Everything buffered as one chunk (coalesced characters); the buffer restarts."""
         chunk = Chunk("".join(self.buf), self.lps)
-        self.buf, self.flush = [], False
+        self.sent += len(self.buf)
+        self.buf = []
         if self.lps is not None:
             self.lps = []
         return chunk
 
-    def wake(self) -> None:
-        """Release the buffer to the consumer and wake it if it waits."""
-        self.flush = True
+    def unread(self) -> int:
+        """(step thread) Characters generated that the reader has not taken yet."""
+        return self.sent - self.taken + len(self.buf)
+
+    # ------------------------------------------------------------------ event loop side
+
+    def on_chunk(self, chunk: Chunk) -> None:
+        """A chunk was released."""
+        self.out.append(chunk)
+        self._notify()
+
+    def on_pause(self) -> None:
+        """The step thread took the stream out of the batch until its reader catches up."""
+        self.paused = True
+        self._notify()
+
+    def on_done(self) -> None:
+        """The stream ended (finished, failed or abandoned); every chunk was released before this."""
+        self.finished = True
+        self._notify()
+
+    def take(self) -> Chunk:
+        """Every released chunk not yet taken, as one (a reader that fell behind gets one message)."""
+        out = self.out
+        chunk = out.popleft()
+        if out:
+            chunks = [chunk, *out]
+            out.clear()
+            lps = None if chunk.logprobs is None else [lp for c in chunks for lp in c.logprobs or ()]
+            chunk = Chunk("".join(c.text for c in chunks), lps)
+        self.taken += len(chunk.text)
+        return chunk
+
+    def _notify(self) -> None:
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
 
     async def wait(self) -> None:
-        """Wait until the engine has something for the consumer."""
+        """Wait for the next event from the step thread."""
         self.waiter = asyncio.get_running_loop().create_future()
         try:
             await self.waiter

@@ -24,19 +24,19 @@ async def chunks_of(engine: Engine, seed: int, max_chars: int) -> tuple[list[str
 
 async def test_a_low_message_rate_holds_characters_and_the_first_goes_alone(make_engine: EngineFactory) -> None:
     # 4 streams at 0.001 messages/s: each stream may send every 4000 s, i.e. only its first character at once,
-    # then everything else when it finishes.
+    # then everything else when it finishes (a reader slower than the whole generation gets it all at once).
     engine = make_engine("lstm", messages_per_s=0.001)
     results = await asyncio.gather(*(chunks_of(engine, seed, 60) for seed in range(4)))
     for texts, finish in results:
-        assert len(texts[0]) == 1 and finish.time_to_first_char_ms > 0
-        assert len(texts) == 2 and len(texts[1]) == 59 and finish.generated_chars == 60
+        assert finish.time_to_first_char_ms > 0 and finish.generated_chars == 60 == sum(map(len, texts))
+        assert [len(t) for t in texts] in ([1, 59], [60])
 
 
 async def test_coalescing_changes_messages_not_text(make_engine: EngineFactory) -> None:
     held = await asyncio.gather(*(chunks_of(make_engine("gru", messages_per_s=0.001), s, 80) for s in range(3)))
     every_step = await asyncio.gather(*(chunks_of(make_engine("gru", messages_per_s=0), s, 80) for s in range(3)))
     for (a, _), (b, _) in zip(held, every_step, strict=True):
-        assert "".join(a) == "".join(b) and len(a) <= len(b)
+        assert "".join(a) == "".join(b) and len(a) <= 2
 
 
 async def test_a_held_stream_still_pauses_when_its_buffer_fills(make_engine: EngineFactory) -> None:

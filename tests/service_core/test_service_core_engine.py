@@ -16,21 +16,18 @@ PROMPT = "The keeper "
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("threaded", [False, True])
 async def test_greedy_equals_single_stream_reference(make_engine: EngineFactory, tiny_runtimes: dict[str, Runtime],
-                                                     arch: str, threaded: bool) -> None:  # fmt: skip
-    engine = make_engine(arch, run_in_thread=threaded, thread_above_us=0.0)
+                                                     arch: str) -> None:  # fmt: skip
+    engine = make_engine(arch)
     text, finish = await collect(engine, engine.new_state(), PROMPT, GenerateParams(Sampling(temperature=0), 60))
     assert text == reference_greedy(tiny_runtimes[arch], PROMPT, 60)
     assert finish.reason == "length" and finish.generated_chars == 60 and finish.prompt_chars == len(PROMPT)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("threaded", [False, True])
-async def test_seeded_streams_give_the_same_text_alone_and_among_64(make_engine: EngineFactory, arch: str,
-                                                                     threaded: bool) -> None:  # fmt: skip
+async def test_seeded_streams_give_the_same_text_alone_and_among_64(make_engine: EngineFactory, arch: str) -> None:
     observer = RecordingObserver()
-    engine = make_engine(arch, observer=observer, run_in_thread=threaded, thread_above_us=0.0)
+    engine = make_engine(arch, observer=observer)
     await engine.start()
     params = [
         GenerateParams(Sampling(temperature=0.5 + i % 5 * 0.3, top_k=i % 4 * 5, top_p=1.0 - i % 3 * 0.2,

@@ -32,9 +32,8 @@ async def consume(engine: Engine, prompt: str, params: GenerateParams, out: list
     raise AssertionError("no Finish")
 
 
-@pytest.mark.parametrize("threaded", [False, True])
-async def test_cancelled_consumer_task_frees_its_row(make_engine: EngineFactory, threaded: bool) -> None:
-    engine = make_engine("lstm", run_in_thread=threaded, thread_above_us=0.0)
+async def test_cancelled_consumer_task_frees_its_row(make_engine: EngineFactory) -> None:
+    engine = make_engine("lstm")
     await engine.start()
     chunks: list[str] = []
     task = asyncio.create_task(consume(engine, PROMPT, LONG, chunks))
@@ -77,9 +76,8 @@ async def test_cancel_event_finishes_with_cancelled(make_engine: EngineFactory) 
     assert engine.active_streams == 0
 
 
-@pytest.mark.parametrize("threaded", [False, True])
-async def test_slow_reader_coalesces_and_does_not_hold_others_back(make_engine: EngineFactory, threaded: bool) -> None:
-    engine = make_engine("lstm", stream_buffer_chars=32, run_in_thread=threaded, thread_above_us=0.0)
+async def test_slow_reader_coalesces_and_does_not_hold_others_back(make_engine: EngineFactory) -> None:
+    engine = make_engine("lstm", stream_buffer_chars=32)
     await engine.start()
     slow = engine.generate(engine.new_state(), PROMPT, GenerateParams(Sampling(seed=2), max_chars=200))
     first = await slow.__anext__()  # then the reader stops reading for a while
