@@ -12,7 +12,7 @@ Example:
     python -m bench.serve                      # everything (about 2 minutes on 2 cores)
     python -m bench.serve --quick              # a smoke run of every part (about 20 s)
     python -m bench.serve --streams 64 --no-soak --no-baseline --json > serve.json
-    python -m bench.serve --server-arg=--run-in-thread=false   # an A/B of one server flag
+    python -m bench.serve --server-arg=--messages-per-s=1000   # an A/B of one server flag
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ class EngineConfig:
     # character at batch 64 ~21 µs of engine CPU, so a message per character would cost several times the
     # engine (docs/performance.md). A stream's first character leaves at once. 0 = wake every stream at
     # every step.
-    messages_per_s: float = 2000.0
+    messages_per_s: float = 1000.0
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "prefill_chunk", "stream_buffer_chars"):

@@ -57,14 +57,11 @@ class Runtime:
         self.state_inputs = tuple(s.input for s in info.states)
         self.state_outputs = tuple(s.output for s in info.states)
         self.output_names = [self.logits_name, *self.state_outputs]
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = config.intra_op_threads
-        opts.inter_op_num_threads = config.inter_op_threads
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spinning else "0")
         providers = _providers(config.provider)
+        # prompts and plain calls (`run`, `bind`): the artifact's graph as it is
+        opts = _options(config)
         self.session = ort.InferenceSession(str(artifact.onnx_path), opts, providers=providers)
-        # the decode steps' session: the same graph with a sampling head (service/sampling_head.py)
+        # decode steps (`bind_decoder`): the same graph with a sampling head (service/sampling_head.py)
         head = add_sampling_head(onnx.load(str(artifact.onnx_path)), self.logits_name, self.vocab_size)
         self.decoder = ort.InferenceSession(head.SerializeToString(), opts, providers=providers)
         self.provider = "cuda" if PROVIDERS["cuda"] in self.session.get_providers() else "cpu"
@@ -142,6 +139,16 @@ class Runtime:
             return 1
         log.info("%s: batch-1 calls are padded to 2 rows (batch-invariant results)", self.model)
         return 2
+
+
+def _options(config: RuntimeConfig) -> ort.SessionOptions:
+    """onnxruntime session options from ``config``."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = config.intra_op_threads
+    opts.inter_op_num_threads = config.inter_op_threads
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spinning else "0")
+    return opts
 
 
 def _providers(provider: str) -> list[str]:

@@ -78,6 +78,16 @@ def by_head(s: Sampling) -> bool:
     return s.temperature > 0.0 and s.top_k == 0 and s.top_p >= 1.0 and s.repetition_penalty == 1.0
 
 
+def draw_one(logits: np.ndarray, temperature: float, u: float) -> int:
+    """One plain draw from softmax(logits / T), logits (V,): the same inverse-CDF draw as ``sample``."""
+    x = logits.astype(np.float64)
+    if temperature != 1.0:
+        x /= temperature
+    x -= x.max()
+    cum = np.cumsum(np.exp(x, out=x), out=x)
+    return min(int(np.searchsorted(cum, u * cum[-1])), x.size - 1)  # first id whose mass exceeds u·total
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Natural-log softmax over the last axis, in float64."""
     x = logits.astype(np.float64)

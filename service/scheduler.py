@@ -23,7 +23,7 @@ from service.batch import DecodeBatch, Joiner
 from service.config import EngineConfig
 from service.handoff import Handoff
 from service.runtime import Runtime
-from service.sampling import BatchParams, by_head, log_softmax, sample
+from service.sampling import BatchParams, by_head, draw_one, log_softmax, sample
 from service.stream import Stream
 from service.types import EngineObserver, FinishReason
 from service.vocab import Vocab
@@ -254,8 +254,11 @@ class Scheduler:
 
     def _first_char(self, s: Stream, logits: np.ndarray) -> None:
         """A prompt is consumed: draw the first character from its last logits (V,), with no decode step."""
-        u = np.array([s.next_uniform() if s.sampling.temperature > 0 else 0.0])
-        k = int(sample(logits[None], BatchParams.of([s.sampling]), u, s.seen[None])[0])
+        if by_head(s.sampling):  # the common case, without the batch machinery (~10 µs instead of ~100)
+            k = draw_one(logits, s.sampling.temperature, s.next_uniform())
+        else:
+            u = np.array([s.next_uniform() if s.sampling.temperature > 0 else 0.0])
+            k = int(sample(logits[None], BatchParams.of([s.sampling]), u, s.seen[None])[0])
         s.seen[k] = True
         s.state.pending = k
         if s.lps is not None:

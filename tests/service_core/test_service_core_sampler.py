@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidArgument
-from service.sampling import BatchParams, apply_repetition_penalty, log_softmax, sample, validate
+from service.sampling import BatchParams, apply_repetition_penalty, draw_one, log_softmax, sample, validate
 from service.types import Sampling
 
 V = 12
@@ -124,3 +124,12 @@ def test_validation_names_the_field_and_range(sampling: Sampling, field: str, bo
 def test_valid_parameters_pass() -> None:
     validate(Sampling(temperature=0.0, top_k=V, top_p=1.0, repetition_penalty=10.0, seed=2**64 - 1), V)
     validate(Sampling(temperature=10.0, top_k=0, top_p=0.01, repetition_penalty=1.0))
+
+
+def test_draw_one_is_the_batch_draw_of_one_row() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        logits = (rng.standard_normal(V) * 3).astype(np.float32)
+        t, u = float(rng.choice([0.5, 1.0, 2.0])), float(rng.random())
+        expected = sample(logits[None], BatchParams.of([Sampling(temperature=t)]), np.array([u]))[0]
+        assert draw_one(logits, t, u) == expected
