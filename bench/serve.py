@@ -47,11 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--engine-seconds", type=float, default=1.0, help="time per raw engine measurement")
     p.add_argument("--baseline-streams", type=int, default=64, help="streams of the no-batching baselines")
     p.add_argument("--baseline-seconds", type=float, default=3.0, help="time per no-batching baseline")
+    p.add_argument("--baseline-chars", type=int, default=500, help="characters per stream of the served baseline")
     p.add_argument("--ttfc-repeats", type=int, default=50, help="sequential requests of the 1-stream TTFC probe")
     p.add_argument("--prompt-chars", type=int, default=2000, help="length of the long-prompt probe")
     p.add_argument("--prompt-repeats", type=int, default=5, help="requests of the long-prompt probe")
     p.add_argument("--soak-streams", type=int, default=256)
     p.add_argument("--soak-seconds", type=float, default=60.0)
+    p.add_argument("--soak-warmup-rounds", type=int, default=2, help="soak rounds before the measured seconds")
     p.add_argument("--no-soak", action="store_true", help="skip the soak")
     p.add_argument("--no-baseline", action="store_true", help="skip the no-batching baselines")
     p.add_argument("--no-probes", action="store_true", help="skip the TTFC, message and long-prompt probes")
@@ -67,8 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json-out", type=Path, help="also write the JSON object to this file")
     a = p.parse_args(argv)
     if a.quick:
-        a.streams, a.chars, a.engine_seconds, a.baseline_seconds = "1,8,64", 300, 0.3, 0.5
-        a.ttfc_repeats, a.prompt_repeats, a.soak_streams, a.soak_seconds = 10, 2, 64, 5.0
+        a.streams, a.chars, a.engine_seconds, a.baseline_seconds, a.baseline_chars = "1,8,64", 300, 0.3, 0.5, 50
+        a.ttfc_repeats, a.prompt_repeats, a.soak_streams, a.soak_seconds, a.soak_warmup_rounds = 10, 2, 64, 5.0, 1
     try:
         a.levels = [int(s) for s in a.streams.split(",")]
     except ValueError:
@@ -103,8 +105,16 @@ async def _served(a: argparse.Namespace, server: ServerProcess, runtimes: dict[s
         long = long_prompt(vocabulary, a.prompt_chars)
         out["long_ttfc"], out["long_ttfc_engine"] = await ttfc_probe(server.target, model, long, a.prompt_repeats)
     if not a.no_soak:
-        out["soak"] = await soak(server, model, a.soak_streams, a.chars, a.soak_seconds, prompt)
+        out["soak"] = await soak(server, model, a.soak_streams, a.chars, a.soak_seconds, prompt, a.soak_warmup_rounds)
     return out
+
+
+async def _served_unbatched(server: ServerProcess, model: str, streams: int, chars: int, prompt: str) -> BaselineRate:
+    """The same server with one batch row: every step is one stream's own call; streams take turns."""
+    await run_load(server.target, 1, 50, prompt, model=model, seed=0)  # warm-up
+    r = await run_load(server.target, streams, chars, prompt, model=model, temperature=1.0, seed=0)
+    return BaselineRate("charlm --max-batch 1 over gRPC", streams, r.total_chars, r.wall_s, r.chars_per_s,
+                        "the same server and clients, one row per step")  # fmt: skip
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -130,6 +140,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     if not a.no_baseline:
         base: list[BaselineRate] = [unbatched_ort(runtime, a.baseline_streams, a.baseline_seconds),
                                     unbatched_torch(artifact, a.baseline_streams, a.baseline_seconds)]  # fmt: skip
+        with ServerProcess(a.model.parent.parent, [*args, "--max-batch", "1"], cwd=a.server_cwd) as server:
+            prompt = fit_prompt(PROMPT16, runtime.vocabulary, len(PROMPT16))
+            base.append(asyncio.run(_served_unbatched(server, model, a.baseline_streams, a.baseline_chars, prompt)))
         res["baselines"] = base
     res["load_avg_end"] = os.getloadavg()
     return res

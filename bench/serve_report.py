@@ -39,15 +39,17 @@ def targets(res: dict[str, Any]) -> list[Target]:
         ok = not soak.errors and soak.growth < 0.05
         out.append((f"{soak.streams} streams for {soak.seconds:.0f} s: no errors, RSS growth < 5%", ok,
                     f"errors {soak.errors or 'none'}, {soak.completed} streams completed in {soak.wall_s:.0f} s, "
-                    f"RSS after warm-up {soak.rss_warm_kib / 1024:.1f} MiB -> end {soak.rss_end_kib / 1024:.1f} "
-                    f"MiB ({soak.growth:+.1%}; peak {soak.rss_max_kib / 1024:.1f})"))
+                    f"RSS after {soak.warmup_rounds} warm-up rounds {soak.rss_warm_kib / 1024:.1f} MiB -> end "
+                    f"{soak.rss_end_kib / 1024:.1f} MiB ({soak.growth:+.1%}; peak {soak.rss_max_kib / 1024:.1f})"))
     base = res.get("baselines")
     if base and lv64 is not None and base[0].streams == 64:
         x = lv64.served.chars_per_s / base[0].chars_per_s
         torch_x = lv64.served.chars_per_s / base[1].chars_per_s if base[1].chars else math.nan
+        served = [b for b in base if b.engine.startswith("charlm")]
+        served_x = f", {lv64.served.chars_per_s / served[0].chars_per_s:.1f}x this server unbatched" if served else ""
         out.append(("64 streams: batched >= 10x the no-batching baseline", x >= 10,
-                    f"{x:.1f}x onnxruntime unbatched ({base[0].chars_per_s:,.0f} chars/s), "
-                    f"{torch_x:.0f}x PyTorch eager unbatched"))
+                    f"{x:.1f}x onnxruntime unbatched ({base[0].chars_per_s:,.0f} chars/s, no transport), "
+                    f"{torch_x:.0f}x PyTorch eager unbatched{served_x}"))
     if "long_ttfc" in res and "prefill" in res:
         r = res["long_ttfc"].p50 / res["prefill"].one_call_ms
         out.append((f"{res['prefill'].chars}-char prompt: first char <= 5x raw prefill", r <= 5,
@@ -88,7 +90,8 @@ def report_table(res: dict[str, Any]) -> str:
         lines.append(f"no batching, {b.engine}, {b.streams} streams one call each: {rate} {b.note}".rstrip())
     if "soak" in res:
         s = res["soak"]
-        lines.append(f"soak: {s.streams} streams x {s.chars} chars, {s.rounds} rounds in {s.wall_s:.0f} s "
+        lines.append(f"soak: {s.streams} streams x {s.chars} chars, {s.rounds} rounds "
+                     f"({s.warmup_rounds} of warm-up) in {s.wall_s:.0f} s "
                      f"({s.chars_per_s:,.0f} chars/s); RSS MiB at start {s.rss_start_kib / 1024:.1f}, after each "
                      f"round {', '.join(f'{r / 1024:.1f}' for r in s.rss_rounds_kib)}; peak "
                      f"{s.rss_max_kib / 1024:.1f}")  # fmt: skip

@@ -90,11 +90,13 @@ async def ttfc_probe(target: str, model: str, prompt: str, repeats: int,
 
 @dataclass
 class Soak:
-    """Rounds of ``streams`` concurrent generations for at least ``seconds``; server RSS sampled each second."""
+    """Warm-up rounds of ``streams`` concurrent generations, then rounds for at least ``seconds`` more; server RSS
+    after each round and sampled each second after the warm-up."""
 
     streams: int
     chars: int
     seconds: float
+    warmup_rounds: int = 2  # the pools of onnxruntime and malloc reach their sizes over the first rounds
     rounds: int = 0
     wall_s: float = 0.0
     total_chars: int = 0
@@ -102,12 +104,12 @@ class Soak:
     errors: dict[str, int] = field(default_factory=dict)
     rss_start_kib: int = 0  # before the first round
     rss_rounds_kib: list[int] = field(default_factory=list)  # at the end of each round
-    rss_max_kib: int = 0  # the largest sample (once a second) after the first round
+    rss_max_kib: int = 0  # the largest sample (once a second) after the warm-up
 
     @property
     def rss_warm_kib(self) -> int:
-        """After the first (warm-up) round."""
-        return self.rss_rounds_kib[0] if self.rss_rounds_kib else 0
+        """After the warm-up rounds."""
+        return self.rss_rounds_kib[min(self.warmup_rounds, len(self.rss_rounds_kib)) - 1] if self.rss_rounds_kib else 0
 
     @property
     def rss_end_kib(self) -> int:
@@ -124,9 +126,11 @@ class Soak:
         return self.total_chars / self.wall_s if self.wall_s else float("nan")
 
 
-async def soak(server: ServerProcess, model: str, streams: int, chars: int, seconds: float, prompt: str) -> Soak:
-    """Keeps ``streams`` streams busy for ``seconds`` (whole rounds) and follows the server's memory."""
-    result = Soak(streams, chars, seconds, rss_start_kib=server.rss_kib())
+async def soak(server: ServerProcess, model: str, streams: int, chars: int, seconds: float, prompt: str,
+               warmup_rounds: int = 2) -> Soak:  # fmt: skip
+    """Keeps ``streams`` streams busy for the warm-up rounds, then ``seconds`` more (whole rounds), and follows the
+    server's memory."""
+    result = Soak(streams, chars, seconds, warmup_rounds, rss_start_kib=server.rss_kib())
     warm = asyncio.Event()
 
     async def sample() -> None:
@@ -136,9 +140,9 @@ async def soak(server: ServerProcess, model: str, streams: int, chars: int, seco
                 result.rss_max_kib = max(result.rss_max_kib, server.rss_kib())
 
     sampler = asyncio.create_task(sample())
-    start = time.perf_counter()
+    start = warm_end = time.perf_counter()
     try:
-        while result.rounds == 0 or time.perf_counter() - start < seconds:
+        while result.rounds <= warmup_rounds or time.perf_counter() - warm_end < seconds:
             r = await run_load(server.target, streams, chars, prompt, model=model, temperature=1.0,
                                seed=result.rounds * streams)  # fmt: skip
             result.rounds += 1
@@ -147,7 +151,9 @@ async def soak(server: ServerProcess, model: str, streams: int, chars: int, seco
             for k, v in r.errors.items():
                 result.errors[k] = result.errors.get(k, 0) + v
             result.rss_rounds_kib.append(server.rss_kib())
-            warm.set()
+            if result.rounds == warmup_rounds:
+                warm.set()
+                warm_end = time.perf_counter()
     finally:
         sampler.cancel()
     result.wall_s = time.perf_counter() - start

@@ -68,7 +68,8 @@ OPTIONS = [
     Option("--inter-op-threads", "runtime.inter_op_threads", int, "onnxruntime threads across ops"),
     Option("--ort-spinning", "runtime.spinning", _bool, "let idle onnxruntime threads spin-wait (true/false)"),
     Option("--max-batch", "engine.max_batch", int, "most streams one engine step advances"),
-    Option("--prefill-chunk", "engine.prefill_chunk", int, "prompt characters consumed per prefill call"),
+    Option("--prefill-chunk", "engine.prefill_chunk", int, "prompt characters of one stream per prefill call"),
+    Option("--prefill-chars", "engine.prefill_chars", int, "prompt characters of all streams per prefill call"),
     Option("--stream-buffer-chars", "engine.stream_buffer_chars", int,
            "characters buffered per stream for a slow reader"),
     Option("--messages-per-s", "engine.messages_per_s", float, "generated-text messages per second a model's "

@@ -25,6 +25,9 @@ class EngineConfig:
 
     max_batch: int = 256  # decode rows per step; further streams wait for a free row
     prefill_chunk: int = 256  # characters per sequence call when consuming prompts and fed text
+    # Characters of all streams together in one prefill call (streams x chunk): a call's scratch memory
+    # (~10 KB per character for the shipped model) and how long it holds up the decode steps grow with it.
+    prefill_chars: int = 4096
     stream_buffer_chars: int = 4096  # unread characters per stream before it stops being stepped
     # Consumers are woken (and so messages sent) about messages_per_s times a second at most, over all the
     # decoding streams: with n streams in the batch, a stream's characters wait up to n / messages_per_s
@@ -35,7 +38,7 @@ class EngineConfig:
     messages_per_s: float = 1000.0
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "prefill_chunk", "stream_buffer_chars"):
+        for name in ("max_batch", "prefill_chunk", "prefill_chars", "stream_buffer_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not self.messages_per_s >= 0:

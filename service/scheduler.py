@@ -232,6 +232,7 @@ class Scheduler:
         # The shortest remaining text sets the chunk: everyone advances together and short prompts finish first.
         n = min(self.config.prefill_chunk, *(s.remaining for s in group)) if group else 0
         if n:
+            group = group[: max(1, self.config.prefill_chars // n)]  # the rest go in the next call
             ids = np.stack([s.todo[s.done : s.done + n] for s in group])  # (P, n)
             per_tensor = zip(*(s.state.arrays for s in group), strict=True)
             states = tuple(np.stack(a, axis=1) for a in per_tensor)  # each (layers, P, H)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 from fixtures.service_core import EngineFactory, RecordingObserver, collect
 
 from service.engine import Engine
 from service.errors import InvalidArgument, Unavailable
+from service.runtime import Runtime
+from service.stream import Stream
 from service.types import Chunk, Finish, GenerateParams, Sampling
 
 PROMPT = "The keeper "
@@ -117,6 +120,33 @@ async def test_long_prompt_is_prefilled_in_chunks_while_others_step(make_engine:
     await consume(make_engine("lstm", prefill_chunk=4096), long_prompt, GenerateParams(Sampling(seed=4), max_chars=5),
                   alone)  # fmt: skip
     assert "".join(out) == "".join(alone)
+
+
+async def test_prefill_calls_hold_at_most_prefill_chars(make_engine: EngineFactory, tiny_runtimes: dict[str, Runtime],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    rt = tiny_runtimes["gru"]
+    shapes: list[tuple[int, ...]] = []
+    run = rt.run
+    monkeypatch.setattr(rt, "run", lambda ids, states: (shapes.append(ids.shape), run(ids, states))[1])
+    # 8 prompts of 33 characters queued at once (the step loop's own methods, run here without its thread)
+    engine = make_engine("gru", prefill_chunk=16, prefill_chars=40)
+    for seed in range(8):
+        params = GenerateParams(Sampling(seed=seed), max_chars=20)
+        engine._accept(Stream(engine.new_state(), np.arange(33) % 20, None, params, None, rt.vocab_size))
+    while engine._prefilling:
+        engine._prefill()
+    assert shapes[0] == (2, 16)  # not (8, 16): 40 characters at most, so two streams of the 16-character chunk
+    assert all(p * n <= 40 for p, n in shapes) and sum(p * n for p, n in shapes) == 8 * 33
+    # and through the running engine, bounded calls give the same text as unbounded ones
+    params = [GenerateParams(Sampling(seed=s), max_chars=20) for s in range(8)]
+
+    async def texts(engine: Engine) -> list[str]:
+        await engine.start()
+        outs: list[list[str]] = [[] for _ in params]
+        await asyncio.gather(*(consume(engine, PROMPT * 3, p, o) for p, o in zip(params, outs, strict=True)))
+        return ["".join(o) for o in outs]
+
+    assert await texts(make_engine("gru", prefill_chunk=16, prefill_chars=40)) == await texts(make_engine("gru"))
 
 
 async def test_stop_sequence_ends_the_output_with_it(make_engine: EngineFactory) -> None:
