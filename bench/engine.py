@@ -38,7 +38,8 @@ class StepRate:
 
 
 def _runtime(artifact_path: Path | str, threads: int, provider: str = "cpu") -> Runtime:
-    return Runtime(load_artifact(Path(artifact_path)), RuntimeConfig(provider, intra_op_threads=threads))
+    config = RuntimeConfig(provider, intra_op_threads=threads, spinning=False, prefill_spinning=False)
+    return Runtime(load_artifact(Path(artifact_path)), config)
 
 
 def _timed(call: Callable[[], object], seconds: float, min_calls: int = 5) -> float:

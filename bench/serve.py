@@ -122,7 +122,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     artifact = load_artifact(a.model)
     # The raw engine with onnxruntime's threads spinning (its default) and not (the server's default); each
     # level is judged against the faster of the two.
-    runtimes = {name: Runtime(artifact, RuntimeConfig(intra_op_threads=a.threads, spinning=spin))
+    runtimes = {name: Runtime(artifact, RuntimeConfig(intra_op_threads=a.threads, spinning=spin,
+                                                      prefill_spinning=spin, spin_between_calls=spin))
                 for name, spin in (("spinning", True), ("no spinning", False))}  # fmt: skip
     runtime = runtimes["spinning"]
     info = artifact.info

@@ -29,11 +29,15 @@ class RuntimeConfig:
     provider: str = "cpu"  # "cpu" | "cuda" (falls back to CPU with a warning when CUDA is missing)
     intra_op_threads: int = 0  # threads inside one operator; 0 = onnxruntime's default (one per core)
     inter_op_threads: int = 1  # threads across operators (the graph is a chain: 1 is enough)
-    # Whether onnxruntime's idle intra-op threads spin waiting for the next operator. Spinning saves a
-    # wake-up per operator (raw steps ~10-30% faster on an idle machine), but burns the cores that the
-    # server's event loop and its clients need between steps: on 2 cores the served rate at 64 streams was
-    # 2-3x lower with it (docs/performance.md).
+    # Whether onnxruntime's idle intra-op threads spin, within a call, waiting for the next operator or
+    # time step (they stop spinning when the call returns: session.force_spinning_stop). Spinning saves a
+    # thread wake-up per operator. Decode steps (`spinning`): on 2 cores the served rate was no better with
+    # it, and without the stop it was 2-3x lower (the threads burnt the cores the event loop needs between
+    # steps). Prompt calls (`prefill_spinning`): a sequence call wakes its threads at every time step, and
+    # spinning cuts a 16-character prompt's call by ~25% (docs/performance.md).
     spinning: bool = False
+    prefill_spinning: bool = True
+    spin_between_calls: bool = False  # onnxruntime's own default when spinning (what bench/ measures raw)
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -59,10 +63,11 @@ class Runtime:
         self.output_names = [self.logits_name, *self.state_outputs]
         providers = _providers(config.provider)
         # prompts and plain calls (`run`, `bind`): the artifact's graph as it is
-        opts = _options(config)
+        opts = _options(config, config.prefill_spinning)
         self.session = ort.InferenceSession(str(artifact.onnx_path), opts, providers=providers)
         # decode steps (`bind_decoder`): the same graph with a sampling head (service/sampling_head.py)
         head = add_sampling_head(onnx.load(str(artifact.onnx_path)), self.logits_name, self.vocab_size)
+        opts = _options(config, config.spinning)
         self.decoder = ort.InferenceSession(head.SerializeToString(), opts, providers=providers)
         self.provider = "cuda" if PROVIDERS["cuda"] in self.session.get_providers() else "cpu"
         if config.provider == "cuda" and self.provider != "cuda":
@@ -141,13 +146,15 @@ class Runtime:
         return 2
 
 
-def _options(config: RuntimeConfig) -> ort.SessionOptions:
-    """onnxruntime session options from ``config``."""
+def _options(config: RuntimeConfig, spinning: bool) -> ort.SessionOptions:
+    """onnxruntime session options from ``config``; threads spin within calls or not at all."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = config.intra_op_threads
     opts.inter_op_num_threads = config.inter_op_threads
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spinning else "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if not config.spin_between_calls:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     return opts
 
 

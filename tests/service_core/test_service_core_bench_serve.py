@@ -20,16 +20,17 @@ def test_fit_prompt_keeps_only_vocabulary_characters_and_the_length() -> None:
 def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--model", str(model_repo / "tiny-lstm" / "1"), "--streams", "1,3", "--chars", "30",
             "--engine-seconds", "0.02", "--baseline-streams", "3", "--baseline-seconds", "0.05",
-            "--ttfc-repeats", "3", "--prompt-chars", "100", "--prompt-repeats", "1", "--soak-streams", "3",
-            "--soak-seconds", "0.5", "--threads", "1", "--json"]  # fmt: skip
+            "--baseline-chars", "10", "--ttfc-repeats", "3", "--prompt-chars", "100", "--prompt-repeats", "1",
+            "--soak-streams", "3", "--soak-seconds", "0.5", "--threads", "1", "--json"]  # fmt: skip
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == "tiny-lstm:1" and [lv["streams"] for lv in out["levels"]] == [1, 3]
     for lv in out["levels"]:
         assert lv["served"]["total_chars"] == 30 * lv["streams"] and not lv["served"]["errors"]
         assert set(lv["engines"]) == {"spinning", "no spinning"} and lv["ratio"] > 0
-    assert out["soak"]["rounds"] >= 1 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0
+    assert out["soak"]["rounds"] >= 3 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0  # 2 warm-up
     assert out["ttfc16"]["count"] == 3 and out["long_ttfc"]["count"] == 1 and out["message_us"] > 0
     assert out["ttfc16_engine"]["count"] == 3 and out["ttfc16_engine"]["p50"] > 0
-    assert [b["engine"] for b in out["baselines"]] == ["onnxruntime", "pytorch-eager"]
+    assert [b["engine"] for b in out["baselines"]] == ["onnxruntime", "pytorch-eager", "charlm --max-batch 1 over gRPC"]
+    assert out["baselines"][2]["chars"] == 3 * 10  # the served baseline ran every stream to its end
     assert {t["target"].split(":")[0] for t in out["targets"]} >= {"64 streams"}  # judged, or marked not run
