@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline-streams", type=int, default=64, help="streams of the no-batching baselines")
     p.add_argument("--baseline-seconds", type=float, default=3.0, help="time per no-batching baseline")
     p.add_argument("--baseline-chars", type=int, default=500, help="characters per stream of the served baseline")
+    p.add_argument("--repeats", type=int, default=3, help="(served, engine) pairs per level; the median is shown")
     p.add_argument("--ttfc-repeats", type=int, default=50, help="sequential requests of the 1-stream TTFC probe")
     p.add_argument("--prompt-chars", type=int, default=2000, help="length of the long-prompt probe")
     p.add_argument("--prompt-repeats", type=int, default=5, help="requests of the long-prompt probe")
@@ -70,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.quick:
         a.streams, a.chars, a.engine_seconds, a.baseline_seconds, a.baseline_chars = "1,8,64", 300, 0.3, 0.5, 50
+        a.repeats = 1
         a.ttfc_repeats, a.prompt_repeats, a.soak_streams, a.soak_seconds, a.soak_warmup_rounds = 10, 2, 64, 5.0, 1
     try:
         a.levels = [int(s) for s in a.streams.split(",")]
@@ -98,7 +100,8 @@ async def _served(a: argparse.Namespace, server: ServerProcess, runtimes: dict[s
     await run_load(server.target, 8, 200, prompt, model=model, seed=0)  # warm-up: first calls, allocations
     levels: list[Level] = []
     for n in a.levels:
-        levels.append(await run_level(server, runtimes, model, n, a.chars, prompt, a.engine_seconds, a.channels))
+        levels.append(await run_level(server, runtimes, model, n, a.chars, prompt, a.engine_seconds, a.channels,
+                                      a.repeats))  # fmt: skip
     out["levels"] = levels
     if not a.no_probes:
         out["ttfc16"], out["ttfc16_engine"] = await ttfc_probe(server.target, model, prompt, a.ttfc_repeats)
@@ -155,7 +158,7 @@ def to_json(res: dict[str, Any]) -> dict[str, Any]:
     for k, v in res.items():
         if k == "levels":
             out[k] = [{"streams": lv.streams, "served": lv.served.to_dict(), "engine": asdict(lv.engine),
-                       "engines": {n: asdict(r) for n, r in lv.engines.items()}, "ratio": lv.ratio,
+                       "engines": {n: asdict(r) for n, r in lv.engines.items()}, "ratio": lv.ratio, "ratios": lv.ratios,
                        "server_cpu_s": lv.server_cpu_s, "client_cpu_s": lv.client_cpu_s}
                       for lv in v]  # fmt: skip
         elif k == "soak" and isinstance(v, Soak):

@@ -82,6 +82,10 @@ def report_table(res: dict[str, Any]) -> str:
                  "the same batch, measured right after, with onnxruntime's threads spinning / not; ratio = served "
                  "/ the faster engine; srv/cli cpu = CPU seconds of the server / the load generator during the "
                  "level)")  # fmt: skip
+    levels = [lv for lv in res.get("levels", []) if len(lv.ratios) > 1]
+    if levels:
+        lines.append(f"  ({len(levels[0].ratios)} (served, engine) pairs per level, the median shown; all ratios: "
+                     + "; ".join(f"{lv.streams}: " + ", ".join(f"{r:.0%}" for r in lv.ratios) for lv in levels) + ")")
     if "step1" in res:
         lines.append(f"raw step at batch 1: {res['step1'].step_us:.0f} µs; one streamed message on loopback "
                      f"(bare grpc.aio): {res['message_us']:.0f} µs")  # fmt: skip

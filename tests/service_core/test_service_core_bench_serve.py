@@ -21,13 +21,14 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
     argv = ["--model", str(model_repo / "tiny-lstm" / "1"), "--streams", "1,3", "--chars", "30",
             "--engine-seconds", "0.02", "--baseline-streams", "3", "--baseline-seconds", "0.05",
             "--baseline-chars", "10", "--ttfc-repeats", "3", "--prompt-chars", "100", "--prompt-repeats", "1",
-            "--soak-streams", "3", "--soak-seconds", "0.5", "--threads", "1", "--json"]  # fmt: skip
+            "--soak-streams", "3", "--soak-seconds", "0.5", "--threads", "1", "--repeats", "2", "--json"]  # fmt: skip
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == "tiny-lstm:1" and [lv["streams"] for lv in out["levels"]] == [1, 3]
     for lv in out["levels"]:
         assert lv["served"]["total_chars"] == 30 * lv["streams"] and not lv["served"]["errors"]
         assert set(lv["engines"]) == {"spinning", "no spinning"} and lv["ratio"] > 0
+        assert len(lv["ratios"]) == 2 and lv["ratio"] in lv["ratios"]  # two pairs, the median (upper) one kept
     assert out["soak"]["rounds"] >= 3 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0  # 2 warm-up
     assert out["ttfc16"]["count"] == 3 and out["long_ttfc"]["count"] == 1 and out["message_us"] > 0
     assert out["ttfc16_engine"]["count"] == 3 and out["ttfc16_engine"]["p50"] > 0
