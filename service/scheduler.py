@@ -45,7 +45,8 @@ class Scheduler:
         self._rows: list[Stream] = []  # the streams of the batch rows, in row order
         self._rest = np.zeros(0, np.int64)  # rows the sampling head does not draw for (see _admit)
         self._params = BatchParams.of([])  # of the rows in _rest
-        self._sampled: list[tuple[int, Stream]] = []  # rows that draw a uniform each step
+        self._sampled_rows = np.zeros(0, np.int64)  # rows that draw a uniform each step (temperature > 0)
+        self._sampled: list[Stream] = []  # their streams
         self._arange = np.arange(self._batch.capacity)
         self._want_logprobs = False
         self._track_seen = False  # some row has a repetition penalty: keep the rows' seen-masks current
@@ -134,7 +135,8 @@ class Scheduler:
         self._params = BatchParams.of([rows[i].sampling for i in self._rest])
         inv_t = [1 / s.sampling.temperature if h else 1 for s, h in zip(rows, head, strict=True)]
         b.inv_temperature[: len(rows)] = inv_t
-        self._sampled = [(i, s) for i, s in enumerate(rows) if s.sampling.temperature > 0]
+        self._sampled_rows = np.flatnonzero([s.sampling.temperature > 0 for s in rows])
+        self._sampled = [rows[i] for i in self._sampled_rows]
         self._want_logprobs = any(s.lps is not None for s in rows)
         self._track_seen = any(s.sampling.repetition_penalty != 1.0 for s in rows)
 
@@ -149,8 +151,7 @@ class Scheduler:
         """One step of the whole batch: feed every row's pending id, sample every row's next id."""
         b, n = self._batch, self._batch.n
         u = b.uniforms
-        for i, s in self._sampled:
-            u[i] = s.next_uniform()
+        u[self._sampled_rows] = [s.next_uniform() for s in self._sampled]  # one numpy call, not one per row
         start = time.perf_counter()
         logits = b.step()  # (n, V); b.ids now holds the sampling head's draws, to be fed by the next step
         dt = time.perf_counter() - start
