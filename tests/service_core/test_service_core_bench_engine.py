@@ -1,9 +1,11 @@
-"""bench/engine.py: the FLOP count and a smoke run of the measurements on a tiny model (no timings asserted)."""
+"""bench/engine.py and bench/engine_streams.py: the FLOP count and runs on a tiny model (no timings asserted)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+from bench import engine_streams
 from bench.engine import flops_per_char, measure, measure_step_rate
 
 
@@ -23,3 +25,13 @@ def test_measurements_run_on_a_tiny_model(model_repo: Path) -> None:
     assert [s.batch for s in report.steps] == [1, 4]
     assert report.prefill.chars == 20 and report.compute_bound_chars_per_s > 0
     assert "tiny-gru:1" in report.table() and "compute_bound_chars_per_s" in report.to_json()
+
+
+def test_engine_streams_reports_each_level_beside_raw_steps(model_repo: Path) -> None:
+    lines = asyncio.run(engine_streams.run(model_repo / "tiny-gru" / "1", [1, 3], chars=40, repeats=2, threads=1))
+    rows = [line.split() for line in lines[2:]]
+    assert [int(r[0]) for r in rows] == [1, 3]
+    for r in rows:
+        rate, raw, ratio = float(r[1].replace(",", "")), float(r[2].replace(",", "")), float(r[3].rstrip("%"))
+        assert rate > 0 and raw > 0 and abs(ratio - 100 * rate / raw) < 1  # the ratio is of the two rates shown
+        assert len(r[5:]) == 2  # both pairs listed

@@ -1,0 +1,87 @@
+"""The serving engine without the network: concurrent generations through ``service.engine.Engine`` in this
+process (its step thread, sampling head, prefill and coalescing; readers on this event loop), each level
+beside raw onnxruntime steps at the same batch size measured right after it.
+
+What it separates: served ÷ raw (bench/serve.py) = engine ÷ raw (here) x served ÷ engine, so the gap between
+the engine and the raw steps is the engine's own work, and the rest is gRPC, protobuf and the clients.
+
+    python -m bench.engine_streams --streams 1,8,64 --chars 2000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+
+from bench.engine import measure_step_rate
+from bench.serve_runs import PROMPT16, fit_prompt
+from service.artifact import load_artifact
+from service.engine import Engine, EngineConfig
+from service.runtime import Runtime, RuntimeConfig
+from service.types import Chunk, GenerateParams, Sampling
+from service.vocab import Vocab
+
+
+async def engine_rate(engine: Engine, streams: int, chars: int, prompt: str) -> tuple[float, float]:
+    """Aggregate chars/s of ``streams`` concurrent generations of ``chars`` characters, and chars per chunk."""
+
+    async def one(seed: int) -> tuple[int, int]:
+        n = chunks = 0
+        params = GenerateParams(Sampling(temperature=1.0, seed=seed), max_chars=chars)
+        async for event in engine.generate(engine.new_state(), prompt, params):
+            if isinstance(event, Chunk):
+                n, chunks = n + len(event.text), chunks + 1
+        return n, chunks
+
+    start = time.perf_counter()
+    done = await asyncio.gather(*(one(s) for s in range(streams)))
+    wall = time.perf_counter() - start
+    total, chunks = sum(n for n, _ in done), sum(c for _, c in done)
+    return total / wall, total / chunks
+
+
+async def run(model: Path, levels: list[int], chars: int, repeats: int, threads: int) -> list[str]:
+    """One table line per level: the median of ``repeats`` (engine, raw) pairs."""
+    artifact = load_artifact(model)
+    runtime = Runtime(artifact, RuntimeConfig(intra_op_threads=threads))
+    raw = Runtime(artifact, RuntimeConfig(intra_op_threads=threads, spinning=True, prefill_spinning=True,
+                                          spin_between_calls=True))  # onnxruntime's defaults  # fmt: skip
+    engine = Engine(runtime, Vocab(runtime.vocabulary), EngineConfig(), runtime.model)
+    prompt = fit_prompt(PROMPT16, runtime.vocabulary, len(PROMPT16))  # PROMPT16 itself for the shipped model
+    await engine.start()
+    lines = [f"{runtime.model} in-process engine vs raw onnxruntime steps (the faster of spinning / not)",
+             f"{'streams':>7} {'engine c/s':>11} {'raw c/s':>9} {'ratio':>6} {'c/chunk':>8}  all ratios"]  # fmt: skip
+    try:
+        await engine_rate(engine, 4, 100, prompt)  # warm-up
+        for n in levels:
+            pairs = []
+            for _ in range(repeats):
+                rate, per_chunk = await engine_rate(engine, n, chars, prompt)
+                best = max(measure_step_rate("", n, seconds=1.0, runtime=rt).chars_per_s for rt in (runtime, raw))
+                pairs.append((rate / best, rate, best, per_chunk))
+            ratio, rate, best, per_chunk = sorted(pairs)[len(pairs) // 2]
+            ratios = ", ".join(f"{p[0]:.0%}" for p in pairs)
+            lines.append(f"{n:>7} {rate:>11,.0f} {best:>9,.0f} {ratio:>6.0%} {per_chunk:>8.1f}  {ratios}")
+    finally:
+        await engine.close()
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=Path("models/shakespeare/1"), help="artifact version folder")
+    p.add_argument("--streams", default="1,8,64,256", help="comma-separated concurrency levels")
+    p.add_argument("--chars", type=int, default=2000, help="characters per stream")
+    p.add_argument("--repeats", type=int, default=3, help="(engine, raw) pairs per level; the median is shown")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = one per core)")
+    a = p.parse_args(argv)
+    levels = [int(x) for x in a.streams.split(",")]
+    print("\n".join(asyncio.run(run(a.model, levels, a.chars, a.repeats, a.threads))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
