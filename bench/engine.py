@@ -173,12 +173,18 @@ def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 
     )
 
 
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every engine benchmark takes: --model and --threads."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=Path("models/shakespeare/1"), help="artifact version folder")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = one per core)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=Path("models/shakespeare/1"), help="artifact version folder")
+    p = parser(__doc__)
     p.add_argument("--batches", default="1,4,16,64,256", help="comma-separated batch sizes")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = one per core)")
     p.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
     p.add_argument("--prefill-chars", type=int, default=2000, help="prompt length for the prefill rate")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -10,12 +10,11 @@ the engine and the raw steps is the engine's own work, and the rest is gRPC, pro
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from pathlib import Path
 
-from bench.engine import measure_step_rate
+from bench.engine import measure_step_rate, parser
 from bench.serve_runs import PROMPT16, fit_prompt
 from service.artifact import load_artifact
 from service.engine import Engine, EngineConfig
@@ -71,12 +70,10 @@ async def run(model: Path, levels: list[int], chars: int, repeats: int, threads:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=Path("models/shakespeare/1"), help="artifact version folder")
+    p = parser(__doc__)
     p.add_argument("--streams", default="1,8,64,256", help="comma-separated concurrency levels")
     p.add_argument("--chars", type=int, default=2000, help="characters per stream")
     p.add_argument("--repeats", type=int, default=3, help="(engine, raw) pairs per level; the median is shown")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = one per core)")
     a = p.parse_args(argv)
     levels = [int(x) for x in a.streams.split(",")]
     print("\n".join(asyncio.run(run(a.model, levels, a.chars, a.repeats, a.threads))))
