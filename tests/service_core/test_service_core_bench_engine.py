@@ -28,7 +28,8 @@ def test_measurements_run_on_a_tiny_model(model_repo: Path) -> None:
 
 
 def test_engine_streams_reports_each_level_beside_raw_steps(model_repo: Path) -> None:
-    lines = asyncio.run(engine_streams.run(model_repo / "tiny-gru" / "1", [1, 3], chars=40, repeats=2, threads=1))
+    lines = asyncio.run(engine_streams.run(model_repo / "tiny-gru" / "1", [1, 3], chars=40, repeats=2, threads=1,
+                                          engine_seconds=0.02))
     rows = [line.split() for line in lines[2:]]
     assert [int(r[0]) for r in rows] == [1, 3]
     for r in rows:
