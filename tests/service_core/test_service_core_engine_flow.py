@@ -220,3 +220,24 @@ async def test_close_ends_held_streams_and_refuses_new_work(make_engine: EngineF
 async def collect_no_start(engine: Engine) -> None:
     async for _ in engine.generate(engine.new_state(), PROMPT, GenerateParams()):
         pass
+
+
+async def test_a_failed_step_fails_its_streams_and_the_step_thread_goes_on(make_engine: EngineFactory) -> None:
+    engine = make_engine("gru")
+    await engine.start()
+    step, calls = engine._batch.step, 0
+
+    def failing_once() -> object:  # a fault in the onnxruntime call of the 5th step
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise RuntimeError("the onnxruntime call failed")
+        return step()
+
+    engine._batch.step = failing_once  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="call failed"):
+        await consume(engine, PROMPT, GenerateParams(Sampling(seed=1), max_chars=50), [])
+    assert engine.active_streams == 0 and engine.batch_size == 0
+    out: list[str] = []
+    finish = await consume(engine, PROMPT, GenerateParams(Sampling(seed=1), max_chars=20), out)
+    assert finish.reason == "length" and len("".join(out)) == 20  # the same thread serves the next request
