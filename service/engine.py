@@ -67,7 +67,8 @@ class Engine(Scheduler):
         if thread is not None:
             self._handoff.command(self._stop)
             await asyncio.to_thread(thread.join)
-        # the step thread is gone: its state is this thread's now
+        # the step thread is gone: its state is this thread's now (commands it never ran included)
+        self._handoff.run_commands()
         self._fail_all(Unavailable(f"{self.model}: the engine is closed"))
         self._handoff.send()
 
@@ -133,19 +134,19 @@ class Engine(Scheduler):
         """The step thread: run commands, admit, decode, prefill, send the events; until stopped."""
         h = self._handoff
         while not self._stopping:
-            h.run_commands()
-            if not (self._rows or self._prefilling or self._ready or self._dirty):
-                h.send()
-                if not self._stopping:
-                    h.sleep()
-                continue
             try:
+                h.run_commands()
+                if not (self._rows or self._prefilling or self._ready or self._dirty):
+                    h.send()
+                    if not self._stopping:
+                        h.sleep()
+                    continue
                 self._admit()
                 if self._batch.n:
                     self._decode()
                 if self._prefilling:
                     self._prefill()
-            except Exception as e:  # a failed step fails its streams, never the loop
+            except Exception as e:  # a failed step fails its streams, never the thread
                 log.exception("%s: engine step failed", self.model)
                 self._fail_all(e)
             h.send()  # one wake-up of the event loop per step, for every stream's news
