@@ -18,6 +18,7 @@ import numpy as np
 
 from service.artifact import Artifact
 from service.runtime import Runtime
+from service.sampling import draw_one
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,6 @@ class BaselineRate:
     note: str = ""
 
 
-def _draw(logits: np.ndarray, u: float) -> int:
-    """Inverse-CDF draw from softmax(logits) (V,) with a uniform u."""
-    p = np.exp(logits - logits.max())
-    cum = np.cumsum(p)
-    return int(min(np.searchsorted(cum, u * cum[-1]), logits.size - 1))
-
-
 def unbatched_ort(runtime: Runtime, streams: int, seconds: float, seed: int = 0) -> BaselineRate:
     """Round-robin single-stream onnxruntime steps with numpy sampling for about ``seconds``."""
     rng = np.random.default_rng(seed)
@@ -51,7 +45,7 @@ def unbatched_ort(runtime: Runtime, streams: int, seconds: float, seed: int = 0)
             feed = {runtime.input_name: ids[i], **dict(zip(runtime.state_inputs, states[i], strict=True))}
             logits, *new = sess.run(names, feed)
             states[i] = tuple(new)
-            ids[i] = np.array([[_draw(logits[0, -1], rng.random())]], np.int64)
+            ids[i] = np.array([[draw_one(logits[0, -1], 1.0, rng.random())]], np.int64)
         chars += streams
     wall = time.perf_counter() - start
     return BaselineRate("onnxruntime", streams, chars, wall, chars / wall)

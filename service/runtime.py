@@ -96,18 +96,22 @@ class Runtime:
         All arrays must be C-contiguous and stay alive while the call is used; ids (B, T) with
         B >= ``min_batch``, logits_out (B, T, V), states (layers, B, hidden). Saves ~40 µs a call over ``run``.
         """
-        return self._bind(self.session, {self.input_name: ids, **dict(zip(self.state_inputs, states, strict=True))},
-                          dict(zip(self.output_names, (logits_out, *states_out), strict=True)))  # fmt: skip
+        return self._bind(self.session, *self._io(ids, states, logits_out, states_out))
 
     def bind_decoder(self, ids: np.ndarray, states: States, logits_out: np.ndarray, states_out: States,
                      uniforms: np.ndarray, inv_temperature: np.ndarray,
                      ids_out: np.ndarray) -> Callable[[], None]:  # fmt: skip
         """As ``bind``, through the sampling head: also draws each row's next id into ``ids_out`` (B, 1) int64,
         from ``uniforms`` and ``inv_temperature`` (each (B, 1) float32) read at every call."""
-        inputs = {self.input_name: ids, UNIFORMS: uniforms, INV_TEMPERATURE: inv_temperature}
-        inputs.update(zip(self.state_inputs, states, strict=True))
-        outputs = dict(zip(self.output_names, (logits_out, *states_out), strict=True))
+        inputs, outputs = self._io(ids, states, logits_out, states_out)
+        inputs.update({UNIFORMS: uniforms, INV_TEMPERATURE: inv_temperature})
         return self._bind(self.decoder, inputs, {**outputs, NEXT_IDS: ids_out})
+
+    def _io(self, ids: np.ndarray, states: States, logits_out: np.ndarray,
+            states_out: States) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:  # fmt: skip
+        """The graph's input and output names, each with its array."""
+        inputs = {self.input_name: ids, **dict(zip(self.state_inputs, states, strict=True))}
+        return inputs, dict(zip(self.output_names, (logits_out, *states_out), strict=True))
 
     @staticmethod
     def _bind(session: ort.InferenceSession, inputs: dict[str, np.ndarray],

@@ -58,7 +58,7 @@ class Scheduler:
         self._handoff = Handoff()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._phase = 0.0  # of the latest stream's wake-ups (see _deliver)
+        self._phase = 0.0  # of the latest stream's release phase (see _first_seen)
 
     def _enqueue(self, s: Stream) -> None:
         """Queue a stream for a batch row."""
@@ -170,8 +170,7 @@ class Scheduler:
         """Append each row's character to its stream; finish, pause or wake streams as needed."""
         chars, cap, now = self.vocab.chars, self.config.stream_buffer_chars, time.perf_counter()
         post, chunk_event = self._handoff.post, Stream.on_chunk
-        rate = self.config.messages_per_s
-        hold = len(self._rows) / rate if rate > 0 else 0.0  # how long a stream's characters may wait
+        hold = self._hold()
         due = now - hold  # streams last woken at or before `due` are woken
         if lps is not None:
             for s, lp in zip(self._rows, lps, strict=True):
@@ -185,9 +184,7 @@ class Scheduler:
             s.generated = generated = s.generated + 1
             first = s.t_first is None
             if first:
-                s.t_first = now
-                if self.observer is not None:
-                    self.observer.first_char(self.model, now - s.t0)
+                self._first_seen(s, now, hold)
             if s.has_stops and (stop := s.match_stop(c)) is not None:
                 self._leave(s, i, "stop", stop)
             elif generated >= s.max_chars:
@@ -196,16 +193,27 @@ class Scheduler:
                 self._leave(s, i, "cancelled")
             elif s.sent - s.taken + len(buf) >= cap:  # (s.unread(), inline: this loop is hot)
                 self._leave(s, i, None)
-            elif first or s.t_wake <= due:
-                # A first character leaves at once and gives the stream a phase of its own, so that streams
-                # that started together send in different steps: a burst of messages would stall the next step.
-                s.t_wake = now - self._next_phase() * hold if first else now
+            elif first or s.t_wake <= due:  # (a first character leaves at once)
+                if not first:
+                    s.t_wake = now
                 post(chunk_event, s, s.release())
 
-    def _next_phase(self) -> float:
-        """The next of a low-discrepancy sequence in [0, 1) (golden-ratio steps): evenly spread phases."""
+    def _hold(self) -> float:
+        """How long a stream's characters may wait to be released (the message budget over the batch)."""
+        rate = self.config.messages_per_s
+        return len(self._rows) / rate if rate > 0 else 0.0
+
+    def _first_seen(self, s: Stream, now: float, hold: float) -> None:
+        """A stream's first character: its clocks, and a release phase of its own.
+
+        The phase (a low-discrepancy sequence in [0, 1), golden-ratio steps) spreads the releases of streams
+        that started together over different steps: a burst of messages would stall the next step.
+        """
+        s.t_first = now
         self._phase = (self._phase + 0.6180339887498949) % 1.0
-        return self._phase
+        s.t_wake = now - self._phase * hold
+        if self.observer is not None:
+            self.observer.first_char(self.model, now - s.t0)
 
     def _leave(self, s: Stream, row: int, reason: FinishReason | None, stop: str = "") -> None:
         """Take a row out of the batch after this step: finished (reason given) or paused (None)."""
@@ -239,8 +247,6 @@ class Scheduler:
             states = tuple(np.stack(a, axis=1) for a in per_tensor)  # each (layers, P, H)
             logits, new = self.runtime.run(ids, states)  # logits (P, n, V)
             for i, s in enumerate(group):
-                if s.where != "prefill":  # abandoned during the call: its state stays as it was
-                    continue
                 if s.score:
                     s.score_chunk(logits[i], n)
                 s.state.arrays = tuple(np.ascontiguousarray(a[:, i]) for a in new)
@@ -268,11 +274,8 @@ class Scheduler:
         c = self.vocab.chars[k]
         s.buf.append(c)
         s.generated = 1
-        s.t_first = now = time.perf_counter()
-        hold = len(self._rows) / self.config.messages_per_s if self.config.messages_per_s > 0 else 0.0
-        s.t_wake = now - self._next_phase() * hold  # its own phase (see _deliver)
+        self._first_seen(s, time.perf_counter(), self._hold())
         if self.observer is not None:
-            self.observer.first_char(self.model, now - s.t0)
             self.observer.chars(self.model, 1)
         if s.has_stops and (stop := s.match_stop(c)) is not None:
             self._end(s, "stop", stop)
