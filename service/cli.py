@@ -47,7 +47,8 @@ def _bool(text: str) -> bool:
         return True
     if text.lower() in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"expected true/false, got {text!r}")
+    # (argparse shows an ArgumentTypeError's own words; with a ValueError it says "invalid _bool value")
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
 OPTIONS = [
@@ -122,7 +123,7 @@ def build_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         if value is None and o.env in environ:
             try:
                 value = o.type(environ[o.env])
-            except ValueError as e:
+            except (ValueError, argparse.ArgumentTypeError) as e:
                 parser.error(f"{o.env}={environ[o.env]!r}: {e}")
             if o.choices and value not in o.choices:
                 parser.error(f"{o.env}={environ[o.env]!r}: choose from {', '.join(o.choices)}")

@@ -35,6 +35,8 @@ def test_flag_beats_env_beats_default() -> None:
     ([], {"CHARLM_LOG_FORMAT": "xml"}, "CHARLM_LOG_FORMAT"),
     (["--max-streams", "0"], {}, "max_streams"),
     (["--provider", "tpu"], {}, "--provider"),
+    (["--ort-prefill-spinning", "maybe"], {}, "--ort-prefill-spinning: expected true/false, got 'maybe'"),
+    ([], {"CHARLM_REFLECTION": "maybe"}, "CHARLM_REFLECTION='maybe': expected true/false"),
 ])
 def test_bad_settings_are_named(capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str],
                                 message: str) -> None:
