@@ -1,6 +1,7 @@
 """The raw engine limit of a model artifact: what onnxruntime alone does, before any server.
 
-Measures single-step calls (ids (B, 1)) at several batch sizes (chars/s = B / step time), the prefill rate
+Measures single-step calls (ids (B, 1)) at several batch sizes (chars/s = B / step time), the same batch
+split over one single-threaded lane per core stepping side by side (as the server's engine lanes), the prefill rate
 (one long sequence call vs one call per character), and the machine's fp32 GEMM rate through numpy, from
 which the compute-bound chars/s follows (FLOPs per character from the artifact's shape).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from service.artifact import ArtifactError, load_artifact
+from service.engine import available_cores
 from service.runtime import Runtime, RuntimeConfig
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight blocks per layer (gates times hidden outputs)
@@ -56,15 +59,48 @@ def measure_step_rate(artifact_path: Path | str, batch: int, threads: int = 0, s
                       provider: str = "cpu", runtime: Runtime | None = None) -> StepRate:  # fmt: skip
     """Chars/s of single-step calls at ``batch`` rows, through the prepared binding the engine uses."""
     rt = runtime or _runtime(artifact_path, threads, provider)
-    rows = max(batch, rt.min_batch)  # as the engine runs it (see Runtime.min_batch)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, rt.vocab_size, (rows, 1), dtype=np.int64)
+    dt = _timed(_bound_step(rt, batch), seconds)
+    return StepRate(batch, dt * 1e6, batch / dt)
+
+
+def measure_lanes_rate(batch: int, lanes: int, runtime: Runtime, seconds: float = 1.0) -> StepRate:
+    """Chars/s of ``lanes`` threads, each stepping its own share of ``batch`` rows side by side, as the engine's
+    lanes do (service/lane.py); ``runtime`` should make calls on the calling thread alone (intra_op_threads=1).
+    step_us is the mean time of one lane's step."""
+    shares = [batch // lanes + (i < batch % lanes) for i in range(lanes)]
+    calls = [_bound_step(runtime, rows) for rows in shares if rows]
+    steps = [0] * len(calls)
+    go, stop = threading.Barrier(len(calls) + 1), threading.Event()
+
+    def lane(i: int) -> None:
+        calls[i]()  # warm-up
+        go.wait()
+        while not stop.is_set():
+            calls[i]()
+            steps[i] += 1
+
+    threads = [threading.Thread(target=lane, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    go.wait()
+    start = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    chars = sum(n * rows for n, rows in zip(steps, shares, strict=False))
+    return StepRate(batch, wall / max(1.0, sum(steps) / len(steps)) * 1e6, chars / wall)
+
+
+def _bound_step(rt: Runtime, batch: int) -> Callable[[], None]:
+    """A prepared single-step call of ``batch`` rows (padded as the engine pads: Runtime.min_batch)."""
+    rows = max(batch, rt.min_batch)
+    ids = np.random.default_rng(0).integers(0, rt.vocab_size, (rows, 1), dtype=np.int64)
     states = tuple(np.zeros((rt.layers, rows, rt.hidden), np.float32) for _ in rt.state_inputs)
     out = tuple(np.zeros_like(s) for s in states)
     logits = np.zeros((rows, 1, rt.vocab_size), np.float32)
-    call = rt.bind(ids, states, logits, out)
-    dt = _timed(call, seconds)
-    return StepRate(batch, dt * 1e6, batch / dt)
+    return rt.bind(ids, states, logits, out)
 
 
 @dataclass(frozen=True)
@@ -125,6 +161,8 @@ class EngineReport:
     threads: int
     padded_batch_1: bool  # batch-1 calls run as 2 rows (Runtime.min_batch)
     steps: list[StepRate]
+    lanes: int  # threads stepping batches side by side, one intra-op thread each (the server's default lanes)
+    lane_steps: list[StepRate]  # the same batch sizes split over the lanes (measure_lanes_rate); [] for 1 lane
     prefill: PrefillRate
     gemm_gflops: float
     flops_per_char: float
@@ -144,9 +182,14 @@ class EngineReport:
     def table(self) -> str:
         """The human-readable form."""
         p = self.prefill
+        lanes_head = f"{self.lanes} lanes side by side (µs, chars/s)"
         lines = [f"{self.model} ({self.shape}), intra-op threads {self.threads or 'default'}",
-                 f"{'batch':>6} {'step µs':>10} {'chars/s':>12}"]  # fmt: skip
-        lines += [f"{s.batch:>6} {s.step_us:>10.1f} {s.chars_per_s:>12,.0f}" for s in self.steps]
+                 f"{'batch':>6} {'step µs':>10} {'chars/s':>12}   {lanes_head}"]  # fmt: skip
+        lanes = {r.batch: r for r in self.lane_steps}
+        for s in self.steps:
+            lane = lanes.get(s.batch)
+            beside = f"{lane.step_us:>10.1f} {lane.chars_per_s:>12,.0f}" if lane else f"{'-':>10} {'-':>12}"
+            lines.append(f"{s.batch:>6} {s.step_us:>10.1f} {s.chars_per_s:>12,.0f}   {beside}")
         lines.append(f"prefill {p.chars} chars: one call {p.one_call_ms:.2f} ms ({p.one_call_chars_per_s:,.0f} chars/s)"
                      f", char steps {p.char_steps_ms:.2f} ms ({p.char_steps_chars_per_s:,.0f} chars/s)")  # fmt: skip
         lines.append(f"fp32 GEMM {self.gemm_gflops:.1f} GFLOP/s / {self.flops_per_char:,.0f} FLOP per char"
@@ -159,12 +202,16 @@ def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 
     """Every measurement of the artifact at ``model``."""
     rt = _runtime(model, threads)
     info = load_artifact(model).info
+    lanes = available_cores()
+    lane_rt = Runtime(load_artifact(model), RuntimeConfig(intra_op_threads=1))
     return EngineReport(
         model=rt.model,
         shape=f"{info.architecture} {info.layers}x{info.hidden_size}",
         threads=threads,
         padded_batch_1=rt.min_batch > 1,
         steps=[measure_step_rate(model, b, seconds=seconds, runtime=rt) for b in batches],
+        lanes=lanes,
+        lane_steps=[measure_lanes_rate(b, lanes, lane_rt, seconds) for b in batches if lanes > 1 and b >= lanes],
         prefill=measure_prefill(model, prefill_chars, seconds=seconds, runtime=rt),
         gemm_gflops=gemm_gflops(seconds=seconds),
         flops_per_char=flops_per_char(

@@ -14,10 +14,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from bench.engine import measure_step_rate, parser
-from bench.serve_runs import PROMPT16, fit_prompt
+from bench.engine import parser
+from bench.serve_runs import PROMPT16, fit_prompt, raw_engines
 from service.artifact import load_artifact
-from service.engine import Engine, EngineConfig
+from service.engine import Engine, EngineConfig, available_cores
 from service.runtime import Runtime, RuntimeConfig
 from service.types import Chunk, GenerateParams, Sampling
 from service.vocab import Vocab
@@ -48,10 +48,12 @@ async def run(model: Path, levels: list[int], chars: int, repeats: int, threads:
     runtime = Runtime(artifact, RuntimeConfig(intra_op_threads=threads))
     raw = Runtime(artifact, RuntimeConfig(intra_op_threads=threads, spinning=True, prefill_spinning=True,
                                           spin_between_calls=True))  # onnxruntime's defaults  # fmt: skip
+    lanes = Runtime(artifact, RuntimeConfig(intra_op_threads=1))
+    engines = raw_engines({"no spinning": runtime, "spinning": raw}, available_cores(), lanes, engine_seconds)
     engine = Engine(runtime, Vocab(runtime.vocabulary), EngineConfig(), runtime.model)
     prompt = fit_prompt(PROMPT16, runtime.vocabulary, len(PROMPT16))  # PROMPT16 itself for the shipped model
     await engine.start()
-    lines = [f"{runtime.model} in-process engine vs raw onnxruntime steps (the faster of spinning / not)",
+    lines = [f"{runtime.model} in-process engine vs raw onnxruntime steps (the fastest of spinning / not / lanes)",
              f"{'streams':>7} {'engine c/s':>11} {'raw c/s':>9} {'ratio':>6} {'c/chunk':>8}  all ratios"]  # fmt: skip
     try:
         await engine_rate(engine, 4, 100, prompt)  # warm-up
@@ -59,8 +61,7 @@ async def run(model: Path, levels: list[int], chars: int, repeats: int, threads:
             pairs = []
             for _ in range(repeats):
                 rate, per_chunk = await engine_rate(engine, n, chars, prompt)
-                raws = (measure_step_rate("", n, seconds=engine_seconds, runtime=rt) for rt in (runtime, raw))
-                best = max(r.chars_per_s for r in raws)
+                best = max(measure(n).chars_per_s for measure in engines.values())
                 pairs.append((rate / best, rate, best, per_chunk))
             ratio, rate, best, per_chunk = sorted(pairs)[len(pairs) // 2]
             ratios = ", ".join(f"{p[0]:.0%}" for p in pairs)

@@ -26,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench import serve_runs as runs
 from bench.baseline import BaselineRate, unbatched_ort, unbatched_torch
 from bench.engine import measure_prefill, measure_step_rate
 from bench.serve_report import report_table, targets
@@ -34,6 +35,7 @@ from bench.server_proc import ServerError, ServerProcess
 from bench.transport import message_us
 from client.loadgen import run_load
 from service.artifact import ArtifactError, load_artifact
+from service.engine import available_cores
 from service.runtime import Runtime, RuntimeConfig
 
 
@@ -91,17 +93,15 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-async def _served(a: argparse.Namespace, server: ServerProcess, runtimes: dict[str, Runtime],
+async def _served(a: argparse.Namespace, server: ServerProcess, engines: dict[str, runs.RawEngine], vocabulary: str,
                   model: str) -> dict[str, Any]:  # fmt: skip
     """Everything that needs the server, in order: warm-up, levels, probes, soak."""
     out: dict[str, Any] = {}
-    vocabulary = runtimes["spinning"].vocabulary
     prompt = fit_prompt(PROMPT16, vocabulary, len(PROMPT16))  # PROMPT16 itself for the shipped model
     await run_load(server.target, 8, 200, prompt, model=model, seed=0)  # warm-up: first calls, allocations
     levels: list[Level] = []
     for n in a.levels:
-        levels.append(await run_level(server, runtimes, model, n, a.chars, prompt, a.engine_seconds, a.channels,
-                                      a.repeats))  # fmt: skip
+        levels.append(await run_level(server, engines, model, n, a.chars, prompt, a.channels, a.repeats))
     out["levels"] = levels
     if not a.no_probes:
         out["ttfc16"], out["ttfc16_engine"] = await ttfc_probe(server.target, model, prompt, a.ttfc_repeats)
@@ -123,12 +123,15 @@ async def _served_unbatched(server: ServerProcess, model: str, streams: int, cha
 def run(a: argparse.Namespace) -> dict[str, Any]:
     """Every measurement asked for, as a dict of results (dataclasses inside)."""
     artifact = load_artifact(a.model)
-    # The raw engine with onnxruntime's threads spinning (its default) and not (the server's default); each
-    # level is judged against the faster of the two.
+    # The raw engine: one call per step with onnxruntime's threads spinning (its default) and not (the server's
+    # default), and the batch split over one single-threaded lane per core side by side (the server's lanes);
+    # each level is judged against the fastest.
     runtimes = {name: Runtime(artifact, RuntimeConfig(intra_op_threads=a.threads, spinning=spin,
                                                       prefill_spinning=spin, spin_between_calls=spin))
                 for name, spin in (("spinning", True), ("no spinning", False))}  # fmt: skip
     runtime = runtimes["spinning"]
+    lane_runtime = Runtime(artifact, RuntimeConfig(intra_op_threads=1))
+    engines = runs.raw_engines(runtimes, available_cores(), lane_runtime, a.engine_seconds)
     info = artifact.info
     model = f"{info.name}:{info.version}"
     res: dict[str, Any] = {"model": model, "shape": f"{info.architecture} {info.layers}x{info.hidden_size}",
@@ -136,7 +139,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                            "server_args": a.server_arg, "threads": a.threads}  # fmt: skip
     args = ["--default-model", model, "--intra-op-threads", str(a.threads), *a.server_arg]
     with ServerProcess(a.model.parent.parent, args, cwd=a.server_cwd) as server:
-        res.update(asyncio.run(_served(a, server, runtimes, model)))
+        res.update(asyncio.run(_served(a, server, engines, runtime.vocabulary, model)))
     if not a.no_probes:
         res["step1"] = measure_step_rate("", 1, seconds=a.engine_seconds, runtime=runtime)
         res["message_us"] = message_us(20000 if not a.quick else 3000)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
-from bench.engine import StepRate, measure_step_rate
+from bench.engine import StepRate, measure_lanes_rate, measure_step_rate
 from bench.server_proc import ServerProcess
 from client.aio import AsyncClient
 from client.loadgen import LoadReport, Percentiles, run_load, summarize
 from service.runtime import Runtime
+
+RawEngine = Callable[[int], StepRate]  # the raw engine's chars/s at a batch size, one onnxruntime setting
 
 PROMPT16 = "KING HENRY:\nWhat"  # 16 characters, every one in the shipped model's vocabulary
 _PARAGRAPH = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
@@ -39,7 +43,7 @@ class Level:
 
     streams: int
     served: LoadReport
-    engines: dict[str, StepRate]  # the raw engine by onnxruntime setting ("spinning", "no spinning")
+    engines: dict[str, StepRate]  # the raw engine by setting ("spinning", "no spinning", "lanes")
     server_cpu_s: float  # CPU the server process used during the load
     client_cpu_s: float  # CPU this (load generator) process used during the load
     ratios: tuple[float, ...] = ()  # of every (served, engine) pair measured at this level; this is the median one
@@ -55,8 +59,19 @@ class Level:
         return self.served.chars_per_s / self.engine.chars_per_s
 
 
-async def run_level(server: ServerProcess, runtimes: dict[str, Runtime], model: str, streams: int, chars: int,
-                    prompt: str, engine_seconds: float, channels: int = 1, repeats: int = 1) -> Level:  # fmt: skip
+def raw_engines(runtimes: dict[str, Runtime], lanes: int, lane_runtime: Runtime,
+                seconds: float) -> dict[str, RawEngine]:  # fmt: skip
+    """Single-step calls through each runtime, and the batch split over ``lanes`` threads side by side."""
+    engines: dict[str, RawEngine] = {
+        name: partial(measure_step_rate, "", seconds=seconds, runtime=rt) for name, rt in runtimes.items()
+    }
+    if lanes > 1:
+        engines["lanes"] = lambda b: measure_lanes_rate(b, min(lanes, b), lane_runtime, seconds)
+    return engines
+
+
+async def run_level(server: ServerProcess, engines: dict[str, RawEngine], model: str, streams: int, chars: int,
+                    prompt: str, channels: int = 1, repeats: int = 1) -> Level:  # fmt: skip
     """``streams`` concurrent generations of ``chars`` characters, then the raw engine at that batch; ``repeats``
     such pairs, of which the one with the median ratio is returned (a noisy machine moves single pairs a lot)."""
     pairs: list[Level] = []
@@ -65,8 +80,8 @@ async def run_level(server: ServerProcess, runtimes: dict[str, Runtime], model: 
         report = await run_load(server.target, streams, chars, prompt, model=model, channels=channels,
                                 temperature=1.0, seed=0)  # fmt: skip
         server_cpu, client_cpu = server.cpu_seconds() - cpu0, time.process_time() - client0
-        engines = {k: measure_step_rate("", streams, seconds=engine_seconds, runtime=rt) for k, rt in runtimes.items()}
-        pairs.append(Level(streams, report, engines, server_cpu, client_cpu))
+        rates = {name: measure(streams) for name, measure in engines.items()}
+        pairs.append(Level(streams, report, rates, server_cpu, client_cpu))
     pairs.sort(key=lambda lv: lv.ratio)
     return replace(pairs[len(pairs) // 2], ratios=tuple(lv.ratio for lv in pairs))
 

@@ -9,6 +9,8 @@ import numpy as np
 
 from service.runtime import Runtime, States
 
+Calls = tuple[tuple[Callable[[], None], Callable[[], None]], ...]  # see DecodeBatch._bound
+
 
 @dataclass
 class Joiner:
@@ -43,10 +45,11 @@ class DecodeBatch:
         self.n = 0  # live rows
         self._rows = 0  # rows each call runs: n, padded up to runtime.min_batch
         self._cur = 0  # which buffer set holds the current states
-        self._calls: tuple[Callable[[], None], Callable[[], None]] | None = None
-        # the prepared calls by row count: the buffers never move, so a binding stays valid (and preparing
-        # one costs more than the step it runs at small batches, i.e. at every join or leave)
-        self._bound: dict[int, tuple[Callable[[], None], Callable[[], None]]] = {}
+        # the prepared calls by row count, [on onnxruntime's threads, on the calling thread alone] x buffer set:
+        # the buffers never move, so a binding stays valid (and preparing one costs more than the step it runs
+        # at small batches, i.e. at every join or leave)
+        self._bound: dict[int, Calls] = {}
+        self._calls: Calls | None = None
 
     @property
     def ids(self) -> np.ndarray:
@@ -61,11 +64,12 @@ class DecodeBatch:
         """A copy of one row's state, each [layers, hidden]."""
         return tuple(v[:, row].copy() for v in self._views(self._cur, self._rows))
 
-    def step(self) -> np.ndarray:
+    def step(self, alone: bool = True) -> np.ndarray:
         """Feed ``ids`` to every row and draw the next ``ids``: one onnxruntime call; returns logits (n, V)
-        (a view, valid until the next step)."""
+        (a view, valid until the next step). ``alone``: no other batch steps meanwhile, so the call may use
+        all of onnxruntime's threads; else it runs on the calling thread alone (Runtime.lane_decoder)."""
         assert self._calls is not None and self.n > 0
-        self._calls[self._cur]()
+        self._calls[not alone][self._cur]()
         self._cur ^= 1
         return self._logits[: self._rows * self.runtime.vocab_size].reshape(self._rows, -1)[: self.n]
 
@@ -92,19 +96,33 @@ class DecodeBatch:
         self._cur = 1 - self._cur
         self.n, self._rows = n, rows
         if n and rows not in self._bound:
-            self._bound[rows] = (self._bind(0), self._bind(1))
+            self._bound[rows] = tuple((self._bind(0, lane), self._bind(1, lane)) for lane in (False, True))
         self._calls = self._bound[rows] if n else None
+
+    def prepare(self, run: bool) -> None:
+        """Bind the calls of every row count up to capacity now (``run``: and make each call once), so that
+        memory reaches its size at startup instead of growing as new batch sizes come (onnxruntime keeps
+        some state per input shape); call only while the batch is empty."""
+        assert self.n == 0
+        for rows in range(self.runtime.min_batch, self.capacity + 1):
+            self._rows = rows
+            if rows not in self._bound:
+                self._bound[rows] = tuple((self._bind(0, lane), self._bind(1, lane)) for lane in (False, True))
+            if run:
+                for pair in self._bound[rows]:  # one call per session (the state is the session's, not the binding's)
+                    pair[0]()
+        self._rows = 0
 
     def _views(self, which: int, rows: int) -> States:
         """Buffer set ``which`` as contiguous [layers, rows, hidden] arrays."""
         r = self.runtime
         return tuple(b[: r.layers * rows * r.hidden].reshape(r.layers, rows, r.hidden) for b in self._bufs[which])
 
-    def _bind(self, which: int) -> Callable[[], None]:
+    def _bind(self, which: int, lane: bool) -> Callable[[], None]:
         """The call that reads buffer set ``which`` and writes the other."""
         rows, v = self._rows, self.runtime.vocab_size
         ids, next_ids = (self._idsets[k][:rows].reshape(rows, 1) for k in (which, 1 - which))
         logits = self._logits[: rows * v].reshape(rows, 1, v)
         u, inv_t = self.uniforms[:rows].reshape(rows, 1), self.inv_temperature[:rows].reshape(rows, 1)
         states, new_states = self._views(which, rows), self._views(1 - which, rows)
-        return self.runtime.bind_decoder(ids, states, logits, new_states, u, inv_t, next_ids)
+        return self.runtime.bind_decoder(ids, states, logits, new_states, u, inv_t, next_ids, lane)

@@ -70,7 +70,9 @@ OPTIONS = [
     Option("--ort-spinning", "runtime.spinning", _bool, "onnxruntime threads spin within decode steps (true/false)"),
     Option("--ort-prefill-spinning", "runtime.prefill_spinning", _bool,
            "onnxruntime threads spin within prompt calls (true/false)"),
-    Option("--max-batch", "engine.max_batch", int, "most streams one engine step advances"),
+    Option("--lanes", "engine.lanes", int, "decode batches per model stepped side by side, a thread each "
+           "(0 = one per core on CPU, 1 on CUDA)"),
+    Option("--max-batch", "engine.max_batch", int, "most streams one step of a lane advances"),
     Option("--prefill-chunk", "engine.prefill_chunk", int, "prompt characters of one stream per prefill call"),
     Option("--prefill-chars", "engine.prefill_chars", int, "prompt characters of all streams per prefill call"),
     Option("--stream-buffer-chars", "engine.stream_buffer_chars", int,

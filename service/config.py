@@ -23,7 +23,10 @@ def _positive(config: object) -> None:
 class EngineConfig:
     """How one model's engine batches."""
 
-    max_batch: int = 256  # decode rows per step; further streams wait for a free row
+    # Decode batches stepped side by side, each by a thread of its own (service/lane.py); 0 = one per core
+    # on CPU (the process's CPU affinity and cgroup quota), 1 on CUDA
+    lanes: int = 0
+    max_batch: int = 256  # decode rows per step of a lane; further streams wait for a free row
     prefill_chunk: int = 256  # characters per sequence call when consuming prompts and fed text
     # Characters of all streams together in one prefill call (streams x chunk): a call's scratch memory
     # (~10 KB per character for the shipped model) and how long it holds up the decode steps grow with it.
@@ -38,6 +41,8 @@ class EngineConfig:
     messages_per_s: float = 1000.0
 
     def __post_init__(self) -> None:
+        if self.lanes < 0:
+            raise ValueError(f"lanes: must be >= 0, got {self.lanes}")
         for name in ("max_batch", "prefill_chunk", "prefill_chars", "stream_buffer_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -1,36 +1,38 @@
-"""Continuous batching engine: one per model version; generate and feed requests share its step loop.
+"""Continuous batching engine: one per model version; generate and feed requests share its step loops.
 
-The loop itself (membership, one decode call per step for every stream, chunked prefill, buffers that
-coalesce characters) is in service/scheduler.py and runs in a thread of its own; this module is the request
-API on top of it, on the event loop's side of service/handoff.py.
+The engine is the request API on the event loop's side. Its streams are spread over lanes
+(service/lane.py): on CPU one per core, each a decode batch stepped by a thread of its own, side by side;
+what one step does (membership, one decode call for every stream of the lane, chunked prefill, buffers that
+coalesce characters) is in service/scheduler.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
-import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 
 from service.config import EngineConfig
 from service.errors import InvalidArgument, Unavailable
+from service.lane import Lane
 from service.runtime import Runtime
 from service.sampling import validate
-from service.scheduler import Scheduler
 from service.stream import Stream
 from service.types import Chunk, EngineObserver, FeedResult, Finish, GenerateParams, SeqState
 from service.vocab import Vocab
 
-__all__ = ["Engine", "EngineConfig", "Vocab"]
+__all__ = ["Engine", "EngineConfig", "Vocab", "available_cores"]
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = EngineConfig()
 
 
-class Engine(Scheduler):
+class Engine:
     """Serves one model version (call every method from the event loop that started it)."""
 
     def __init__(
@@ -41,36 +43,43 @@ class Engine(Scheduler):
         model: str = "",
         observer: EngineObserver | None = None,
     ) -> None:
-        super().__init__(runtime, vocab, config, model, observer)
+        self.runtime, self.vocab, self.config = runtime, vocab, config
+        self.model = model or runtime.model
+        # on CUDA one batch keeps the device busiest; on CPU one lane per core (see service/lane.py)
+        n = config.lanes or (available_cores() if runtime.provider == "cpu" else 1)
+        rows = [0] * n  # each lane's batch size, written by that lane's step thread only
+        self.lanes = [Lane(runtime, vocab, config, self.model, observer, rows, i) for i in range(n)]
+        self._running = False
 
     @property
     def active_streams(self) -> int:
         """Generate requests held (prefilling, waiting for a row, stepping or paused)."""
-        return self._active
+        return sum(lane.active for lane in self.lanes)
 
     @property
     def batch_size(self) -> int:
-        """Rows in the decode batch now."""
-        return self._batch.n
+        """Rows in the decode batches now."""
+        return sum(lane.batch_size for lane in self.lanes)
 
     async def start(self) -> None:
-        """Start the step thread."""
-        if self._thread is None:
-            self._handoff.attach(asyncio.get_running_loop())
-            self._stopping = False
-            self._thread = threading.Thread(target=self._run, name=f"charlm-step {self.model}", daemon=True)
-            self._thread.start()
+        """Prepare every batch size of every lane (~1 s for the shipped model on 2 cores), then start the lanes'
+        step threads."""
+        if not self._running:  # the lanes share the sessions: one of them makes the calls
+            await asyncio.to_thread(self._prepare)
+        loop = asyncio.get_running_loop()
+        for lane in self.lanes:
+            lane.start(loop)
+        self._running = True
+
+    def _prepare(self) -> None:
+        for i, lane in enumerate(self.lanes):
+            lane.prepare(run=i == 0)
 
     async def close(self) -> None:
-        """Stop the step thread (after its current step); requests still held end with Unavailable."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._handoff.command(self._stop)
-            await asyncio.to_thread(thread.join)
-        # the step thread is gone: its state is this thread's now (commands it never ran included)
-        self._handoff.run_commands()
-        self._fail_all(Unavailable(f"{self.model}: the engine is closed"))
-        self._handoff.send()
+        """Stop the step threads (after their current steps); requests still held end with Unavailable."""
+        self._running = False
+        for lane in self.lanes:
+            await lane.close(Unavailable(f"{self.model}: the engine is closed"))
 
     def new_state(self, seed: int | None = None) -> SeqState:
         """A fresh state (zeros, no context) with its own random stream (a random seed when None)."""
@@ -85,7 +94,7 @@ class Engine(Scheduler):
         ``state`` ends advanced past the prompt and the output. Log-probabilities, when asked, are those of
         each sampled character under the model's raw softmax (temperature 1, before penalty and truncation).
         """
-        s = self._submit(state, prompt, params, cancel)
+        lane, s = self._submit(state, prompt, params, cancel)
         try:
             while True:
                 if s.out:
@@ -97,12 +106,12 @@ class Engine(Scheduler):
                     return
                 elif s.paused:  # the reader caught up with a paused stream: back into the batch
                     s.paused = False
-                    self._handoff.command(self._resume, s)
+                    lane.resume(s)
                 else:
                     await s.wait()
         finally:
             if not s.finished:
-                self._handoff.command(self._abandon, s)
+                lane.abandon(s)
 
     async def feed(self, state: SeqState, text: str) -> FeedResult:
         """Advance ``state`` over ``text`` and score it: each character by the step that consumed the previous."""
@@ -117,70 +126,23 @@ class Engine(Scheduler):
             state.pending = int(ids[-1])
             return FeedResult(chars_consumed=1)
         s = Stream(state, todo, int(ids[-1]), None, None, self.runtime.vocab_size, score=True)
-        self._handoff.command(self._accept, s)
+        lane = self._lane()
+        lane.accept(s)
         try:
             while not s.finished:
                 await s.wait()
         finally:
             if not s.finished:
-                self._handoff.command(self._abandon, s)
+                lane.abandon(s)
         if s.error is not None:
             raise s.error
         return FeedResult(chars_consumed=int(ids.size), chars_scored=s.scored, nll_nats=s.nll)
 
-    # ------------------------------------------------------------------ the step thread
-
-    def _run(self) -> None:
-        """The step thread: run commands, admit, decode, prefill, send the events; until stopped."""
-        h = self._handoff
-        while not self._stopping:
-            try:
-                h.run_commands()
-                if not (self._rows or self._prefilling or self._ready or self._dirty):
-                    h.send()
-                    if not self._stopping:
-                        h.sleep()
-                    continue
-                self._admit()
-                if self._batch.n:
-                    self._decode()
-                if self._prefilling:
-                    self._prefill()
-            except Exception as e:  # a failed step fails its streams, never the thread
-                log.exception("%s: engine step failed", self.model)
-                self._fail_all(e)
-            h.send()  # one wake-up of the event loop per step, for every stream's news
-
-    # ------------------------------------------------------------------ commands (run by the step thread)
-
-    def _accept(self, s: Stream) -> None:
-        """A new request: prefill first when it has anything to feed, else straight to a batch row."""
-        if s.where == "prefill":
-            self._prefilling.append(s)
-        else:
-            self._enqueue(s)
-
-    def _resume(self, s: Stream) -> None:
-        """A paused stream's reader caught up: back into the batch."""
-        if s.where == "paused":
-            self._enqueue(s)
-
-    def _abandon(self, s: Stream) -> None:
-        """The consumer went away: a batch row is freed at the next step; elsewhere the stream ends now."""
-        s.abandoned = True
-        if s.where == "batch":
-            self._dirty = True
-        elif s.where != "done":
-            self._end(s, None)
-
-    def _stop(self) -> None:
-        """Leave the step loop after this command."""
-        self._stopping = True
-
     # ------------------------------------------------------------------ requests in and out
 
-    def _submit(self, state: SeqState, prompt: str, params: GenerateParams, cancel: asyncio.Event | None) -> Stream:
-        """Validate a generate request and queue it (prefill first when there is anything to feed)."""
+    def _submit(self, state: SeqState, prompt: str, params: GenerateParams,
+                cancel: asyncio.Event | None) -> tuple[Lane, Stream]:  # fmt: skip
+        """Validate a generate request and queue it on a lane (prefill first when there is anything to feed)."""
         self._check_running()
         validate(params.sampling, self.runtime.vocab_size)
         if params.max_chars < 1:
@@ -200,13 +162,17 @@ class Engine(Scheduler):
         s.seen[ids] = True
         s.prompt_chars = int(ids.size)
         state.chars_consumed += int(ids.size)
-        self._active += 1
-        self._handoff.command(self._accept, s)
-        return s
+        lane = self._lane()
+        lane.accept(s)
+        return lane, s
+
+    def _lane(self) -> Lane:
+        """The lane with the fewest generate requests (the first of them on a tie)."""
+        return min(self.lanes, key=lambda lane: lane.active)
 
     def _check_running(self) -> None:
         """Refuse new work unless the step loop runs (before start, after close)."""
-        if self._thread is None:
+        if not self._running:
             raise Unavailable(f"{self.model}: the engine is not running")
 
     def _finish_of(self, s: Stream) -> Finish:
@@ -221,3 +187,15 @@ class Engine(Scheduler):
             total_ms=(end - s.t0) * 1e3,
             seed=s.state.seed or 0,
         )
+
+
+def available_cores() -> int:
+    """CPU cores this process may use: its CPU affinity, bounded by a cgroup CPU quota (as in a container)."""
+    cores = len(os.sched_getaffinity(0))
+    try:  # cgroup v2: "max 100000" or "<quota> <period>"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, round(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores

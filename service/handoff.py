@@ -26,6 +26,8 @@ class Handoff:
         self._commands: deque[Call] = deque()  # deque append/popleft are atomic: no lock needed
         self._wake = threading.Event()
         self._events: list[Call] = []  # step thread only
+        self._outbox: deque[list[Call]] = deque()  # sent, not yet run by the loop
+        self._woken = False  # a run of the outbox is scheduled on the loop and has not started yet
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -58,15 +60,26 @@ class Handoff:
         self._events.append((fn, args))
 
     def send(self) -> None:
-        """Hand the posted events to the event loop: one wake-up for all of them."""
+        """Hand the posted events to the event loop: one wake-up for all of them, and none while the loop has
+        a wake-up pending (each costs a write to its self-pipe, ~5% of a step thread's time at 64 streams)."""
         if not self._events:
             return
         events, self._events = self._events, []
         if self._loop is None:
             run_all(events)
             return
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to read the events
-            self._loop.call_soon_threadsafe(run_all, events)
+        self._outbox.append(events)
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to read the events
+                self._loop.call_soon_threadsafe(self._run_outbox)
+
+    def _run_outbox(self) -> None:
+        """(event loop) Run every batch of events sent so far, in order."""
+        self._woken = False  # before draining: events sent after this schedule a run of their own
+        outbox = self._outbox
+        while outbox:
+            run_all(outbox.popleft())
 
 
 def run_all(calls: list[Call]) -> None:

@@ -1,6 +1,7 @@
-"""What one engine step does: one onnxruntime call advances every decoding stream of a model.
+"""What one engine step does: one onnxruntime call advances every decoding stream of a lane.
 
-The step loop (service/engine.py) runs in a thread of its own (the "step thread"; onnxruntime releases the
+A model's engine has one or more lanes (service/engine.py), each with a batch of its own. The step loop of a
+lane (service/lane.py) runs in a thread of its own (the "step thread"; onnxruntime releases the
 GIL during a call, so the event loop serves the network meanwhile) and talks to the event loop only through
 service/handoff.py. Each iteration (1) applies membership changes (streams that finished, paused or left;
 streams ready to join), (2) runs one decode step for the whole batch, ids (B, 1), whose sampling head
@@ -13,7 +14,6 @@ up, so a slow reader costs the others nothing.
 """
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 
@@ -30,13 +30,14 @@ from service.vocab import Vocab
 
 
 class Scheduler:
-    """What one step does to the streams of one model (Engine adds the thread and the request API on top).
+    """What one step does to the streams of one lane (service/lane.py adds the thread and its commands).
 
     Every method below runs in the step thread, except where noted.
     """
 
     def __init__(self, runtime: Runtime, vocab: Vocab, config: EngineConfig, model: str,
-                 observer: EngineObserver | None) -> None:  # fmt: skip
+                 observer: EngineObserver | None, lane_rows: list[int] | None = None,
+                 index: int = 0) -> None:  # fmt: skip
         if len(vocab) != runtime.vocab_size:
             raise ValueError(f"{model}: vocabulary has {len(vocab)} characters, the model {runtime.vocab_size}")
         self.runtime, self.vocab, self.config, self.observer = runtime, vocab, config, observer
@@ -56,8 +57,8 @@ class Scheduler:
         self._dirty = False  # batch membership must be rebuilt before the next step
         self._active = 0  # generate requests held (event loop side)
         self._handoff = Handoff()
-        self._thread: threading.Thread | None = None
-        self._stopping = False
+        # the batch rows of each of the model's lanes (each lane writes its own entry only), and this lane's index
+        self._lane_rows, self._index = (lane_rows, index) if lane_rows is not None else ([0], 0)
         self._phase = 0.0  # of the latest stream's release phase (see _first_seen)
 
     def _enqueue(self, s: Stream) -> None:
@@ -97,6 +98,7 @@ class Scheduler:
         self._ready.clear()
         self._paused.clear()
         self._batch.rebuild([], [])
+        self._lane_rows[self._index] = 0
         self._dirty = False
 
     def _admit(self) -> None:
@@ -129,6 +131,7 @@ class Scheduler:
             joining.append(Joiner(s.state.arrays, s.state.pending, s.seen))
             rows.append(s)
         b.rebuild(keep, joining)
+        self._lane_rows[self._index] = len(rows)
         self._rows = rows
         head = [by_head(s.sampling) for s in rows]
         self._rest = np.flatnonzero(~np.array(head, bool))
@@ -153,7 +156,9 @@ class Scheduler:
         u = b.uniforms
         u[self._sampled_rows] = [s.next_uniform() for s in self._sampled]  # one numpy call, not one per row
         start = time.perf_counter()
-        logits = b.step()  # (n, V); b.ids now holds the sampling head's draws, to be fed by the next step
+        # (n, V); b.ids now holds the sampling head's draws, to be fed by the next step. Alone: the only lane
+        # with rows may use all of onnxruntime's threads; lanes stepping side by side use one each.
+        logits = b.step(sum(self._lane_rows) == n)
         dt = time.perf_counter() - start
         ids, rest = b.ids, self._rest
         if rest.size:  # greedy, truncated or penalised rows: drawn here from the logits instead
@@ -200,8 +205,8 @@ class Scheduler:
 
     def _hold(self) -> float:
         """How long a stream's characters may wait to be released (the message budget over the batch)."""
-        rate = self.config.messages_per_s
-        return len(self._rows) / rate if rate > 0 else 0.0
+        rate = self.config.messages_per_s  # the model's, over the rows of all its lanes
+        return sum(self._lane_rows) / rate if rate > 0 else 0.0
 
     def _first_seen(self, s: Stream, now: float, hold: float) -> None:
         """A stream's first character: its clocks, and a release phase of its own.

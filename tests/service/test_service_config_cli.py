@@ -23,10 +23,10 @@ def test_defaults_listen_on_localhost_with_the_shipped_repository() -> None:
 
 def test_flag_beats_env_beats_default() -> None:
     env = {"CHARLM_PORT": "6000", "CHARLM_MAX_STREAMS": "7", "CHARLM_PROVIDER": "cuda", "CHARLM_REFLECTION": "false"}
-    c = build_config(["--port", "7000", "--max-batch", "32", "--session-ttl-seconds", "1.5"], env)
+    c = build_config(["--port", "7000", "--max-batch", "32", "--lanes", "3", "--session-ttl-seconds", "1.5"], env)
     assert c.port == 7000  # flag over env
     assert c.limits.max_streams == 7 and c.runtime.provider == "cuda" and c.reflection is False  # env over default
-    assert c.engine.max_batch == 32 and c.sessions.ttl_seconds == 1.5
+    assert c.engine.max_batch == 32 and c.engine.lanes == 3 and c.sessions.ttl_seconds == 1.5
     assert c.limits.max_chars == ServiceConfig().limits.max_chars  # untouched fields keep their defaults
 
 
@@ -34,6 +34,7 @@ def test_flag_beats_env_beats_default() -> None:
     ([], {"CHARLM_PORT": "abc"}, "CHARLM_PORT"),
     ([], {"CHARLM_LOG_FORMAT": "xml"}, "CHARLM_LOG_FORMAT"),
     (["--max-streams", "0"], {}, "max_streams"),
+    ([], {"CHARLM_LANES": "-1"}, "lanes: must be >= 0"),
     (["--provider", "tpu"], {}, "--provider"),
     (["--ort-prefill-spinning", "maybe"], {}, "--ort-prefill-spinning: expected true/false, got 'maybe'"),
     ([], {"CHARLM_REFLECTION": "maybe"}, "CHARLM_REFLECTION='maybe': expected true/false"),

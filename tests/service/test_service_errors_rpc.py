@@ -93,14 +93,14 @@ async def test_busy_session_is_aborted(stub) -> None:
 
 
 async def test_limits(server_factory) -> None:
-    srv = server_factory(limits=Limits(max_streams=1, max_prompt_chars=10, max_chars=100))
+    srv = server_factory(limits=Limits(max_streams=1, max_prompt_chars=10, max_chars=100_000))
     async with grpc.aio.insecure_channel(srv.target) as channel:
         stub = charlm_pb2_grpc.TextGenerationStub(channel)
         await fails(generate(stub, prompt="a" * 11, max_chars=5), INVALID, "INVALID_ARGUMENT", "prompt")
-        await fails(generate(stub, prompt="a", max_chars=101), INVALID, "INVALID_ARGUMENT", "max_chars")
+        await fails(generate(stub, prompt="a", max_chars=100_001), INVALID, "INVALID_ARGUMENT", "max_chars")
         await fails(stub.CreateSession(pb.CreateSessionRequest(prime="a" * 11)), INVALID, "INVALID_ARGUMENT",
                     "prime")
-        long = stub.Generate(pb.GenerateRequest(prompt="The ", max_chars=100))
+        long = stub.Generate(pb.GenerateRequest(prompt="The ", max_chars=100_000))  # runs while the others fail
         assert (await long.read()).text
         exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
         await fails(generate(stub, prompt="a", max_chars=5), exhausted, "RESOURCE_EXHAUSTED")

@@ -6,7 +6,10 @@ import asyncio
 from pathlib import Path
 
 from bench import engine_streams
-from bench.engine import flops_per_char, measure, measure_step_rate
+from bench.engine import flops_per_char, measure, measure_lanes_rate, measure_step_rate
+from service.artifact import load_artifact
+from service.engine import available_cores
+from service.runtime import Runtime, RuntimeConfig
 
 
 def test_flops_per_char_matches_the_issue_formula_when_embedding_equals_hidden() -> None:
@@ -25,6 +28,15 @@ def test_measurements_run_on_a_tiny_model(model_repo: Path) -> None:
     assert [s.batch for s in report.steps] == [1, 4]
     assert report.prefill.chars == 20 and report.compute_bound_chars_per_s > 0
     assert "tiny-gru:1" in report.table() and "compute_bound_chars_per_s" in report.to_json()
+    lanes = available_cores()  # the server's lanes; a batch is split over them when it has a row for each
+    assert report.lanes == lanes and [s.batch for s in report.lane_steps] == [b for b in (1, 4) if 1 < lanes <= b]
+
+
+def test_lanes_rate_splits_the_batch_over_threads_side_by_side(model_repo: Path) -> None:
+    rt = Runtime(load_artifact(model_repo / "tiny-gru" / "1"), RuntimeConfig(intra_op_threads=1))
+    for lanes in (1, 3):
+        rate = measure_lanes_rate(7, lanes, rt, seconds=0.05)
+        assert rate.batch == 7 and rate.step_us > 0 and rate.chars_per_s > 0
 
 
 def test_engine_streams_reports_each_level_beside_raw_steps(model_repo: Path) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import numpy as np
 import pytest
 from fixtures.service_core import EngineFactory, RecordingObserver, collect
 
-from service.engine import Engine
+from service.engine import Engine, available_cores
 from service.errors import InvalidArgument, Unavailable
 from service.runtime import Runtime
 from service.stream import Stream
@@ -45,6 +46,30 @@ async def test_cancelled_consumer_task_frees_its_row(make_engine: EngineFactory)
     task.cancel()
     await until(lambda: engine.batch_size == 0)
     assert engine.active_streams == 0
+
+
+async def test_streams_go_to_the_lane_holding_the_fewest(make_engine: EngineFactory) -> None:
+    engine = make_engine("lstm", lanes=3)
+    await engine.start()
+    outs: list[list[str]] = [[] for _ in range(4)]
+    tasks = [asyncio.create_task(consume(engine, PROMPT, LONG, out)) for out in outs]
+    await until(lambda: all(outs))
+    assert [lane.active for lane in engine.lanes] == [2, 1, 1] and engine.active_streams == 4
+    await until(lambda: [lane.batch_size for lane in engine.lanes] == [2, 1, 1])
+    tasks[1].cancel()  # the second stream went to lane 1: it is now the one with room
+    await until(lambda: engine.lanes[1].active == 0)
+    outs.append([])
+    tasks.append(asyncio.create_task(consume(engine, PROMPT, LONG, outs[-1])))
+    await until(lambda: bool(outs[-1]))
+    assert [lane.active for lane in engine.lanes] == [2, 1, 1]
+    for t in tasks:
+        t.cancel()
+    await until(lambda: engine.batch_size == 0)
+    assert engine.active_streams == 0
+
+
+def test_available_cores_is_within_the_affinity() -> None:
+    assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
 
 
 async def test_consumer_that_stops_iterating_frees_its_row(make_engine: EngineFactory) -> None:
@@ -132,9 +157,10 @@ async def test_prefill_calls_hold_at_most_prefill_chars(make_engine: EngineFacto
     engine = make_engine("gru", prefill_chunk=16, prefill_chars=40)
     for seed in range(8):
         params = GenerateParams(Sampling(seed=seed), max_chars=20)
-        engine._accept(Stream(engine.new_state(), np.arange(33) % 20, None, params, None, rt.vocab_size))
-    while engine._prefilling:
-        engine._prefill()
+        engine.lanes[0]._accept(Stream(engine.new_state(), np.arange(33) % 20, None, params, None, rt.vocab_size))
+    lane = engine.lanes[0]
+    while lane._prefilling:
+        lane._prefill()
     assert shapes[0] == (2, 16)  # not (8, 16): 40 characters at most, so two streams of the 16-character chunk
     assert all(p * n <= 40 for p, n in shapes) and sum(p * n for p, n in shapes) == 8 * 33
     # and through the running engine, bounded calls give the same text as unbounded ones
@@ -225,16 +251,17 @@ async def collect_no_start(engine: Engine) -> None:
 async def test_a_failed_step_fails_its_streams_and_the_step_thread_goes_on(make_engine: EngineFactory) -> None:
     engine = make_engine("gru")
     await engine.start()
-    step, calls = engine._batch.step, 0
+    batch = engine.lanes[0]._batch  # a lone stream goes to the first lane
+    step, calls = batch.step, 0
 
-    def failing_once() -> object:  # a fault in the onnxruntime call of the 5th step
+    def failing_once(alone: bool = True) -> object:  # a fault in the onnxruntime call of the 5th step
         nonlocal calls
         calls += 1
         if calls == 5:
             raise RuntimeError("the onnxruntime call failed")
-        return step()
+        return step(alone)
 
-    engine._batch.step = failing_once  # type: ignore[method-assign]
+    batch.step = failing_once  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="call failed"):
         await consume(engine, PROMPT, GenerateParams(Sampling(seed=1), max_chars=50), [])
     assert engine.active_streams == 0 and engine.batch_size == 0
