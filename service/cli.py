@@ -67,11 +67,13 @@ OPTIONS = [
            ("cpu", "cuda")),
     Option("--intra-op-threads", "runtime.intra_op_threads", int, "onnxruntime threads per op (0 = all cores)"),
     Option("--inter-op-threads", "runtime.inter_op_threads", int, "onnxruntime threads across ops"),
-    Option("--ort-spinning", "runtime.spinning", _bool, "onnxruntime threads spin within decode steps (true/false)"),
+    Option("--ort-spinning", "runtime.spinning", _bool, "onnxruntime threads spin within the decode steps of a "
+           "lane stepping alone (true/false)"),
     Option("--ort-prefill-spinning", "runtime.prefill_spinning", _bool,
            "onnxruntime threads spin within prompt calls (true/false)"),
     Option("--lanes", "engine.lanes", int, "decode batches per model stepped side by side, a thread each "
            "(0 = one per core on CPU, 1 on CUDA)"),
+    Option("--lane-fill", "engine.lane_fill", int, "streams a lane takes before the next lane gets any"),
     Option("--max-batch", "engine.max_batch", int, "most streams one step of a lane advances"),
     Option("--prefill-chunk", "engine.prefill_chunk", int, "prompt characters of one stream per prefill call"),
     Option("--prefill-chars", "engine.prefill_chars", int, "prompt characters of all streams per prefill call"),

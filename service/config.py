@@ -26,6 +26,9 @@ class EngineConfig:
     # Decode batches stepped side by side, each by a thread of its own (service/lane.py); 0 = one per core
     # on CPU (the process's CPU affinity and cgroup quota), 1 on CUDA
     lanes: int = 0
+    # Streams a lane takes before the next one gets any; past that, new streams go to the lane holding the
+    # fewest. A few streams in one lane step cheaper than spread thin (one step's Python for all of them).
+    lane_fill: int = 16
     max_batch: int = 256  # decode rows per step of a lane; further streams wait for a free row
     prefill_chunk: int = 256  # characters per sequence call when consuming prompts and fed text
     # Characters of all streams together in one prefill call (streams x chunk): a call's scratch memory
@@ -43,7 +46,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.lanes < 0:
             raise ValueError(f"lanes: must be >= 0, got {self.lanes}")
-        for name in ("max_batch", "prefill_chunk", "prefill_chars", "stream_buffer_chars"):
+        for name in ("lane_fill", "max_batch", "prefill_chunk", "prefill_chars", "stream_buffer_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not self.messages_per_s >= 0:

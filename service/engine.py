@@ -27,7 +27,7 @@ from service.stream import Stream
 from service.types import Chunk, EngineObserver, FeedResult, Finish, GenerateParams, SeqState
 from service.vocab import Vocab
 
-__all__ = ["Engine", "EngineConfig", "Vocab", "available_cores"]
+__all__ = ["Engine", "EngineConfig", "Vocab", "available_cores", "quota_cores"]
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = EngineConfig()
 
@@ -50,6 +50,7 @@ class Engine:
         rows = [0] * n  # each lane's batch size, written by that lane's step thread only
         self.lanes = [Lane(runtime, vocab, config, self.model, observer, rows, i) for i in range(n)]
         self._running = False
+        self._starting = asyncio.Lock()
 
     @property
     def active_streams(self) -> int:
@@ -64,22 +65,25 @@ class Engine:
     async def start(self) -> None:
         """Prepare every batch size of every lane (~1 s for the shipped model on 2 cores), then start the lanes'
         step threads."""
-        if not self._running:  # the lanes share the sessions: one of them makes the calls
+        async with self._starting:  # (concurrent callers wait for the first: the batches must not be in use)
+            if self._running:
+                return
             await asyncio.to_thread(self._prepare)
-        loop = asyncio.get_running_loop()
-        for lane in self.lanes:
-            lane.start(loop)
-        self._running = True
+            loop = asyncio.get_running_loop()
+            for lane in self.lanes:
+                lane.start(loop)
+            self._running = True
 
     def _prepare(self) -> None:
-        for i, lane in enumerate(self.lanes):
+        for i, lane in enumerate(self.lanes):  # the lanes share the sessions: one of them makes the calls
             lane.prepare(run=i == 0)
 
     async def close(self) -> None:
         """Stop the step threads (after their current steps); requests still held end with Unavailable."""
-        self._running = False
-        for lane in self.lanes:
-            await lane.close(Unavailable(f"{self.model}: the engine is closed"))
+        async with self._starting:
+            self._running = False
+            for lane in self.lanes:
+                await lane.close(Unavailable(f"{self.model}: the engine is closed"))
 
     def new_state(self, seed: int | None = None) -> SeqState:
         """A fresh state (zeros, no context) with its own random stream (a random seed when None)."""
@@ -167,7 +171,10 @@ class Engine:
         return lane, s
 
     def _lane(self) -> Lane:
-        """The lane with the fewest generate requests (the first of them on a tie)."""
+        """The first lane holding fewer than ``lane_fill`` generate requests, else the one holding the fewest."""
+        for lane in self.lanes:
+            if lane.active < self.config.lane_fill:
+                return lane
         return min(self.lanes, key=lambda lane: lane.active)
 
     def _check_running(self) -> None:
@@ -190,12 +197,21 @@ class Engine:
 
 
 def available_cores() -> int:
-    """CPU cores this process may use: its CPU affinity, bounded by a cgroup CPU quota (as in a container)."""
+    """CPU cores this process may use: its CPU affinity, bounded by a cgroup v2 CPU quota (as in a container)."""
     cores = len(os.sched_getaffinity(0))
-    try:  # cgroup v2: "max 100000" or "<quota> <period>"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, round(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return cores
+    try:
+        quota = quota_cores(Path("/sys/fs/cgroup/cpu.max").read_text())
+    except OSError:  # no cgroup v2 CPU controller here
+        quota = None
+    return cores if quota is None else min(cores, quota)
+
+
+def quota_cores(cpu_max: str) -> int | None:
+    """The cores a cgroup v2 ``cpu.max`` ("<quota> <period>" or "max <period>") allows, rounded, at least 1."""
+    fields = cpu_max.split()
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    try:
+        return max(1, round(int(fields[0]) / int(fields[1])))
+    except (ValueError, ZeroDivisionError):
+        return None

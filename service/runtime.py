@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,10 +32,11 @@ class RuntimeConfig:
     inter_op_threads: int = 1  # threads across operators (the graph is a chain: 1 is enough)
     # Whether onnxruntime's idle intra-op threads spin, within a call, waiting for the next operator or
     # time step (they stop spinning when the call returns: session.force_spinning_stop). Spinning saves a
-    # thread wake-up per operator. Decode steps (`spinning`): on 2 cores the served rate was no better with
-    # it, and without the stop it was 2-3x lower (the threads burnt the cores the event loop needs between
-    # steps). Prompt calls (`prefill_spinning`): a sequence call wakes its threads at every time step, and
-    # spinning cuts a 16-character prompt's call by ~25% (docs/performance.md).
+    # thread wake-up per operator. Decode steps (`spinning`; only those of an engine lane stepping alone:
+    # lanes side by side run on one thread each): served no faster with it on 2 cores, and without the stop
+    # 2-3x slower (the threads burnt the cores the event loop needs between steps). Prompt calls
+    # (`prefill_spinning`): a sequence call wakes its threads at every time step, and spinning cuts a
+    # 16-character prompt's call by ~25% (docs/performance.md).
     spinning: bool = False
     prefill_spinning: bool = True
     spin_between_calls: bool = False  # onnxruntime's own default when spinning (what bench/ measures raw)
@@ -65,6 +67,10 @@ class Runtime:
         # prompts and plain calls (`run`, `bind`): the artifact's graph as it is
         opts = _options(config, config.prefill_spinning)
         self.session = ort.InferenceSession(str(artifact.onnx_path), opts, providers=providers)
+        # One such call at a time: each uses all of onnxruntime's threads already, and with calls from several
+        # engine lanes at once the server's memory kept growing (a 300 s soak: +16.6% after warm-up, +3.9% with
+        # this lock, flat from the 7th round; docs/performance.md).
+        self._prompt_calls = threading.Lock()
         # decode steps (`bind_decoder`): the same graph with a sampling head (service/sampling_head.py)
         graph = add_sampling_head(onnx.load(str(artifact.onnx_path)), self.logits_name, self.vocab_size)
         head = graph.SerializeToString()
@@ -93,7 +99,8 @@ class Runtime:
         feed = {self.input_name: np.ascontiguousarray(ids, dtype=np.int64)}
         for name, s in zip(self.state_inputs, states, strict=True):
             feed[name] = np.ascontiguousarray(s, dtype=np.float32)
-        logits, *new = self.session.run(self.output_names, feed)
+        with self._prompt_calls:
+            logits, *new = self.session.run(self.output_names, feed)
         return logits[:b], tuple(s[:, :b] for s in new)
 
     def bind(self, ids: np.ndarray, states: States, logits_out: np.ndarray, states_out: States) -> Callable[[], None]:

@@ -14,6 +14,7 @@ up, so a slow reader costs the others nothing.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 
@@ -27,6 +28,8 @@ from service.sampling import BatchParams, by_head, draw_one, log_softmax, sample
 from service.stream import Stream
 from service.types import EngineObserver, FinishReason
 from service.vocab import Vocab
+
+log = logging.getLogger(__name__)
 
 
 class Scheduler:
@@ -89,7 +92,10 @@ class Scheduler:
         """End every stream the loop holds with ``error`` (the engine is closing, or a step failed)."""
         for i, s in enumerate(self._rows):
             if s.where == "batch":  # a failed call swapped no buffers: rows still hold consistent states
-                self._save_row(s, i)
+                try:
+                    self._save_row(s, i)
+                except Exception:  # the batch itself is broken: the stream still ends (its state as it joined)
+                    log.exception("%s: a row's state could not be saved", self.model)
         for s in [*self._rows, *self._prefilling, *self._ready, *self._paused]:
             if s.where != "done":
                 s.error = error

@@ -35,6 +35,7 @@ def test_flag_beats_env_beats_default() -> None:
     ([], {"CHARLM_LOG_FORMAT": "xml"}, "CHARLM_LOG_FORMAT"),
     (["--max-streams", "0"], {}, "max_streams"),
     ([], {"CHARLM_LANES": "-1"}, "lanes: must be >= 0"),
+    (["--lane-fill", "0"], {}, "lane_fill: must be >= 1"),
     (["--provider", "tpu"], {}, "--provider"),
     (["--ort-prefill-spinning", "maybe"], {}, "--ort-prefill-spinning: expected true/false, got 'maybe'"),
     ([], {"CHARLM_REFLECTION": "maybe"}, "CHARLM_REFLECTION='maybe': expected true/false"),

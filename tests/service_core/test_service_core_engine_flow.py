@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fixtures.service_core import EngineFactory, RecordingObserver, collect
 
-from service.engine import Engine, available_cores
+from service.engine import Engine, available_cores, quota_cores
 from service.errors import InvalidArgument, Unavailable
 from service.runtime import Runtime
 from service.stream import Stream
@@ -48,28 +48,62 @@ async def test_cancelled_consumer_task_frees_its_row(make_engine: EngineFactory)
     assert engine.active_streams == 0
 
 
-async def test_streams_go_to_the_lane_holding_the_fewest(make_engine: EngineFactory) -> None:
-    engine = make_engine("lstm", lanes=3)
+async def test_streams_fill_a_lane_then_the_next_then_go_to_the_lane_holding_the_fewest(
+        make_engine: EngineFactory) -> None:  # fmt: skip
+    engine = make_engine("lstm", lanes=3, lane_fill=2)
     await engine.start()
-    outs: list[list[str]] = [[] for _ in range(4)]
-    tasks = [asyncio.create_task(consume(engine, PROMPT, LONG, out)) for out in outs]
-    await until(lambda: all(outs))
-    assert [lane.active for lane in engine.lanes] == [2, 1, 1] and engine.active_streams == 4
-    await until(lambda: [lane.batch_size for lane in engine.lanes] == [2, 1, 1])
-    tasks[1].cancel()  # the second stream went to lane 1: it is now the one with room
-    await until(lambda: engine.lanes[1].active == 0)
-    outs.append([])
-    tasks.append(asyncio.create_task(consume(engine, PROMPT, LONG, outs[-1])))
-    await until(lambda: bool(outs[-1]))
-    assert [lane.active for lane in engine.lanes] == [2, 1, 1]
+    outs: list[list[str]] = []
+    tasks: list[asyncio.Task[Finish]] = []
+
+    async def add() -> None:
+        outs.append([])
+        tasks.append(asyncio.create_task(consume(engine, PROMPT, LONG, outs[-1])))
+        await until(lambda: bool(outs[-1]))
+
+    def held() -> list[int]:
+        return [lane.active for lane in engine.lanes]
+
+    for _ in range(5):
+        await add()
+    assert held() == [2, 2, 1] and engine.active_streams == 5
+    await until(lambda: [lane.batch_size for lane in engine.lanes] == [2, 2, 1])
+    tasks[0].cancel()  # lane 0 is below its fill again: it gets the next stream
+    await until(lambda: held() == [1, 2, 1])
+    await add()
+    assert held() == [2, 2, 1]
+    await add()  # lane 2 is the last below its fill
+    assert held() == [2, 2, 2]
+    await add()  # every lane is full: the one holding the fewest (the first of them on a tie)
+    assert held() == [3, 2, 2]
     for t in tasks:
         t.cancel()
     await until(lambda: engine.batch_size == 0)
     assert engine.active_streams == 0
 
 
-def test_available_cores_is_within_the_affinity() -> None:
+async def test_concurrent_starts_prepare_the_batches_once(make_engine: EngineFactory,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    engine = make_engine("gru")
+    calls, prepare = 0, engine._prepare
+
+    def counting() -> None:
+        nonlocal calls
+        calls += 1
+        prepare()
+
+    monkeypatch.setattr(engine, "_prepare", counting)
+    await asyncio.gather(*(engine.start() for _ in range(4)))  # as concurrent requests' first calls do
+    assert calls == 1
+    out: list[str] = []
+    finish = await consume(engine, PROMPT, GenerateParams(Sampling(seed=1), max_chars=30), out)
+    assert finish.reason == "length" and len("".join(out)) == 30
+
+
+def test_available_cores_is_within_the_affinity_and_a_container_quota() -> None:
     assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
+    assert quota_cores("200000 100000\n") == 2 and quota_cores("150000 100000") == 2  # compose's cpus: "1.5"
+    assert quota_cores("50000 100000") == 1  # never 0 lanes
+    assert quota_cores("max 100000") is None and quota_cores("") is None and quota_cores("x 0") is None
 
 
 async def test_consumer_that_stops_iterating_frees_its_row(make_engine: EngineFactory) -> None:
