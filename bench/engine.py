@@ -68,7 +68,8 @@ def measure_lanes_rate(batch: int, lanes: int, runtime: Runtime, seconds: float 
     lanes do (service/lane.py); ``runtime`` should make calls on the calling thread alone (intra_op_threads=1).
     step_us is the mean time of one lane's step."""
     shares = [batch // lanes + (i < batch % lanes) for i in range(lanes)]
-    calls = [_bound_step(runtime, rows) for rows in shares if rows]
+    shares = [rows for rows in shares if rows]  # (fewer rows than lanes: the extra lanes have none)
+    calls = [_bound_step(runtime, rows) for rows in shares]
     steps = [0] * len(calls)
     go, stop = threading.Barrier(len(calls) + 1), threading.Event()
 
@@ -89,7 +90,7 @@ def measure_lanes_rate(batch: int, lanes: int, runtime: Runtime, seconds: float 
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    chars = sum(n * rows for n, rows in zip(steps, shares, strict=False))
+    chars = sum(n * rows for n, rows in zip(steps, shares, strict=True))
     return StepRate(batch, wall / max(1.0, sum(steps) / len(steps)) * 1e6, chars / wall)
 
 
@@ -201,9 +202,10 @@ def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 
             prefill_chars: int = 2000) -> EngineReport:  # fmt: skip
     """Every measurement of the artifact at ``model``."""
     rt = _runtime(model, threads)
-    info = load_artifact(model).info
+    artifact = load_artifact(model)
+    info = artifact.info
     lanes = available_cores()
-    lane_rt = Runtime(load_artifact(model), RuntimeConfig(intra_op_threads=1))
+    lane_rt = Runtime(artifact, RuntimeConfig(intra_op_threads=1))
     return EngineReport(
         model=rt.model,
         shape=f"{info.architecture} {info.layers}x{info.hidden_size}",

@@ -95,9 +95,7 @@ class DecodeBatch:
         self.seen[:n] = np.concatenate(seen)
         self._cur = 1 - self._cur
         self.n, self._rows = n, rows
-        if n and rows not in self._bound:
-            self._bound[rows] = tuple((self._bind(0, lane), self._bind(1, lane)) for lane in (False, True))
-        self._calls = self._bound[rows] if n else None
+        self._calls = self._prepared() if n else None
 
     def prepare(self, run: bool) -> None:
         """Bind the calls of every row count up to capacity now (``run``: and make each call once), so that
@@ -106,12 +104,18 @@ class DecodeBatch:
         assert self.n == 0
         for rows in range(self.runtime.min_batch, self.capacity + 1):
             self._rows = rows
-            if rows not in self._bound:
-                self._bound[rows] = tuple((self._bind(0, lane), self._bind(1, lane)) for lane in (False, True))
+            calls = self._prepared()
             if run:
-                for pair in self._bound[rows]:  # one call per session (the state is the session's, not the binding's)
+                for pair in calls:  # one call per session (the state is the session's, not the binding's)
                     pair[0]()
         self._rows = 0
+
+    def _prepared(self) -> Calls:
+        """The calls of the current row count, bound on first use."""
+        rows = self._rows
+        if rows not in self._bound:
+            self._bound[rows] = tuple((self._bind(0, lane), self._bind(1, lane)) for lane in (False, True))
+        return self._bound[rows]
 
     def _views(self, which: int, rows: int) -> States:
         """Buffer set ``which`` as contiguous [layers, rows, hidden] arrays."""

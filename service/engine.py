@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.batch import DecodeBatch
 from service.config import EngineConfig
 from service.errors import InvalidArgument, Unavailable
 from service.lane import Lane
@@ -47,8 +48,8 @@ class Engine:
         self.model = model or runtime.model
         # on CUDA one batch keeps the device busiest; on CPU one lane per core (see service/lane.py)
         n = config.lanes or (available_cores() if runtime.provider == "cpu" else 1)
-        rows = [0] * n  # each lane's batch size, written by that lane's step thread only
-        self.lanes = [Lane(runtime, vocab, config, self.model, observer, rows, i) for i in range(n)]
+        batches: list[DecodeBatch] = []  # every lane adds its own
+        self.lanes = [Lane(runtime, vocab, config, self.model, observer, batches) for _ in range(n)]
         self._running = False
         self._starting = asyncio.Lock()
 

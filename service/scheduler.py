@@ -39,8 +39,7 @@ class Scheduler:
     """
 
     def __init__(self, runtime: Runtime, vocab: Vocab, config: EngineConfig, model: str,
-                 observer: EngineObserver | None, lane_rows: list[int] | None = None,
-                 index: int = 0) -> None:  # fmt: skip
+                 observer: EngineObserver | None, batches: list[DecodeBatch] | None = None) -> None:  # fmt: skip
         if len(vocab) != runtime.vocab_size:
             raise ValueError(f"{model}: vocabulary has {len(vocab)} characters, the model {runtime.vocab_size}")
         self.runtime, self.vocab, self.config, self.observer = runtime, vocab, config, observer
@@ -60,8 +59,10 @@ class Scheduler:
         self._dirty = False  # batch membership must be rebuilt before the next step
         self._active = 0  # generate requests held (event loop side)
         self._handoff = Handoff()
-        # the batch rows of each of the model's lanes (each lane writes its own entry only), and this lane's index
-        self._lane_rows, self._index = (lane_rows, index) if lane_rows is not None else ([0], 0)
+        # the decode batches of all the model's lanes (read across threads: only their sizes, n), this one's index
+        self._batches = batches if batches is not None else []
+        self._index = len(self._batches)
+        self._batches.append(self._batch)
         self._phase = 0.0  # of the latest stream's release phase (see _first_seen)
 
     def _enqueue(self, s: Stream) -> None:
@@ -104,7 +105,6 @@ class Scheduler:
         self._ready.clear()
         self._paused.clear()
         self._batch.rebuild([], [])
-        self._lane_rows[self._index] = 0
         self._dirty = False
 
     def _admit(self) -> None:
@@ -137,7 +137,6 @@ class Scheduler:
             joining.append(Joiner(s.state.arrays, s.state.pending, s.seen))
             rows.append(s)
         b.rebuild(keep, joining)
-        self._lane_rows[self._index] = len(rows)
         self._rows = rows
         head = [by_head(s.sampling) for s in rows]
         self._rest = np.flatnonzero(~np.array(head, bool))
@@ -164,7 +163,7 @@ class Scheduler:
         start = time.perf_counter()
         # (n, V); b.ids now holds the sampling head's draws, to be fed by the next step. Alone: the only lane
         # with rows may use all of onnxruntime's threads; lanes stepping side by side use one each.
-        logits = b.step(sum(self._lane_rows) == n)
+        logits = b.step(self._model_rows() == n)
         dt = time.perf_counter() - start
         ids, rest = b.ids, self._rest
         if rest.size:  # greedy, truncated or penalised rows: drawn here from the logits instead
@@ -212,7 +211,11 @@ class Scheduler:
     def _hold(self) -> float:
         """How long a stream's characters may wait to be released (the message budget over the batch)."""
         rate = self.config.messages_per_s  # the model's, over the rows of all its lanes
-        return sum(self._lane_rows) / rate if rate > 0 else 0.0
+        return self._model_rows() / rate if rate > 0 else 0.0
+
+    def _model_rows(self) -> int:
+        """Rows in the decode batches of all the model's lanes."""
+        return sum(b.n for b in self._batches)
 
     def _first_seen(self, s: Stream, now: float, hold: float) -> None:
         """A stream's first character: its clocks, and a release phase of its own.
