@@ -56,21 +56,22 @@ def _timed(call: Callable[[], object], seconds: float, min_calls: int = 5) -> fl
 
 
 def measure_step_rate(artifact_path: Path | str, batch: int, threads: int = 0, seconds: float = 1.0,
-                      provider: str = "cpu", runtime: Runtime | None = None) -> StepRate:  # fmt: skip
-    """Chars/s of single-step calls at ``batch`` rows, through the prepared binding the engine uses."""
+                      provider: str = "cpu", runtime: Runtime | None = None, steps: int = 1) -> StepRate:  # fmt: skip
+    """Chars/s of single-step calls at ``batch`` rows, through the prepared binding the engine uses (``steps`` > 1:
+    calls of that many steps through the sampling head, Runtime.bind_steps; step_us is then per step)."""
     rt = runtime or _runtime(artifact_path, threads, provider)
-    dt = _timed(_bound_step(rt, batch), seconds)
+    dt = _timed(_bound_step(rt, batch, steps), seconds) / steps
     return StepRate(batch, dt * 1e6, batch / dt)
 
 
-def measure_lanes_rate(batch: int, lanes: int, runtime: Runtime, seconds: float = 1.0) -> StepRate:
+def measure_lanes_rate(batch: int, lanes: int, runtime: Runtime, seconds: float = 1.0, steps: int = 1) -> StepRate:
     """Chars/s of ``lanes`` threads, each stepping its own share of ``batch`` rows side by side, as the engine's
     lanes do (service/lane.py); ``runtime`` should make calls on the calling thread alone (intra_op_threads=1).
-    step_us is the mean time of one lane's step."""
+    step_us is the mean time of one lane's step; ``steps``: as in measure_step_rate."""
     shares = [batch // lanes + (i < batch % lanes) for i in range(lanes)]
     shares = [rows for rows in shares if rows]  # (fewer rows than lanes: the extra lanes have none)
-    calls = [_bound_step(runtime, rows) for rows in shares]
-    steps = [0] * len(calls)
+    calls = [_bound_step(runtime, rows, steps) for rows in shares]
+    calls_made = [0] * len(calls)
     go, stop = threading.Barrier(len(calls) + 1), threading.Event()
 
     def lane(i: int) -> None:
@@ -78,7 +79,7 @@ def measure_lanes_rate(batch: int, lanes: int, runtime: Runtime, seconds: float 
         go.wait()
         while not stop.is_set():
             calls[i]()
-            steps[i] += 1
+            calls_made[i] += 1
 
     threads = [threading.Thread(target=lane, args=(i,)) for i in range(len(calls))]
     for t in threads:
@@ -90,16 +91,24 @@ def measure_lanes_rate(batch: int, lanes: int, runtime: Runtime, seconds: float 
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    chars = sum(n * rows for n, rows in zip(steps, shares, strict=True))
-    return StepRate(batch, wall / max(1.0, sum(steps) / len(steps)) * 1e6, chars / wall)
+    chars = sum(n * rows * steps for n, rows in zip(calls_made, shares, strict=True))
+    return StepRate(batch, wall / max(1.0, sum(calls_made) / len(calls_made)) / steps * 1e6, chars / wall)
 
 
-def _bound_step(rt: Runtime, batch: int) -> Callable[[], None]:
-    """A prepared single-step call of ``batch`` rows (padded as the engine pads: Runtime.min_batch)."""
+def _bound_step(rt: Runtime, batch: int, steps: int = 1) -> Callable[[], None]:
+    """A prepared single-step call of ``batch`` rows (padded as the engine pads: Runtime.min_batch), or a call of
+    ``steps`` steps through the sampling head (the runtime's ``decode_steps`` must be ``steps``)."""
     rows = max(batch, rt.min_batch)
     ids = np.random.default_rng(0).integers(0, rt.vocab_size, (rows, 1), dtype=np.int64)
     states = tuple(np.zeros((rt.layers, rows, rt.hidden), np.float32) for _ in rt.state_inputs)
     out = tuple(np.zeros_like(s) for s in states)
+    if steps > 1:
+        if rt.decode_steps != steps:
+            raise ValueError(f"{rt.model}: the runtime runs {rt.decode_steps} steps per call, not {steps}")
+        between = [tuple(np.zeros_like(s) for s in states) for _ in range(steps - 1)]
+        u, inv_t = np.full((rows, steps), 0.5, np.float32), np.ones((rows, 1), np.float32)
+        step_ids = np.zeros((rows, steps), np.int64)
+        return rt.bind_steps(ids, states, out, between, u, inv_t, np.zeros((rows, 1), np.int64), step_ids)
     logits = np.zeros((rows, 1, rt.vocab_size), np.float32)
     return rt.bind(ids, states, logits, out)
 
@@ -164,6 +173,9 @@ class EngineReport:
     steps: list[StepRate]
     lanes: int  # threads stepping batches side by side, one intra-op thread each (the server's default lanes)
     lane_steps: list[StepRate]  # the same batch sizes split over the lanes (measure_lanes_rate); [] for 1 lane
+    decode_steps: int  # steps per call of the server's several-steps calls (service/multistep.py); 1 = none
+    multi_steps: list[StepRate]  # the batch sizes in calls of decode_steps steps each; [] when 1
+    multi_lane_steps: list[StepRate]  # the same split over the lanes; [] for 1 lane
     prefill: PrefillRate
     gemm_gflops: float
     flops_per_char: float
@@ -183,14 +195,15 @@ class EngineReport:
     def table(self) -> str:
         """The human-readable form."""
         p = self.prefill
-        lanes_head = f"{self.lanes} lanes side by side (µs, chars/s)"
-        lines = [f"{self.model} ({self.shape}), intra-op threads {self.threads or 'default'}",
-                 f"{'batch':>6} {'step µs':>10} {'chars/s':>12}   {lanes_head}"]  # fmt: skip
-        lanes = {r.batch: r for r in self.lane_steps}
+        k = self.decode_steps
+        lines = [f"{self.model} ({self.shape}), intra-op threads {self.threads or 'default'}; per step: µs, chars/s",
+                 f"{'batch':>6} {'one step per call':>23}   {f'{self.lanes} lanes side by side':>23}   "
+                 f"{f'{k} steps per call':>23}   {f'{k} steps, {self.lanes} lanes':>23}"]  # fmt: skip
+        columns = [{r.batch: r for r in rates} for rates in (self.lane_steps, self.multi_steps, self.multi_lane_steps)]
         for s in self.steps:
-            lane = lanes.get(s.batch)
-            beside = f"{lane.step_us:>10.1f} {lane.chars_per_s:>12,.0f}" if lane else f"{'-':>10} {'-':>12}"
-            lines.append(f"{s.batch:>6} {s.step_us:>10.1f} {s.chars_per_s:>12,.0f}   {beside}")
+            cells = [r.get(s.batch) for r in columns]
+            beside = [f"{c.step_us:>10.1f} {c.chars_per_s:>12,.0f}" if c else f"{'-':>10} {'-':>12}" for c in cells]
+            lines.append(f"{s.batch:>6} {s.step_us:>10.1f} {s.chars_per_s:>12,.0f}   " + "   ".join(beside))
         lines.append(f"prefill {p.chars} chars: one call {p.one_call_ms:.2f} ms ({p.one_call_chars_per_s:,.0f} chars/s)"
                      f", char steps {p.char_steps_ms:.2f} ms ({p.char_steps_chars_per_s:,.0f} chars/s)")  # fmt: skip
         lines.append(f"fp32 GEMM {self.gemm_gflops:.1f} GFLOP/s / {self.flops_per_char:,.0f} FLOP per char"
@@ -206,6 +219,7 @@ def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 
     info = artifact.info
     lanes = available_cores()
     lane_rt = Runtime(artifact, RuntimeConfig(intra_op_threads=1))
+    k = rt.decode_steps
     return EngineReport(
         model=rt.model,
         shape=f"{info.architecture} {info.layers}x{info.hidden_size}",
@@ -214,6 +228,11 @@ def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 
         steps=[measure_step_rate(model, b, seconds=seconds, runtime=rt) for b in batches],
         lanes=lanes,
         lane_steps=[measure_lanes_rate(b, lanes, lane_rt, seconds) for b in batches if lanes > 1 and b >= lanes],
+        decode_steps=k,
+        multi_steps=[measure_step_rate(model, b, seconds=seconds, runtime=rt, steps=k) for b in batches if k > 1],
+        multi_lane_steps=[
+            measure_lanes_rate(b, lanes, lane_rt, seconds, k) for b in batches if k > 1 and lanes > 1 and b >= lanes
+        ],
         prefill=measure_prefill(model, prefill_chars, seconds=seconds, runtime=rt),
         gemm_gflops=gemm_gflops(seconds=seconds),
         flops_per_char=flops_per_char(

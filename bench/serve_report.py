@@ -59,13 +59,13 @@ def targets(res: dict[str, Any]) -> list[Target]:
 
 
 def _levels_table(levels: list[Level]) -> list[str]:
-    head = (f"{'streams':>7} {'served c/s':>11} {'engine c/s':>26} {'ratio':>6} {'TTFC p50/p99 ms':>16} "
+    head = (f"{'streams':>7} {'served c/s':>11} {'engine c/s':>42} {'ratio':>6} {'TTFC p50/p99 ms':>16} "
             f"{'inter-char p50/p99 ms':>22} {'c/msg':>6} {'srv cpu':>7} {'cli cpu':>7} {'errors':>6}")  # fmt: skip
     lines = [head]
     for lv in levels:
         s = lv.served
         engines = "/".join(f"{r.chars_per_s:,.0f}" for r in lv.engines.values())
-        lines.append(f"{lv.streams:>7} {s.chars_per_s:>11,.0f} {engines:>26} {lv.ratio:>6.0%} "
+        lines.append(f"{lv.streams:>7} {s.chars_per_s:>11,.0f} {engines:>42} {lv.ratio:>6.0%} "
                      f"{s.ttfc_ms.p50:>7.2f}/{s.ttfc_ms.p99:<8.2f} {s.inter_char_ms.p50:>10.3f}/"
                      f"{s.inter_char_ms.p99:<11.3f} {s.chars_per_chunk:>6.1f} {lv.server_cpu_s:>6.1f}s "
                      f"{lv.client_cpu_s:>6.1f}s {sum(s.errors.values()):>6}")  # fmt: skip
@@ -84,6 +84,7 @@ def report_table(res: dict[str, Any]) -> str:
                  "cpu = CPU seconds of the server / the load generator during the level)")  # fmt: skip
     levels = [lv for lv in res.get("levels", []) if len(lv.ratios) > 1]
     if levels:
+        lines.append(f"  (engine c/s: {' / '.join(levels[0].engines)}; the ratio is against the fastest)")
         lines.append(f"  ({len(levels[0].ratios)} (served, engine) pairs per level, the median shown; all ratios: "
                      + "; ".join(f"{lv.streams}: " + ", ".join(f"{r:.0%}" for r in lv.ratios) for lv in levels) + ")")
     if "step1" in res:

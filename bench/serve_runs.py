@@ -43,7 +43,7 @@ class Level:
 
     streams: int
     served: LoadReport
-    engines: dict[str, StepRate]  # the raw engine by setting ("spinning", "no spinning", "lanes")
+    engines: dict[str, StepRate]  # the raw engine by setting ("spinning", "no spinning", "lanes", "8 steps", ...)
     server_cpu_s: float  # CPU the server process used during the load
     client_cpu_s: float  # CPU this (load generator) process used during the load
     ratios: tuple[float, ...] = ()  # of every (served, engine) pair measured at this level; this is the median one
@@ -61,12 +61,18 @@ class Level:
 
 def raw_engines(runtimes: dict[str, Runtime], lanes: int, lane_runtime: Runtime,
                 seconds: float) -> dict[str, RawEngine]:  # fmt: skip
-    """Single-step calls through each runtime, and the batch split over ``lanes`` threads side by side."""
+    """Single-step calls through each runtime, and the batch split over ``lanes`` threads side by side; and both
+    with the several steps per call the server runs (``decode_steps`` of the first runtime, through the first)."""
     engines: dict[str, RawEngine] = {
         name: partial(measure_step_rate, "", seconds=seconds, runtime=rt) for name, rt in runtimes.items()
     }
     if lanes > 1:
         engines["lanes"] = lambda b: measure_lanes_rate(b, min(lanes, b), lane_runtime, seconds)
+    first = next(iter(runtimes.values()))
+    if (k := first.decode_steps) > 1:
+        engines[f"{k} steps"] = partial(measure_step_rate, "", seconds=seconds, runtime=first, steps=k)
+        if lanes > 1:
+            engines[f"{k} steps, lanes"] = lambda b: measure_lanes_rate(b, min(lanes, b), lane_runtime, seconds, k)
     return engines
 
 

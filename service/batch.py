@@ -10,6 +10,7 @@ import numpy as np
 from service.runtime import Runtime, States
 
 Calls = tuple[tuple[Callable[[], None], Callable[[], None]], ...]  # see DecodeBatch._bound
+ALONE, LANE, STEPS_ALONE, STEPS_LANE = range(4)  # the kinds of call of a row count (index into Calls)
 
 
 @dataclass
@@ -41,11 +42,17 @@ class DecodeBatch:
         self.uniforms = np.zeros(self.capacity, np.float32)  # each row's uniform for the head's next draw
         self.inv_temperature = np.ones(self.capacity, np.float32)  # per row, for the head (1 where unused)
         self._logits = np.zeros(self.capacity * V, np.float32)
+        # several steps per call (Runtime.bind_steps): each row's K uniforms, the K drawn ids, the states after
+        # the first K - 1 steps (the last step's go to the other buffer set, as a single step's do)
+        self.steps = K = runtime.decode_steps
+        self._step_uniforms = np.zeros(self.capacity * K, np.float32)
+        self._step_ids = np.zeros(self.capacity * K, np.int64)
+        self._step_bufs = [[np.zeros(size, np.float32) for _ in runtime.state_inputs] for _ in range(K - 1)]
         self.seen = np.zeros((self.capacity, V), bool)  # per row: characters seen in the request
         self.n = 0  # live rows
         self._rows = 0  # rows each call runs: n, padded up to runtime.min_batch
         self._cur = 0  # which buffer set holds the current states
-        # the prepared calls by row count, [on onnxruntime's threads, on the calling thread alone] x buffer set:
+        # the prepared calls by row count, [kind (ALONE, LANE, STEPS_ALONE, STEPS_LANE)][buffer set]:
         # the buffers never move, so a binding stays valid (and preparing one costs more than the step it runs
         # at small batches, i.e. at every join or leave)
         self._bound: dict[int, Calls] = {}
@@ -60,18 +67,38 @@ class DecodeBatch:
         """Current states of the live rows, each [layers, n, hidden] (views)."""
         return tuple(v[:, : self.n] for v in self._views(self._cur, self._rows))
 
-    def row_state(self, row: int) -> States:
-        """A copy of one row's state, each [layers, hidden]."""
-        return tuple(v[:, row].copy() for v in self._views(self._cur, self._rows))
+    @property
+    def step_uniforms(self) -> np.ndarray:
+        """(n, K) uniforms of ``steps_call``: row i's draw of each step (overwrite the rows' before each call)."""
+        return self._step_uniforms[: self._rows * self.steps].reshape(self._rows, -1)[: self.n]
+
+    @property
+    def step_ids(self) -> np.ndarray:
+        """(n, K) ids drawn by the latest ``steps_call`` (its last column is ``ids``)."""
+        return self._step_ids[: self._rows * self.steps].reshape(self._rows, -1)[: self.n]
+
+    def row_state(self, row: int, step: int = 0) -> States:
+        """A copy of one row's state, each [layers, hidden]; ``step`` 1..K-1: after that step of the latest
+        ``steps_call`` instead of after all of them."""
+        bufs = self._step_bufs[step - 1] if 0 < step < self.steps else None
+        return tuple(v[:, row].copy() for v in self._views(self._cur, self._rows, bufs))
 
     def step(self, alone: bool = True) -> np.ndarray:
         """Feed ``ids`` to every row and draw the next ``ids``: one onnxruntime call; returns logits (n, V)
         (a view, valid until the next step). ``alone``: no other batch steps meanwhile, so the call may use
         all of onnxruntime's threads; else it runs on the calling thread alone (Runtime.lane_decoder)."""
         assert self._calls is not None and self.n > 0
-        self._calls[not alone][self._cur]()
+        self._calls[ALONE if alone else LANE][self._cur]()
         self._cur ^= 1
         return self._logits[: self._rows * self.runtime.vocab_size].reshape(self._rows, -1)[: self.n]
+
+    def steps_call(self, alone: bool = True) -> np.ndarray:
+        """``steps`` (K) steps in one call (Runtime.bind_steps), each row drawing from its ``step_uniforms``;
+        returns ``step_ids`` (n, K); ``ids`` is then the last column. No logits."""
+        assert self._calls is not None and self.n > 0 and self.steps > 1
+        self._calls[STEPS_ALONE if alone else STEPS_LANE][self._cur]()
+        self._cur ^= 1
+        return self.step_ids
 
     def rebuild(self, keep: Sequence[int], joining: Sequence[Joiner]) -> None:
         """New membership: the rows ``keep`` (old indices, in their new order), then ``joining``."""
@@ -91,6 +118,7 @@ class DecodeBatch:
         dst_ids[:n] = np.concatenate([src_ids[keep_idx], np.array([j.pending for j in joining], np.int64)])
         dst_ids[n:rows] = 0
         self.uniforms[n:rows], self.inv_temperature[n:rows] = 0.0, 1.0
+        self._step_uniforms[n * self.steps : rows * self.steps] = 0.0
         seen = [self.seen[keep_idx], *(j.seen[None, :] for j in joining)]
         self.seen[:n] = np.concatenate(seen)
         self._cur = 1 - self._cur
@@ -105,8 +133,8 @@ class DecodeBatch:
         for rows in range(self.runtime.min_batch, self.capacity + 1):
             self._rows = rows
             calls = self._prepared()
-            if run:
-                for pair in calls:  # one call per session (the state is the session's, not the binding's)
+            if run:  # one call per session (the state is the session's, not the binding's); not of the several
+                for pair in calls[:2]:  # steps' sessions: K times as long, ~5 s for the shipped model
                     pair[0]()
         self._rows = 0
 
@@ -114,13 +142,15 @@ class DecodeBatch:
         """The calls of the current row count, bound on first use."""
         rows = self._rows
         if rows not in self._bound:
-            self._bound[rows] = tuple((self._bind(0, lane), self._bind(1, lane)) for lane in (False, True))
+            kinds = [self._bind, *([self._bind_steps] if self.steps > 1 else [])]
+            self._bound[rows] = tuple((bind(0, lane), bind(1, lane)) for bind in kinds for lane in (False, True))
         return self._bound[rows]
 
-    def _views(self, which: int, rows: int) -> States:
-        """Buffer set ``which`` as contiguous [layers, rows, hidden] arrays."""
+    def _views(self, which: int, rows: int, bufs: list[np.ndarray] | None = None) -> States:
+        """Buffer set ``which`` (or ``bufs``) as contiguous [layers, rows, hidden] arrays."""
         r = self.runtime
-        return tuple(b[: r.layers * rows * r.hidden].reshape(r.layers, rows, r.hidden) for b in self._bufs[which])
+        bufs = self._bufs[which] if bufs is None else bufs
+        return tuple(b[: r.layers * rows * r.hidden].reshape(r.layers, rows, r.hidden) for b in bufs)
 
     def _bind(self, which: int, lane: bool) -> Callable[[], None]:
         """The call that reads buffer set ``which`` and writes the other."""
@@ -130,3 +160,13 @@ class DecodeBatch:
         u, inv_t = self.uniforms[:rows].reshape(rows, 1), self.inv_temperature[:rows].reshape(rows, 1)
         states, new_states = self._views(which, rows), self._views(1 - which, rows)
         return self.runtime.bind_decoder(ids, states, logits, new_states, u, inv_t, next_ids, lane)
+
+    def _bind_steps(self, which: int, lane: bool) -> Callable[[], None]:
+        """The several steps' call that reads buffer set ``which`` and leaves the last step's in the other."""
+        rows, k = self._rows, self.steps
+        ids, next_ids = (self._idsets[i][:rows].reshape(rows, 1) for i in (which, 1 - which))
+        u, step_ids = self._step_uniforms[: rows * k].reshape(rows, k), self._step_ids[: rows * k].reshape(rows, k)
+        inv_t = self.inv_temperature[:rows].reshape(rows, 1)
+        states, new_states = self._views(which, rows), self._views(1 - which, rows)
+        between = [self._views(which, rows, bufs) for bufs in self._step_bufs]
+        return self.runtime.bind_steps(ids, states, new_states, between, u, inv_t, next_ids, step_ids, lane)

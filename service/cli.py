@@ -71,6 +71,8 @@ OPTIONS = [
            "lane stepping alone (true/false)"),
     Option("--ort-prefill-spinning", "runtime.prefill_spinning", _bool,
            "onnxruntime threads spin within prompt calls (true/false)"),
+    Option("--decode-steps", "runtime.decode_steps", int, "decode steps one onnxruntime call may run while the "
+           "batch's characters wait for release anyway (1 = one step per call)"),
     Option("--lanes", "engine.lanes", int, "decode batches per model stepped side by side, a thread each "
            "(0 = one per core on CPU, 1 on CUDA)"),
     Option("--lane-fill", "engine.lane_fill", int, "streams a lane takes before the next lane gets any"),

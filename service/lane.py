@@ -15,13 +15,13 @@ import asyncio
 import logging
 import threading
 
-from service.scheduler import Scheduler
+from service.decoding import Decoding
 from service.stream import Stream
 
 log = logging.getLogger(__name__)
 
 
-class Lane(Scheduler):
+class Lane(Decoding):
     """A decode batch and the thread that steps it; the event loop talks to it only through commands."""
 
     _thread: threading.Thread | None = None

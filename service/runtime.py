@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from service.multistep import STEP_IDS, step_state_name, unroll_steps
 from service.sampling_head import INV_TEMPERATURE, NEXT_IDS, UNIFORMS, add_sampling_head
 
 if TYPE_CHECKING:
@@ -40,10 +41,15 @@ class RuntimeConfig:
     spinning: bool = False
     prefill_spinning: bool = True
     spin_between_calls: bool = False  # onnxruntime's own default when spinning (what bench/ measures raw)
+    # Decode steps one call may run when the batch's characters wait for release anyway (service/multistep.py,
+    # Scheduler._steps); 1 = a step per call
+    decode_steps: int = 8
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider: {self.provider!r} is not one of {sorted(PROVIDERS)}")
+        if not 1 <= self.decode_steps <= 64:
+            raise ValueError(f"decode_steps: must be 1..64, got {self.decode_steps}")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ValueError("intra_op_threads and inter_op_threads must be >= 0")
 
@@ -71,17 +77,17 @@ class Runtime:
         # engine lanes at once the server's memory kept growing (a 300 s soak: +16.6% after warm-up, +3.9% with
         # this lock, flat from the 7th round; docs/performance.md).
         self._prompt_calls = threading.Lock()
+        self.provider = "cuda" if PROVIDERS["cuda"] in self.session.get_providers() else "cpu"
         # decode steps (`bind_decoder`): the same graph with a sampling head (service/sampling_head.py)
         graph = add_sampling_head(onnx.load(str(artifact.onnx_path)), self.logits_name, self.vocab_size)
-        head = graph.SerializeToString()
-        self.decoder = ort.InferenceSession(head, _options(config, config.spinning), providers=providers)
-        self.provider = "cuda" if PROVIDERS["cuda"] in self.session.get_providers() else "cpu"
-        # ...and for an engine lane stepping beside others (service/lane.py): on CPU, the calling thread alone, so
-        # that concurrent calls run side by side instead of sharing (and waiting for) one pool of threads
-        self.lane_decoder = self.decoder
-        if self.provider == "cpu":
-            alone = RuntimeConfig(intra_op_threads=1, inter_op_threads=1)
-            self.lane_decoder = ort.InferenceSession(head, _options(alone, False), providers=providers)
+        self.decoder, self.lane_decoder = self._sessions(graph, config, providers)
+        # ...and the same unrolled to several steps per call (service/multistep.py)
+        self.decode_steps = config.decode_steps
+        self.steps_decoder, self.steps_lane_decoder = self.decoder, self.lane_decoder  # (if decode_steps > 1)
+        if self.decode_steps > 1:
+            pairs = tuple(zip(self.state_inputs, self.state_outputs, strict=True))
+            steps = unroll_steps(graph, self.decode_steps, self.input_name, pairs)
+            self.steps_decoder, self.steps_lane_decoder = self._sessions(steps, config, providers)
         if config.provider == "cuda" and self.provider != "cuda":
             log.warning("%s: CUDA was asked for but onnxruntime could not use it; running on CPU", self.model)
         self.min_batch = self._probe_min_batch()  # the smallest batch a call runs with (see there)
@@ -121,6 +127,23 @@ class Runtime:
         inputs.update({UNIFORMS: uniforms, INV_TEMPERATURE: inv_temperature})
         return self._bind(self.lane_decoder if lane else self.decoder, inputs, {**outputs, NEXT_IDS: ids_out})
 
+    def bind_steps(self, ids: np.ndarray, states: States, states_out: States, step_states: Sequence[States],
+                   uniforms: np.ndarray, inv_temperature: np.ndarray, ids_out: np.ndarray, step_ids: np.ndarray,
+                   lane: bool = False) -> Callable[[], None]:  # fmt: skip
+        """A call of ``decode_steps`` (K) chained steps through the sampling head (service/multistep.py): from
+        ids (B, 1), states and ``uniforms`` (B, K) (column j draws step j), into the states after the last step,
+        ``step_states`` (the K - 1 earlier steps' states), ``step_ids`` (B, K) and ``ids_out`` (B, 1) (= the last
+        column). No logits. ``lane``: on the single-threaded session, as in ``bind_decoder``."""
+        k = self.decode_steps
+        if k < 2 or len(step_states) != k - 1:
+            raise ValueError(f"{self.model}: {len(step_states)} step states for {k} decode steps")
+        inputs = {self.input_name: ids, **dict(zip(self.state_inputs, states, strict=True)),
+                  UNIFORMS: uniforms, INV_TEMPERATURE: inv_temperature}  # fmt: skip
+        outputs = {NEXT_IDS: ids_out, STEP_IDS: step_ids, **dict(zip(self.state_outputs, states_out, strict=True))}
+        for j, arrays in enumerate(step_states, start=1):
+            outputs.update((step_state_name(o, j), a) for o, a in zip(self.state_outputs, arrays, strict=True))
+        return self._bind(self.steps_lane_decoder if lane else self.steps_decoder, inputs, outputs)
+
     def _io(self, ids: np.ndarray, states: States, logits_out: np.ndarray,
             states_out: States) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:  # fmt: skip
         """The graph's input and output names, each with its array."""
@@ -141,6 +164,18 @@ class Runtime:
             session.run_with_iobinding(binding)
 
         return call
+
+    def _sessions(self, graph: onnx.ModelProto, config: RuntimeConfig,
+                  providers: list[str]) -> tuple[ort.InferenceSession, ort.InferenceSession]:  # fmt: skip
+        """A decoding session of ``graph`` on onnxruntime's threads, and one on the calling thread alone for an
+        engine lane stepping beside others (service/lane.py), so that calls from several lanes run side by side
+        instead of sharing (and waiting for) one pool of threads; on CUDA the same session twice."""
+        data = graph.SerializeToString()
+        shared = ort.InferenceSession(data, _options(config, config.spinning), providers=providers)
+        if self.provider != "cpu":
+            return shared, shared
+        alone = RuntimeConfig(intra_op_threads=1, inter_op_threads=1)
+        return shared, ort.InferenceSession(data, _options(alone, False), providers=providers)
 
     def _probe_min_batch(self) -> int:
         """1, or 2 when a row's outputs differ bitwise between batch 1 and larger batches.

@@ -1,16 +1,15 @@
-"""What one engine step does: one onnxruntime call advances every decoding stream of a lane.
+"""What one engine step does to the streams of a lane: who is in its batch, prompts, and how streams end.
 
 A model's engine has one or more lanes (service/engine.py), each with a batch of its own. The step loop of a
 lane (service/lane.py) runs in a thread of its own (the "step thread"; onnxruntime releases the
 GIL during a call, so the event loop serves the network meanwhile) and talks to the event loop only through
 service/handoff.py. Each iteration (1) applies membership changes (streams that finished, paused or left;
-streams ready to join), (2) runs one decode step for the whole batch, ids (B, 1), whose sampling head
-(service/sampling_head.py) draws the plain rows' next ids in the same call, the others being drawn here,
-(3) feeds one chunk of at most ``prefill_chunk`` characters to the streams still consuming their prompts
-(or fed text), batched together, so that a long prompt never stalls the others for more than one chunk; a
-prompt's last logits draw its first character. Characters are released to readers by a message budget,
-not per character, and a stream with too many unread characters leaves the batch until its reader catches
-up, so a slow reader costs the others nothing.
+streams ready to join), (2) runs one decode call for the whole batch (service/decoding.py), (3) feeds
+one chunk of at most ``prefill_chunk`` characters to the streams still consuming their prompts (or fed
+text), batched together, so that a long prompt never stalls the others for more than one chunk; a prompt's
+last logits draw its first character. Characters are released to readers by a message budget, not per
+character, and a stream with too many unread characters leaves the batch until its reader catches up, so a
+slow reader costs the others nothing.
 """
 from __future__ import annotations
 
@@ -33,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    """What one step does to the streams of one lane (service/lane.py adds the thread and its commands).
+    """Membership, prompts and endings of one lane's streams (service/decoding.py adds the decode calls,
+    service/lane.py the thread and its commands).
 
     Every method below runs in the step thread, except where noted.
     """
@@ -148,65 +148,13 @@ class Scheduler:
         self._want_logprobs = any(s.lps is not None for s in rows)
         self._track_seen = any(s.sampling.repetition_penalty != 1.0 for s in rows)
 
-    def _save_row(self, s: Stream, row: int) -> None:
-        """Copy a row's state out of the batch into the stream's SeqState (its next id is the pending one)."""
+    def _save_row(self, s: Stream, row: int, step: int = 0) -> None:
+        """Copy a row's state out of the batch into the stream's SeqState (its next id is the pending one);
+        ``step`` 1..K-1: as it was after that step of the latest several steps' call."""
         b = self._batch
-        s.state.arrays = b.row_state(row)
-        s.state.pending = int(b.ids[row])
+        s.state.arrays = b.row_state(row, step)
+        s.state.pending = int(b.step_ids[row, step - 1] if 0 < step < b.steps else b.ids[row])
         s.seen = b.seen[row].copy()
-
-    def _decode(self) -> None:
-        """One step of the whole batch: feed every row's pending id, sample every row's next id."""
-        b, n = self._batch, self._batch.n
-        u = b.uniforms
-        u[self._sampled_rows] = [s.next_uniform() for s in self._sampled]  # one numpy call, not one per row
-        start = time.perf_counter()
-        # (n, V); b.ids now holds the sampling head's draws, to be fed by the next step. Alone: the only lane
-        # with rows may use all of onnxruntime's threads; lanes stepping side by side use one each.
-        logits = b.step(self._model_rows() == n)
-        dt = time.perf_counter() - start
-        ids, rest = b.ids, self._rest
-        if rest.size:  # greedy, truncated or penalised rows: drawn here from the logits instead
-            ids[rest] = sample(logits[rest], self._params, u[rest], b.seen[rest])
-        if self._track_seen:
-            b.seen[self._arange[:n], ids] = True
-        lps = log_softmax(logits)[self._arange[:n], ids].tolist() if self._want_logprobs else None
-        self._deliver(ids.tolist(), lps)
-        if self.observer is not None:
-            self.observer.step(self.model, n, dt)
-            self.observer.chars(self.model, n)
-
-    def _deliver(self, ids: list[int], lps: list[float] | None) -> None:
-        """Append each row's character to its stream; finish, pause or wake streams as needed."""
-        chars, cap, now = self.vocab.chars, self.config.stream_buffer_chars, time.perf_counter()
-        post, chunk_event = self._handoff.post, Stream.on_chunk
-        hold = self._hold()
-        due = now - hold  # streams last woken at or before `due` are woken
-        if lps is not None:
-            for s, lp in zip(self._rows, lps, strict=True):
-                if s.lps is not None:
-                    s.lps.append(lp)
-        # This loop runs for every row at every step: plain locals, one attribute per fact (~0.5 µs a row).
-        for i, (s, k) in enumerate(zip(self._rows, ids, strict=True)):
-            c = chars[k]
-            buf = s.buf
-            buf.append(c)
-            s.generated = generated = s.generated + 1
-            first = s.t_first is None
-            if first:
-                self._first_seen(s, now, hold)
-            if s.has_stops and (stop := s.match_stop(c)) is not None:
-                self._leave(s, i, "stop", stop)
-            elif generated >= s.max_chars:
-                self._leave(s, i, "length")
-            elif s.cancel is not None and s.cancel.is_set():
-                self._leave(s, i, "cancelled")
-            elif s.sent - s.taken + len(buf) >= cap:  # (s.unread(), inline: this loop is hot)
-                self._leave(s, i, None)
-            elif first or s.t_wake <= due:  # (a first character leaves at once)
-                if not first:
-                    s.t_wake = now
-                post(chunk_event, s, s.release())
 
     def _hold(self) -> float:
         """How long a stream's characters may wait to be released (the message budget over the batch)."""
@@ -229,9 +177,10 @@ class Scheduler:
         if self.observer is not None:
             self.observer.first_char(self.model, now - s.t0)
 
-    def _leave(self, s: Stream, row: int, reason: FinishReason | None, stop: str = "") -> None:
-        """Take a row out of the batch after this step: finished (reason given) or paused (None)."""
-        self._save_row(s, row)
+    def _leave(self, s: Stream, row: int, reason: FinishReason | None, stop: str = "", step: int = 0) -> None:
+        """Take a row out of the batch after this step (``step``: see _save_row): finished (reason given) or
+        paused (None)."""
+        self._save_row(s, row, step)
         self._dirty = True
         if reason is None:
             s.where = "paused"

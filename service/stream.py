@@ -60,7 +60,7 @@ class Stream:
         self.nll = 0.0
         self.scored = 0
         # output not yet released to the reader
-        self.buf: list[str] = []
+        self.buf: list[str] = []  # characters, or several steps' characters at once
         self.lps: list[float] | None = [] if self.params.logprobs else None
         self.sent = 0  # characters released (posted to the loop)
         self.generated = 0
@@ -99,6 +99,20 @@ class Stream:
         self._uk += 1
         return u
 
+    def next_uniforms(self, k: int) -> list[float]:
+        """The stream's next ``k`` uniforms (k <= UNIFORM_BLOCK), as ``k`` calls of ``next_uniform`` would give."""
+        if self._uk + k > len(self._ublock):
+            self.sync_rng()
+            self._usaved = self.state.rng.bit_generator.state
+            self._ublock = self.state.rng.random(UNIFORM_BLOCK).tolist()
+        u = self._ublock[self._uk : self._uk + k]
+        self._uk += k
+        return u
+
+    def unuse_uniforms(self, k: int) -> None:
+        """Give back the latest ``k`` uniforms (drawn for steps whose characters were not kept)."""
+        self._uk -= k
+
     def sync_rng(self) -> None:
         """Leave the rng exactly after the uniforms used, as if they had been drawn one at a time."""
         if self._usaved is not None:
@@ -126,7 +140,7 @@ class Stream:
     def release(self) -> Chunk:
         """(step thread) Everything buffered as one chunk (coalesced characters); the buffer restarts."""
         chunk = Chunk("".join(self.buf), self.lps)
-        self.sent += len(self.buf)
+        self.sent += len(chunk.text)
         self.buf = []
         if self.lps is not None:
             self.lps = []
@@ -134,7 +148,7 @@ class Stream:
 
     def unread(self) -> int:
         """(step thread) Characters generated that the reader has not taken yet."""
-        return self.sent - self.taken + len(self.buf)
+        return self.generated - self.taken
 
     # ------------------------------------------------------------------ event loop side
 

@@ -30,13 +30,17 @@ def test_measurements_run_on_a_tiny_model(model_repo: Path) -> None:
     assert "tiny-gru:1" in report.table() and "compute_bound_chars_per_s" in report.to_json()
     lanes = available_cores()  # the server's lanes; a batch is split over them when it has a row for each
     assert report.lanes == lanes and [s.batch for s in report.lane_steps] == [b for b in (1, 4) if 1 < lanes <= b]
+    # the server's calls of several steps, one batch and over the lanes
+    assert report.decode_steps == 8 and [s.batch for s in report.multi_steps] == [1, 4]
+    assert [s.batch for s in report.multi_lane_steps] == [s.batch for s in report.lane_steps]
 
 
 def test_lanes_rate_splits_the_batch_over_threads_side_by_side(model_repo: Path) -> None:
     rt = Runtime(load_artifact(model_repo / "tiny-gru" / "1"), RuntimeConfig(intra_op_threads=1))
     for lanes in (1, 3):
-        rate = measure_lanes_rate(7, lanes, rt, seconds=0.05)
-        assert rate.batch == 7 and rate.step_us > 0 and rate.chars_per_s > 0
+        for steps in (1, rt.decode_steps):
+            rate = measure_lanes_rate(7, lanes, rt, seconds=0.05, steps=steps)
+            assert rate.batch == 7 and rate.step_us > 0 and rate.chars_per_s > 0
 
 
 def test_engine_streams_reports_each_level_beside_raw_steps(model_repo: Path) -> None:

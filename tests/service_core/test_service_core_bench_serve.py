@@ -25,7 +25,8 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
             "--soak-streams", "3", "--soak-seconds", "0.5", "--threads", "1", "--repeats", "2", "--json"]  # fmt: skip
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    engines = {"spinning", "no spinning"} | ({"lanes"} if available_cores() > 1 else set())  # as the server's lanes
+    lanes = {"lanes", "8 steps, lanes"} if available_cores() > 1 else set()  # as the server's lanes
+    engines = {"spinning", "no spinning", "8 steps"} | lanes  # and its calls of several steps
     assert out["model"] == "tiny-lstm:1" and [lv["streams"] for lv in out["levels"]] == [1, 3]
     for lv in out["levels"]:
         assert lv["served"]["total_chars"] == 30 * lv["streams"] and not lv["served"]["errors"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -286,16 +287,19 @@ async def test_a_failed_step_fails_its_streams_and_the_step_thread_goes_on(make_
     engine = make_engine("gru")
     await engine.start()
     batch = engine.lanes[0]._batch  # a lone stream goes to the first lane
-    step, calls = batch.step, 0
+    calls = 0
 
-    def failing_once(alone: bool = True) -> object:  # a fault in the onnxruntime call of the 5th step
-        nonlocal calls
-        calls += 1
-        if calls == 5:
-            raise RuntimeError("the onnxruntime call failed")
-        return step(alone)
+    def failing_once(call: Callable[[bool], object]) -> Callable[[bool], object]:
+        def failing(alone: bool = True) -> object:  # a fault in the 5th onnxruntime call (one step or several)
+            nonlocal calls
+            calls += 1
+            if calls == 5:
+                raise RuntimeError("the onnxruntime call failed")
+            return call(alone)
 
-    batch.step = failing_once  # type: ignore[method-assign]
+        return failing
+
+    batch.step, batch.steps_call = failing_once(batch.step), failing_once(batch.steps_call)  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="call failed"):
         await consume(engine, PROMPT, GenerateParams(Sampling(seed=1), max_chars=50), [])
     assert engine.active_streams == 0 and engine.batch_size == 0

@@ -1,0 +1,128 @@
+"""Several decode steps per call (service/multistep.py): the same ids and states as single steps, the same
+streams through the engine, and single steps wherever a call of several would change what a stream sees."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from fixtures.service_core import ARCHS, EngineFactory, collect
+
+from service.artifact import Artifact
+from service.batch import DecodeBatch
+from service.engine import Engine, EngineConfig
+from service.runtime import Runtime, RuntimeConfig
+from service.types import Finish, GenerateParams, Sampling
+from service.vocab import Vocab
+
+PROMPT = "The keeper "
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_one_call_of_k_steps_equals_k_single_steps(tiny_runtimes: dict[str, Runtime], arch: str) -> None:
+    rt = tiny_runtimes[arch]
+    k, b = rt.decode_steps, 5
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, rt.vocab_size, (b, 1), dtype=np.int64)
+    states = tuple(rng.standard_normal((rt.layers, b, rt.hidden)).astype(np.float32) for _ in rt.state_inputs)
+    u = rng.random((b, k)).astype(np.float32)
+    inv_t = rng.uniform(0.5, 2.0, (b, 1)).astype(np.float32)
+    # k chained single steps through the sampling head
+    expect_ids, expect_states, cur, st = [], [], ids, states
+    for j in range(k):
+        logits, new = np.zeros((b, 1, rt.vocab_size), np.float32), tuple(np.zeros_like(s) for s in st)
+        nxt = np.zeros((b, 1), np.int64)
+        rt.bind_decoder(cur, st, logits, new, np.ascontiguousarray(u[:, j : j + 1]), inv_t, nxt)()
+        expect_ids.append(nxt[:, 0])
+        expect_states.append(new)
+        cur, st = nxt, new
+    # one call
+    last, between = tuple(np.zeros_like(s) for s in states), [tuple(np.zeros_like(s) for s in states)
+                                                              for _ in range(k - 1)]  # fmt: skip
+    next_ids, step_ids = np.zeros((b, 1), np.int64), np.zeros((b, k), np.int64)
+    rt.bind_steps(ids, states, last, between, u, inv_t, next_ids, step_ids)()
+    assert np.array_equal(step_ids, np.stack(expect_ids, axis=1)) and np.array_equal(next_ids[:, 0], expect_ids[-1])
+    for got, want in zip([*between, last], expect_states, strict=True):
+        assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))  # bitwise, every step
+    assert len(set(step_ids.ravel().tolist())) > 3  # the draws really moved on from step to step
+
+
+def counting_calls(engine: Engine) -> list[int]:
+    """Count each lane's calls of several steps (n: [calls]); the engine must be started."""
+    calls = [0]
+    for lane in engine.lanes:
+        batch: DecodeBatch = lane._batch
+        steps_call = batch.steps_call
+
+        def counted(alone: bool = True, call: Callable[[bool], np.ndarray] = steps_call) -> np.ndarray:
+            calls[0] += 1
+            return call(alone)
+
+        batch.steps_call = counted  # type: ignore[method-assign]
+    return calls
+
+
+def single_step_engine(artifact: Artifact) -> Engine:
+    """An engine over a runtime that runs one step per call."""
+    rt = Runtime(artifact, RuntimeConfig(intra_op_threads=1, decode_steps=1))
+    return Engine(rt, Vocab(rt.vocabulary), EngineConfig(messages_per_s=10), rt.model)
+
+
+async def run_all(engine: Engine, params: list[GenerateParams]) -> list[tuple[str, Finish, str]]:
+    """Each params as a stream of its own, all at once; the text, the finish, and 20 characters more from the
+    state it left (which also checks the state and the rng it kept)."""
+
+    async def one(p: GenerateParams) -> tuple[str, Finish, str]:
+        state = engine.new_state()
+        text, finish = await collect(engine, state, PROMPT, p)
+        more, _ = await collect(engine, state, "", GenerateParams(Sampling(temperature=0.8), max_chars=20))
+        return text, finish, more
+
+    return await asyncio.gather(*(one(p) for p in params))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+async def test_streams_are_the_same_with_k_steps_per_call(make_engine: EngineFactory, arch: str,
+                                                          tiny_artifacts: dict[str, Artifact]) -> None:  # fmt: skip
+    # lengths that end inside a call, stop sequences, a buffer that fills inside a call (the reader is slow)
+    params = [GenerateParams(Sampling(temperature=0.7 + i % 3 * 0.3, seed=50 + i), max_chars=21 + 7 * i,
+                             stop=("e ", "th") if i % 3 == 0 else ()) for i in range(12)]  # fmt: skip
+    several = make_engine(arch, messages_per_s=10, stream_buffer_chars=13)  # characters wait long: K steps
+    await several.start()
+    calls = counting_calls(several)
+    single = single_step_engine(tiny_artifacts[arch])
+    try:
+        expected = await run_all(single, params)
+    finally:
+        await single.close()
+    got = await run_all(several, params)
+    assert calls[0] > 10
+    assert [(t, f.reason, f.stop_sequence, f.generated_chars, m) for t, f, m in got] == [
+        (t, f.reason, f.stop_sequence, f.generated_chars, m) for t, f, m in expected]  # fmt: skip
+    assert {f.reason for _, f, _ in got} == {"stop", "length"}
+
+
+async def test_single_steps_where_a_row_needs_its_logits_or_characters_must_leave_at_once(
+        make_engine: EngineFactory) -> None:  # fmt: skip
+    several = make_engine("lstm", messages_per_s=10)
+    await several.start()
+    calls = counting_calls(several)
+    await collect(several, several.new_state(), PROMPT, GenerateParams(Sampling(seed=1), max_chars=40))
+    assert calls[0] > 0  # a plain row, characters that may wait: several steps per call
+    for sampling, logprobs in ((Sampling(temperature=0), False), (Sampling(top_k=5), False), (Sampling(), True)):
+        calls[0] = 0
+        text, _ = await collect(several, several.new_state(), PROMPT, GenerateParams(sampling, 40, logprobs=logprobs))
+        assert calls[0] == 0 and len(text) == 40  # greedy, top-k, logprobs: the logits of every step are needed
+    now = make_engine("lstm", messages_per_s=0)  # every character is released at once: no step may wait
+    await now.start()
+    calls = counting_calls(now)
+    text, _ = await collect(now, now.new_state(), PROMPT, GenerateParams(Sampling(seed=1), max_chars=40))
+    assert calls[0] == 0 and len(text) == 40
+
+
+def test_texts_of_id_rows() -> None:
+    ids = np.array([[0, 1, 2, 3], [3, 3, 0, 2]])
+    assert Vocab("ab c").texts(ids) == ["ab c", "cca "]  # trailing spaces kept
+    assert Vocab("ab\0c").texts(ids) == ["ab\0c", "cca\0"]  # a NUL character (numpy strings end at one)
