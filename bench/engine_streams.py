@@ -53,7 +53,7 @@ async def run(model: Path, levels: list[int], chars: int, repeats: int, threads:
     engine = Engine(runtime, Vocab(runtime.vocabulary), EngineConfig(), runtime.model)
     prompt = fit_prompt(PROMPT16, runtime.vocabulary, len(PROMPT16))  # PROMPT16 itself for the shipped model
     await engine.start()
-    lines = [f"{runtime.model} in-process engine vs raw onnxruntime steps (the fastest of spinning / not / lanes)",
+    lines = [f"{runtime.model} in-process engine vs raw onnxruntime steps (the fastest of: {' / '.join(engines)})",
              f"{'streams':>7} {'engine c/s':>11} {'raw c/s':>9} {'ratio':>6} {'c/chunk':>8}  all ratios"]  # fmt: skip
     try:
         await engine_rate(engine, 4, 100, prompt)  # warm-up

@@ -79,12 +79,14 @@ def report_table(res: dict[str, Any]) -> str:
              f"{res['chars']} chars per stream; server args {res['server_args'] or 'none'}", ""]  # fmt: skip
     lines += _levels_table(res.get("levels", []))
     lines.append("  (served: real server process + real clients over loopback; engine: raw onnxruntime steps at "
-                 "the same batch, measured right after, with onnxruntime's threads spinning / not / the batch split "
-                 "over one single-threaded lane per core side by side; ratio = served / the fastest engine; srv/cli "
-                 "cpu = CPU seconds of the server / the load generator during the level)")  # fmt: skip
+                 "the same batch, measured right after, each way the server could step it: onnxruntime's threads "
+                 "spinning / not, the batch split over one single-threaded lane per core side by side, and both with "
+                 "several steps per call; ratio = served / the fastest engine; srv/cli cpu = CPU seconds of the "
+                 "server / the load generator during the level)")  # fmt: skip
     levels = [lv for lv in res.get("levels", []) if len(lv.ratios) > 1]
+    if res.get("levels"):
+        lines.append(f"  (engine c/s: {' / '.join(res['levels'][0].engines)}; the ratio is against the fastest)")
     if levels:
-        lines.append(f"  (engine c/s: {' / '.join(levels[0].engines)}; the ratio is against the fastest)")
         lines.append(f"  ({len(levels[0].ratios)} (served, engine) pairs per level, the median shown; all ratios: "
                      + "; ".join(f"{lv.streams}: " + ", ".join(f"{r:.0%}" for r in lv.ratios) for lv in levels) + ")")
     if "step1" in res:
