@@ -2,8 +2,8 @@
 
 The engine is the request API on the event loop's side. Its streams are spread over lanes
 (service/lane.py): on CPU one per core, each a decode batch stepped by a thread of its own, side by side;
-what one step does (membership, one decode call for every stream of the lane, chunked prefill, buffers that
-coalesce characters) is in service/scheduler.py.
+what one step does is in service/scheduler.py (membership, chunked prefill, buffers that coalesce
+characters) and service/decoding.py (one decode call for every stream of the lane, of one step or several).
 """
 
 from __future__ import annotations

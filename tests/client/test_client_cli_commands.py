@@ -8,16 +8,20 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fixtures.charlm_client import PROMPT, REPO, CliRunner, cli_command, cli_env
 from fixtures.server import RunningServer
 
 from client import Client
+from service.config import Limits
 
 
-def test_generate_output_streams_before_the_process_ends(server: RunningServer) -> None:
-    proc = subprocess.Popen(cli_command("generate", PROMPT, "-n", "60000", "--no-echo"), env=cli_env(server.target),
+def test_generate_output_streams_before_the_process_ends(server_factory: Callable[..., RunningServer]) -> None:
+    # a generation far longer than any stall of a busy test machine (tens of seconds for the tiny model)
+    server = server_factory(limits=Limits(max_chars=5_000_000))
+    proc = subprocess.Popen(cli_command("generate", PROMPT, "-n", "5000000", "--no-echo"), env=cli_env(server.target),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     try:
