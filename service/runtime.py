@@ -42,7 +42,7 @@ class RuntimeConfig:
     prefill_spinning: bool = True
     spin_between_calls: bool = False  # onnxruntime's own default when spinning (what bench/ measures raw)
     # Decode steps one call may run when the batch's characters wait for release anyway (service/multistep.py,
-    # Scheduler._steps); 1 = a step per call
+    # Decoding._steps in service/decoding.py); 1 = a step per call
     decode_steps: int = 8
 
     def __post_init__(self) -> None:
