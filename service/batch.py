@@ -134,8 +134,8 @@ class DecodeBatch:
             self._rows = rows
             calls = self._prepared()
             if run:  # one call per session (the state is the session's, not the binding's); not of the several
-                for pair in calls[:2]:  # steps' sessions: K times as long, ~5 s for the shipped model
-                    pair[0]()
+                for kind in (ALONE, LANE):  # steps' sessions: K times as long, ~5 s for the shipped model
+                    calls[kind][0]()
         self._rows = 0
 
     def _prepared(self) -> Calls:

@@ -137,18 +137,21 @@ class Runtime:
         k = self.decode_steps
         if k < 2 or len(step_states) != k - 1:
             raise ValueError(f"{self.model}: {len(step_states)} step states for {k} decode steps")
-        inputs = {self.input_name: ids, **dict(zip(self.state_inputs, states, strict=True)),
-                  UNIFORMS: uniforms, INV_TEMPERATURE: inv_temperature}  # fmt: skip
-        outputs = {NEXT_IDS: ids_out, STEP_IDS: step_ids, **dict(zip(self.state_outputs, states_out, strict=True))}
+        inputs, outputs = self._io(ids, states, None, states_out)
+        inputs.update({UNIFORMS: uniforms, INV_TEMPERATURE: inv_temperature})
+        outputs.update({NEXT_IDS: ids_out, STEP_IDS: step_ids})
         for j, arrays in enumerate(step_states, start=1):
             outputs.update((step_state_name(o, j), a) for o, a in zip(self.state_outputs, arrays, strict=True))
         return self._bind(self.steps_lane_decoder if lane else self.steps_decoder, inputs, outputs)
 
-    def _io(self, ids: np.ndarray, states: States, logits_out: np.ndarray,
+    def _io(self, ids: np.ndarray, states: States, logits_out: np.ndarray | None,
             states_out: States) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:  # fmt: skip
-        """The graph's input and output names, each with its array."""
+        """The graph's input and output names, each with its array (no logits when ``logits_out`` is None)."""
         inputs = {self.input_name: ids, **dict(zip(self.state_inputs, states, strict=True))}
-        return inputs, dict(zip(self.output_names, (logits_out, *states_out), strict=True))
+        outputs = dict(zip(self.state_outputs, states_out, strict=True))
+        if logits_out is not None:
+            outputs[self.logits_name] = logits_out
+        return inputs, outputs
 
     @staticmethod
     def _bind(session: ort.InferenceSession, inputs: dict[str, np.ndarray],
