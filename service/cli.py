@@ -72,18 +72,23 @@ OPTIONS = [
     Option("--ort-prefill-spinning", "runtime.prefill_spinning", _bool,
            "onnxruntime threads spin within prompt calls (true/false)"),
     Option("--decode-steps", "runtime.decode_steps", int, "decode steps one onnxruntime call may run while the "
-           "batch's characters wait for release anyway (1 = one step per call)"),
+           "batch's characters may wait that long (see --steps-wait-ms; 1 = one step per call)"),
     Option("--lanes", "engine.lanes", int, "decode batches per model stepped side by side, a thread each "
            "(0 = one per core on CPU, 1 on CUDA)"),
     Option("--lane-fill", "engine.lane_fill", int, "streams a lane takes before the next lane gets any"),
     Option("--max-batch", "engine.max_batch", int, "most streams one step of a lane advances"),
     Option("--prefill-chunk", "engine.prefill_chunk", int, "prompt characters of one stream per prefill call"),
     Option("--prefill-chars", "engine.prefill_chars", int, "prompt characters of all streams per prefill call"),
+    Option("--inline-prompt-chars", "engine.inline_prompt_chars", int, "a prompt this short, sent while the "
+           "model has no other request, is consumed on the event loop without a thread hand-off (0 = never)"),
     Option("--stream-buffer-chars", "engine.stream_buffer_chars", int,
            "characters buffered per stream for a slow reader"),
     Option("--messages-per-s", "engine.messages_per_s", float, "generated-text messages per second a model's "
            "streams aim at in all; a large batch coalesces more characters per message (0 = one per step)",
            metavar="RATE"),
+    Option("--steps-wait-ms", "engine.steps_wait_ms", float, "how long a call of several decode steps may hold "
+           "back a character where the message budget lets characters wait less (0 = the budget alone)",
+           metavar="MS"),
     Option("--max-streams", "limits.max_streams", int, "concurrent Generate/Feed/Chat streams"),
     Option("--max-prompt-chars", "limits.max_prompt_chars", int, "longest prompt, prime or fed text message"),
     Option("--max-chars", "limits.max_chars", int, "largest max_chars a request may ask for"),

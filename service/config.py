@@ -35,6 +35,11 @@ class EngineConfig:
     # (~10 KB per character for the shipped model) and how long it holds up the decode steps grow with it.
     prefill_chars: int = 4096
     stream_buffer_chars: int = 4096  # unread characters per stream before it stops being stepped
+    # A prompt of at most this many characters that comes while the engine holds no other request is consumed,
+    # and its first character drawn, on the event loop itself: through a step thread that costs two thread
+    # hand-offs (~0.3 ms of ~2 ms to the first character on 2 cores), and no other stream waits for the loop
+    # meanwhile (64 characters take ~2 ms). 0 = every prompt in a step thread.
+    inline_prompt_chars: int = 64
     # Consumers are woken (and so messages sent) about messages_per_s times a second at most, over all the
     # decoding streams: with n streams in the batch, a stream's characters wait up to n / messages_per_s
     # seconds and leave together. A message costs ~50-100 µs of CPU (server and client together), a
@@ -42,6 +47,13 @@ class EngineConfig:
     # engine (docs/performance.md). A stream's first character leaves at once. 0 = wake every stream at
     # every step.
     messages_per_s: float = 1000.0
+    # How long a call of several decode steps (--decode-steps) may hold back its first character (K - 1
+    # steps) where the message budget above lets characters wait less: a lane runs K steps per call while
+    # they take at most the longer of this and half that wait. One stream's characters then leave K at a time
+    # every K steps (~1.4 ms for the shipped model), and it is served ~1.5-2x faster than one step per call
+    # (docs/performance.md); a prompt arriving meanwhile waits for one call at most. 0 = the message budget
+    # alone (one stream then runs one step per call).
+    steps_wait_ms: float = 2.0
 
     def __post_init__(self) -> None:
         if self.lanes < 0:
@@ -49,8 +61,9 @@ class EngineConfig:
         for name in ("lane_fill", "max_batch", "prefill_chunk", "prefill_chars", "stream_buffer_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if not self.messages_per_s >= 0:
-            raise ValueError(f"messages_per_s: must be >= 0, got {self.messages_per_s}")
+        for name in ("messages_per_s", "steps_wait_ms", "inline_prompt_chars"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

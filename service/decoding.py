@@ -24,15 +24,13 @@ class Decoding(Scheduler):
 
     def _steps(self) -> int:
         """Steps the next decode call runs: 1, or K when every row is drawn by the sampling head, no prompt
-        waits for its first character, and the release budget lets characters wait.
-
-        Characters wait up to ``_hold()`` for release anyway; in a call of K steps the first step's character
-        waits K - 1 steps more, so K steps are run only while that is less than half the hold.
+        waits for its first character, characters may wait for release at all, and K - 1 steps (what the
+        call holds its first character back) take at most the longer of half that wait and ``steps_wait_ms``.
         """
-        k = self._batch.steps
-        if k == 1 or self._rest.size or self._want_logprobs or self._prefilling:
+        k, hold = self._batch.steps, self._hold()
+        if k == 1 or self._rest.size or self._want_logprobs or self._prefilling or hold == 0.0:
             return 1
-        return k if (k - 1) * self._step_s < self._hold() / 2 else 1
+        return k if (k - 1) * self._step_s <= max(hold / 2, self.config.steps_wait_ms / 1e3) else 1
 
     def _decode(self) -> None:
         """One decode call of the whole batch: feed every row's pending id, draw its next one (or K)."""

@@ -50,6 +50,8 @@ class Engine:
         n = config.lanes or (available_cores() if runtime.provider == "cpu" else 1)
         batches: list[DecodeBatch] = []  # every lane adds its own
         self.lanes = [Lane(runtime, vocab, config, self.model, observer, batches) for _ in range(n)]
+        self.observer = observer
+        self._feeds = 0  # feed requests held by the lanes
         self._running = False
         self._starting = asyncio.Lock()
 
@@ -89,7 +91,7 @@ class Engine:
     def new_state(self, seed: int | None = None) -> SeqState:
         """A fresh state (zeros, no context) with its own random stream (a random seed when None)."""
         seed = secrets.randbits(63) if seed is None else seed
-        return SeqState(self.runtime.zero_state(), None, 0, np.random.default_rng(seed), seed)
+        return SeqState(self.runtime.zero_state(), seed=seed)
 
     async def generate(
         self, state: SeqState, prompt: str, params: GenerateParams, cancel: asyncio.Event | None = None
@@ -133,10 +135,12 @@ class Engine:
         s = Stream(state, todo, int(ids[-1]), None, None, self.runtime.vocab_size, score=True)
         lane = self._lane()
         lane.accept(s)
+        self._feeds += 1
         try:
             while not s.finished:
                 await s.wait()
         finally:
+            self._feeds -= 1
             if not s.finished:
                 lane.abandon(s)
         if s.error is not None:
@@ -158,7 +162,7 @@ class Engine:
         if not ids.size and state.pending is None:
             raise InvalidArgument("prompt", "is empty and the state has no context to continue from")
         if params.sampling.seed is not None:
-            state.rng, state.seed = np.random.default_rng(params.sampling.seed), params.sampling.seed
+            state.reseed(params.sampling.seed)
         head = np.array([] if state.pending is None else [state.pending], np.int64)
         # The whole prompt is fed (prefill): its last logits draw the first character, with no decode step.
         # With no prompt, the state's pending id goes straight to a batch row.
@@ -168,8 +172,30 @@ class Engine:
         s.prompt_chars = int(ids.size)
         state.chars_consumed += int(ids.size)
         lane = self._lane()
-        lane.accept(s)
+        short = s.where == "prefill" and s.todo.size <= self.config.inline_prompt_chars
+        if not (short and self.active_streams == 0 and self._feeds == 0 and self._prefill_here(s)):
+            lane.accept(s)
         return lane, s
+
+    def _prefill_here(self, s: Stream) -> bool:
+        """Consume a stream's prompt and draw its first character on the event loop (see
+        ``EngineConfig.inline_prompt_chars``). True when that ended it; else it is ready for a batch row."""
+        states = tuple(a[:, None] for a in s.state.arrays)  # each (layers, 1, hidden)
+        logits, new = self.runtime.run(s.todo[None], states)
+        s.state.arrays = tuple(np.ascontiguousarray(a[:, 0]) for a in new)
+        s.done = int(s.todo.size)
+        reason = s.first_char(logits[0, -1], self.vocab.chars)
+        s.t_first = s.t_wake = time.perf_counter()
+        if self.observer is not None:
+            self.observer.first_char(self.model, s.t_first - s.t0)
+            self.observer.chars(self.model, 1)
+        s.on_chunk(s.release())
+        if reason is None:
+            s.where = "ready"
+            return False
+        s.end(reason, s.stop_sequence)
+        s.on_done()
+        return True
 
     def _lane(self) -> Lane:
         """The first lane holding fewer than ``lane_fill`` generate requests, else the one holding the fewest."""

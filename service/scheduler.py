@@ -23,7 +23,7 @@ from service.batch import DecodeBatch, Joiner
 from service.config import EngineConfig
 from service.handoff import Handoff
 from service.runtime import Runtime
-from service.sampling import BatchParams, by_head, draw_one, log_softmax, sample
+from service.sampling import BatchParams, by_head
 from service.stream import Stream
 from service.types import EngineObserver, FinishReason
 from service.vocab import Vocab
@@ -73,12 +73,9 @@ class Scheduler:
         self._dirty = True
 
     def _end(self, s: Stream, reason: FinishReason | None, stop: str = "") -> None:
-        """The one place a stream becomes done (its state is consistent by then)."""
-        s.where, s.finish_reason, s.stop_sequence = "done", reason, stop
+        """The one place a stream of the lane becomes done (its state is consistent by then)."""
+        s.end(reason, stop)
         self._paused.discard(s)
-        s.t_end = time.perf_counter()
-        s.sync_rng()
-        s.state.chars_consumed += s.generated
         if s.buf:
             self._handoff.post(s.on_chunk, s.release())
         self._handoff.post(self._ended, s)
@@ -224,26 +221,13 @@ class Scheduler:
         self._prefilling = [s for s in self._prefilling if s.where == "prefill"]
 
     def _first_char(self, s: Stream, logits: np.ndarray) -> None:
-        """A prompt is consumed: draw the first character from its last logits (V,), with no decode step."""
-        if by_head(s.sampling):  # the common case, without the batch machinery (~10 µs instead of ~100)
-            k = draw_one(logits, s.sampling.temperature, s.next_uniform())
-        else:
-            u = np.array([s.next_uniform() if s.sampling.temperature > 0 else 0.0])
-            k = int(sample(logits[None], BatchParams.of([s.sampling]), u, s.seen[None])[0])
-        s.seen[k] = True
-        s.state.pending = k
-        if s.lps is not None:
-            s.lps.append(float(log_softmax(logits)[k]))
-        c = self.vocab.chars[k]
-        s.buf.append(c)
-        s.generated = 1
+        """A prompt is consumed: its last logits (V,) draw the first character, with no decode step."""
+        reason = s.first_char(logits, self.vocab.chars)
         self._first_seen(s, time.perf_counter(), self._hold())
         if self.observer is not None:
             self.observer.chars(self.model, 1)
-        if s.has_stops and (stop := s.match_stop(c)) is not None:
-            self._end(s, "stop", stop)
-        elif s.max_chars <= 1:
-            self._end(s, "length")
+        if reason is not None:
+            self._end(s, reason, s.stop_sequence)
         else:
             self._handoff.post(s.on_chunk, s.release())
             self._enqueue(s)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
-from service.sampling import log_softmax
+from service.sampling import BatchParams, by_head, draw_one, log_softmax, sample
 from service.types import Chunk, FinishReason, GenerateParams, Sampling, SeqState
 
 Where = Literal["prefill", "ready", "batch", "paused", "done"]
@@ -119,6 +119,33 @@ class Stream:
             self.state.rng.bit_generator.state = self._usaved
             self.state.rng.random(self._uk)
         self._usaved, self._ublock, self._uk = None, [], 0
+
+    def first_char(self, logits: np.ndarray, chars: Sequence[str]) -> FinishReason | None:
+        """A prompt is consumed: draw the first character from its last logits (V,) into the buffer; the
+        stream's finish when that character ends it ("stop" or "length"), else None."""
+        sampling = self.sampling
+        if by_head(sampling):  # the common case, without the batch machinery (~10 µs instead of ~100)
+            k = draw_one(logits, sampling.temperature, self.next_uniform())
+        else:
+            u = np.array([self.next_uniform() if sampling.temperature > 0 else 0.0])
+            k = int(sample(logits[None], BatchParams.of([sampling]), u, self.seen[None])[0])
+        self.seen[k] = True
+        self.state.pending = k
+        if self.lps is not None:
+            self.lps.append(float(log_softmax(logits)[k]))
+        self.buf.append(chars[k])
+        self.generated = 1
+        if self.has_stops and (stop := self.match_stop(chars[k])) is not None:
+            self.stop_sequence = stop
+            return "stop"
+        return "length" if self.max_chars <= 1 else None
+
+    def end(self, reason: FinishReason | None, stop: str = "") -> None:
+        """Done (finished when ``reason`` is given, else failed or abandoned): its results and state are final."""
+        self.where, self.finish_reason, self.stop_sequence = "done", reason, stop
+        self.t_end = time.perf_counter()
+        self.sync_rng()
+        self.state.chars_consumed += self.generated
 
     def match_stop(self, char: str) -> str | None:
         """Append ``char`` to the output tail; the stop sequence the output now ends with, if any."""

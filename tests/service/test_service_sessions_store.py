@@ -40,7 +40,7 @@ class Recorder:
 
 
 def state(seed: int = 0) -> SeqState:
-    return SeqState((np.zeros((2, 8), np.float32), np.zeros((2, 8), np.float32)), rng=np.random.default_rng(seed))
+    return SeqState((np.zeros((2, 8), np.float32), np.zeros((2, 8), np.float32)), seed=seed)
 
 
 def store(clock: Clock, rec: Recorder | None = None, **kw: Any) -> InMemorySessionStore:

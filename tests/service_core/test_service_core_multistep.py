@@ -122,6 +122,20 @@ async def test_single_steps_where_a_row_needs_its_logits_or_characters_must_leav
     assert calls[0] == 0 and len(text) == 40
 
 
+async def test_one_stream_runs_several_steps_within_the_wait_allowed(make_engine: EngineFactory) -> None:
+    # a message budget that lets characters wait 1 µs: only steps_wait_ms can allow several steps per call
+    for wait_ms, several in ((2.0, True), (0.0, False)):
+        engine = make_engine("lstm", messages_per_s=1e6, steps_wait_ms=wait_ms)
+        await engine.start()
+        calls = counting_calls(engine)
+        text, _ = await collect(engine, engine.new_state(), PROMPT, GenerateParams(Sampling(seed=1), max_chars=200))
+        assert len(text) == 200
+        if several:  # 199 characters after the prompt's: ~25 calls of 8 steps
+            assert calls[0] >= 20
+        else:  # (the first call has no step time to judge by yet)
+            assert calls[0] <= 1
+
+
 def test_texts_of_id_rows() -> None:
     ids = np.array([[0, 1, 2, 3], [3, 3, 0, 2]])
     assert Vocab("ab c").texts(ids) == ["ab c", "cca "]  # trailing spaces kept

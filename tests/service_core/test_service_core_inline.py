@@ -1,0 +1,96 @@
+"""A short prompt that comes while the engine holds nothing is consumed on the event loop
+(EngineConfig.inline_prompt_chars): the same streams as through a step thread, and only while nothing else is
+held."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+from fixtures.service_core import ARCHS, EngineFactory, collect, until
+
+from service.engine import Engine
+from service.runtime import Runtime
+from service.types import Chunk, Finish, GenerateParams, Sampling
+
+PROMPT = "The keeper "
+
+
+async def logprobs_of(engine: Engine, prompt: str, params: GenerateParams) -> list[float]:
+    """A generation's log-probabilities, from a fresh state."""
+    out: list[float] = []
+    async for event in engine.generate(engine.new_state(), prompt, params):
+        if isinstance(event, Chunk):
+            out += event.logprobs or []
+    return out
+
+
+async def story(engine: Engine, vocabulary: str) -> list[object]:
+    """What a set of seeded requests gives: texts, finishes, the states they leave, and continuations."""
+    cases = [GenerateParams(Sampling(seed=7), max_chars=1),  # ends at its first character
+             GenerateParams(Sampling(seed=8), max_chars=40),  # goes on in a batch row
+             GenerateParams(Sampling(temperature=0.7, top_k=5, seed=9), max_chars=30),  # drawn outside the head
+             GenerateParams(Sampling(seed=10), max_chars=40, stop=tuple(vocabulary))]  # stops at its first character
+    out: list[object] = []
+    for params in cases:
+        state = engine.new_state()
+        text, finish = await collect(engine, state, PROMPT, params)
+        out += [text, finish.reason, finish.stop_sequence, finish.generated_chars, state.chars_consumed]
+        out += [np.concatenate(state.arrays).tolist(), state.pending]
+        # a session's next request: its pending character and a new prompt, then no prompt at all
+        out.append(await collect(engine, state, "the ", GenerateParams(Sampling(temperature=0.9), max_chars=15)))
+        out.append((await collect(engine, state, "", GenerateParams(max_chars=15)))[0])
+    params = GenerateParams(Sampling(seed=11), max_chars=12, logprobs=True)
+    out.append(np.round(await logprobs_of(engine, PROMPT, params), 5).tolist())
+    return [(o[0], o[1].reason) if isinstance(o, tuple) and isinstance(o[1], Finish) else o for o in out]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+async def test_streams_are_the_same_consumed_on_the_loop_or_in_a_step_thread(
+        make_engine: EngineFactory, tiny_runtimes: dict[str, Runtime], arch: str) -> None:  # fmt: skip
+    vocabulary = tiny_runtimes[arch].vocabulary
+    here = await story(make_engine(arch), vocabulary)
+    there = await story(make_engine(arch, inline_prompt_chars=0), vocabulary)
+    assert here == there
+    assert here[1] == here[9 + 1] == "length" and here[3 * 9 + 1] == "stop"  # the cases hold
+
+
+async def test_prompts_are_consumed_on_the_loop_only_while_the_engine_holds_nothing(
+        make_engine: EngineFactory, tiny_runtimes: dict[str, Runtime],
+        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    rt = tiny_runtimes["lstm"]
+    where: list[tuple[str, int]] = []  # of every prompt call: "loop" or "step thread", and its length
+    run = rt.run
+
+    def spy(ids: np.ndarray, states: tuple[np.ndarray, ...]) -> object:
+        thread = "step thread" if threading.current_thread().name.startswith("charlm-step") else "loop"
+        where.append((thread, ids.shape[1]))
+        return run(ids, states)
+
+    monkeypatch.setattr(rt, "run", spy)
+    engine = make_engine("lstm", inline_prompt_chars=16)
+    short, long = GenerateParams(max_chars=3), "x" * 17
+
+    async def prompt_call(prompt: str) -> str:
+        where.clear()
+        await collect(engine, engine.new_state(), prompt, short)
+        return next(thread for thread, n in where if n == len(prompt))  # (not a feed's call)
+
+    assert await prompt_call(PROMPT) == "loop"
+    assert await prompt_call(long) == "step thread"  # longer than inline_prompt_chars
+    busy = engine.generate(engine.new_state(), PROMPT, GenerateParams(max_chars=100_000))
+    assert isinstance(await busy.__anext__(), Chunk)
+    assert await prompt_call(PROMPT) == "step thread"  # another stream is held
+    await busy.aclose()
+    await until(lambda: engine.active_streams == 0)
+    feeding = asyncio.create_task(engine.feed(engine.new_state(), "a" * 20_000))
+    await asyncio.sleep(0)  # the feed is held by a lane now
+    assert await prompt_call(PROMPT) == "step thread"
+    await feeding
+    assert await prompt_call(PROMPT) == "loop"
+    never = make_engine("lstm", inline_prompt_chars=0)
+    where.clear()
+    await collect(never, never.new_state(), PROMPT, short)
+    assert where == [("step thread", len(PROMPT))]
