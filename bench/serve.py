@@ -113,11 +113,12 @@ async def _served(a: argparse.Namespace, server: ServerProcess, engines: dict[st
 
 
 async def _served_unbatched(server: ServerProcess, model: str, streams: int, chars: int, prompt: str) -> BaselineRate:
-    """The same server with one batch row: every step is one stream's own call; streams take turns."""
+    """The same server with one batch row: every call is one stream's own (of one step or several); streams take
+    turns."""
     await run_load(server.target, 1, 50, prompt, model=model, seed=0)  # warm-up
     r = await run_load(server.target, streams, chars, prompt, model=model, temperature=1.0, seed=0)
     return BaselineRate("charlm --max-batch 1 over gRPC", streams, r.total_chars, r.wall_s, r.chars_per_s,
-                        "the same server and clients, one row per step")  # fmt: skip
+                        "the same server and clients, one row per call (of up to 8 steps: --decode-steps)")  # fmt: skip
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:

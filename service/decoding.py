@@ -4,8 +4,8 @@ The call's sampling head (service/sampling_head.py) draws the plain rows' next i
 greedy, truncated or penalised sampling are drawn here from its logits. When every row is drawn by the head,
 the call may run K chained steps instead (service/multistep.py): the Python of a step (uniforms, handing out
 characters, waking the event loop) then runs once per K steps: on 2 busy cores the server served 1.2x more
-characters at 64 streams, 1.1x at 256, with 10-20% less CPU (docs/performance.md). A stream's text is the
-same either way.
+characters at 64 streams, 1.1x at 256, with 10-20% less CPU, and one stream 1.5x more (docs/performance.md).
+A stream's text is the same either way.
 """
 
 from __future__ import annotations
