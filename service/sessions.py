@@ -86,7 +86,9 @@ class InMemorySessionStore:
         if len(self._live) >= self._config.max_sessions and not self.sweep():  # sweeping is O(n): only when full
             self._evict_one()
         now = self._clock()
-        session = Session(secrets.token_urlsafe(24), model, state, ttl, now, now)
+        # hex, 128 random bits: unguessable, and safe as a command-line argument (base64url ids could start with
+        # "-", which `charlm sessions delete ID` took for an option)
+        session = Session(secrets.token_hex(16), model, state, ttl, now, now)
         self._live[session.id] = session
         self._bytes += state.nbytes
         self._report()

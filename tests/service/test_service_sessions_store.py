@@ -53,10 +53,11 @@ def reason_of(store: InMemorySessionStore, session_id: str) -> str:
     return e.value.reason
 
 
-def test_ids_are_unguessable_and_unique() -> None:
-    s = store(Clock(), max_sessions=100)
-    ids = {s.create("m:1", state()).id for _ in range(50)}
-    assert len(ids) == 50 and all(len(i) >= 32 for i in ids)
+def test_ids_are_unguessable_unique_and_safe_as_arguments() -> None:
+    s = store(Clock(), max_sessions=1000)
+    ids = {s.create("m:1", state()).id for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) >= 32 for i in ids)
+    assert not any(i.startswith("-") for i in ids)  # `charlm sessions delete ID` would take it for an option
 
 
 def test_idle_ttl_expires_and_reason_is_remembered() -> None:
