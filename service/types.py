@@ -62,10 +62,10 @@ class SeqState:
 
     def copy(self) -> SeqState:
         """An independent copy (a fork): arrays and random stream duplicated."""
-        rng = None
-        if self._rng is not None:
+        rng = None  # not drawn from yet: the copy starts from the same seed
+        if self._rng is not None or self.seed is None:  # (with no seed, the generator is the only record)
             rng = np.random.default_rng()
-            rng.bit_generator.state = self._rng.bit_generator.state
+            rng.bit_generator.state = self.rng.bit_generator.state
         return SeqState(tuple(a.copy() for a in self.arrays), self.pending, self.chars_consumed, self.seed, rng)
 
     @property

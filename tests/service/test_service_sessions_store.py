@@ -157,6 +157,15 @@ def test_fork_is_independent() -> None:
     assert a.state.rng.random() != f.state.rng.random()
 
 
+def test_a_copy_continues_the_random_stream_where_it_is() -> None:
+    drawn = state(seed=4)
+    drawn.rng.random(5)
+    unseeded = SeqState((np.zeros((2, 8), np.float32),))  # its generator is the only record of its stream
+    for st in (drawn, unseeded):
+        copy = st.copy()
+        assert copy.rng.random() == st.rng.random()
+
+
 def test_delete_then_not_found() -> None:
     rec = Recorder()
     s = store(Clock(), rec)
