@@ -50,7 +50,7 @@ class EngineConfig:
     # How long a call of several decode steps (--decode-steps) may hold back its first character (K - 1
     # steps) where the message budget above lets characters wait less: a lane runs K steps per call while
     # they take at most the longer of this and half that wait. One stream's characters then leave K at a time
-    # every K steps (~1.4 ms for the shipped model), and it is served ~1.5-2x faster than one step per call
+    # every K steps (~1.4 ms for the shipped model), and it is served ~1.5x faster than one step per call
     # (docs/performance.md); a prompt arriving meanwhile waits for one call at most. 0 = the message budget
     # alone (one stream then runs one step per call).
     steps_wait_ms: float = 2.0
