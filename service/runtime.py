@@ -41,8 +41,8 @@ class RuntimeConfig:
     spinning: bool = False
     prefill_spinning: bool = True
     spin_between_calls: bool = False  # onnxruntime's own default when spinning (what bench/ measures raw)
-    # Decode steps one call may run when the batch's characters wait for release anyway (service/multistep.py,
-    # Decoding._steps in service/decoding.py); 1 = a step per call
+    # Decode steps one call may run when the batch's characters may wait that long (service/multistep.py;
+    # the policy, with EngineConfig.steps_wait_ms: Decoding._steps in service/decoding.py); 1 = a step per call
     decode_steps: int = 8
 
     def __post_init__(self) -> None:

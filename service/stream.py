@@ -92,9 +92,7 @@ class Stream:
     def next_uniform(self) -> float:
         """The stream's next uniform in [0, 1), from its own rng."""
         if self._uk == len(self._ublock):
-            self.sync_rng()
-            self._usaved = self.state.rng.bit_generator.state
-            self._ublock = self.state.rng.random(UNIFORM_BLOCK).tolist()
+            self._new_block()
         u = self._ublock[self._uk]
         self._uk += 1
         return u
@@ -102,9 +100,7 @@ class Stream:
     def next_uniforms(self, k: int) -> list[float]:
         """The stream's next ``k`` uniforms (k <= UNIFORM_BLOCK), as ``k`` calls of ``next_uniform`` would give."""
         if self._uk + k > len(self._ublock):
-            self.sync_rng()
-            self._usaved = self.state.rng.bit_generator.state
-            self._ublock = self.state.rng.random(UNIFORM_BLOCK).tolist()
+            self._new_block()
         u = self._ublock[self._uk : self._uk + k]
         self._uk += k
         return u
@@ -112,6 +108,12 @@ class Stream:
     def unuse_uniforms(self, k: int) -> None:
         """Give back the latest ``k`` uniforms (drawn for steps whose characters were not kept)."""
         self._uk -= k
+
+    def _new_block(self) -> None:
+        """Draw the next UNIFORM_BLOCK uniforms at once (the rng is rewound to those used by ``sync_rng``)."""
+        self.sync_rng()
+        self._usaved = self.state.rng.bit_generator.state
+        self._ublock = self.state.rng.random(UNIFORM_BLOCK).tolist()
 
     def sync_rng(self) -> None:
         """Leave the rng exactly after the uniforms used, as if they had been drawn one at a time."""
