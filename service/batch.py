@@ -155,18 +155,23 @@ class DecodeBatch:
     def _bind(self, which: int, lane: bool) -> Callable[[], None]:
         """The call that reads buffer set ``which`` and writes the other."""
         rows, v = self._rows, self.runtime.vocab_size
-        ids, next_ids = (self._idsets[k][:rows].reshape(rows, 1) for k in (which, 1 - which))
+        ids, next_ids, inv_t, states, new_states = self._io(which)
         logits = self._logits[: rows * v].reshape(rows, 1, v)
-        u, inv_t = self.uniforms[:rows].reshape(rows, 1), self.inv_temperature[:rows].reshape(rows, 1)
-        states, new_states = self._views(which, rows), self._views(1 - which, rows)
+        u = self.uniforms[:rows].reshape(rows, 1)
         return self.runtime.bind_decoder(ids, states, logits, new_states, u, inv_t, next_ids, lane)
 
     def _bind_steps(self, which: int, lane: bool) -> Callable[[], None]:
         """The several steps' call that reads buffer set ``which`` and leaves the last step's in the other."""
         rows, k = self._rows, self.steps
-        ids, next_ids = (self._idsets[i][:rows].reshape(rows, 1) for i in (which, 1 - which))
+        ids, next_ids, inv_t, states, new_states = self._io(which)
         u, step_ids = self._step_uniforms[: rows * k].reshape(rows, k), self._step_ids[: rows * k].reshape(rows, k)
-        inv_t = self.inv_temperature[:rows].reshape(rows, 1)
-        states, new_states = self._views(which, rows), self._views(1 - which, rows)
         between = [self._views(which, rows, bufs) for bufs in self._step_bufs]
         return self.runtime.bind_steps(ids, states, new_states, between, u, inv_t, next_ids, step_ids, lane)
+
+    def _io(self, which: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, States, States]:
+        """What every call of the current row count reads from buffer set ``which`` and writes to the other:
+        ids (rows, 1), the next ids (rows, 1), inverse temperatures (rows, 1), states, new states."""
+        rows = self._rows
+        ids, next_ids = (self._idsets[i][:rows].reshape(rows, 1) for i in (which, 1 - which))
+        inv_t = self.inv_temperature[:rows].reshape(rows, 1)
+        return ids, next_ids, inv_t, self._views(which, rows), self._views(1 - which, rows)

@@ -24,6 +24,7 @@ from service.errors import InvalidArgument, Unavailable
 from service.lane import Lane
 from service.runtime import Runtime
 from service.sampling import validate
+from service.scheduler import consume
 from service.stream import Stream
 from service.types import Chunk, EngineObserver, FeedResult, Finish, GenerateParams, SeqState
 from service.vocab import Vocab
@@ -180,9 +181,7 @@ class Engine:
     def _prefill_here(self, s: Stream) -> bool:
         """Consume a stream's prompt and draw its first character on the event loop (see
         ``EngineConfig.inline_prompt_chars``). True when that ended it; else it is ready for a batch row."""
-        states = tuple(a[:, None] for a in s.state.arrays)  # each (layers, 1, hidden)
-        logits, new = self.runtime.run(s.todo[None], states)
-        s.state.arrays = tuple(np.ascontiguousarray(a[:, 0]) for a in new)
+        logits = consume(self.runtime, [s], int(s.todo.size))
         s.done = int(s.todo.size)
         reason = s.first_char(logits[0, -1], self.vocab.chars)
         s.t_first = s.t_wake = time.perf_counter()

@@ -202,14 +202,10 @@ class Scheduler:
         n = min(self.config.prefill_chunk, *(s.remaining for s in group)) if group else 0
         if n:
             group = group[: max(1, self.config.prefill_chars // n)]  # the rest go in the next call
-            ids = np.stack([s.todo[s.done : s.done + n] for s in group])  # (P, n)
-            per_tensor = zip(*(s.state.arrays for s in group), strict=True)
-            states = tuple(np.stack(a, axis=1) for a in per_tensor)  # each (layers, P, H)
-            logits, new = self.runtime.run(ids, states)  # logits (P, n, V)
+            logits = consume(self.runtime, group, n)  # (P, n, V)
             for i, s in enumerate(group):
                 if s.score:
                     s.score_chunk(logits[i], n)
-                s.state.arrays = tuple(np.ascontiguousarray(a[:, i]) for a in new)
                 s.done += n
                 if s.remaining:
                     s.state.pending = int(s.todo[s.done])
@@ -231,3 +227,14 @@ class Scheduler:
         else:
             self._handoff.post(s.on_chunk, s.release())
             self._enqueue(s)
+
+
+def consume(runtime: Runtime, group: list[Stream], n: int) -> np.ndarray:
+    """One (P, n) sequence call over the next ``n`` ids of each stream's text, from each one's own state;
+    the states advance (``done`` is the caller's to move). Returns the logits (P, n, V)."""
+    ids = np.stack([s.todo[s.done : s.done + n] for s in group])
+    per_tensor = zip(*(s.state.arrays for s in group), strict=True)
+    logits, new = runtime.run(ids, tuple(np.stack(a, axis=1) for a in per_tensor))  # states (layers, P, H)
+    for i, s in enumerate(group):
+        s.state.arrays = tuple(np.ascontiguousarray(a[:, i]) for a in new)
+    return logits
