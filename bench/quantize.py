@@ -4,7 +4,7 @@ onnxruntime's dynamic quantization (``onnxruntime.quantization.quantize_dynamic`
 quantized at run time) of an artifact's graph, and the graph as exported, side by side in one process:
 
 - chars/s of a call of one row and one character, of a 16-character prompt, and of one step of 64 rows;
-  with one onnxruntime thread and with one per core;
+  with one onnxruntime thread and with `--threads` (default one per core);
 - bits per character on a text (the last ``--chars`` of it, from a zero state, as one sequence call);
 - batch invariance: the largest change of one row's logits when other rows share its call. fp32 gives 0 (a
   stream's text does not depend on its batch mates, which the engine's tests rely on); int8 quantizes the
@@ -15,7 +15,6 @@ quantized at run time) of an artifact's graph, and the graph as exported, side b
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from bench.engine import parser
 from service.artifact import Artifact, ArtifactError, load_artifact
 from service.engine import available_cores
 
@@ -92,8 +92,8 @@ def batch_drift(graph: Graph, rows: int = 8, chars: int = 8, seed: int = 0) -> f
     return float(np.abs(alone - together).max())
 
 
-def measure(artifact: Artifact, text: str, seconds: float) -> dict[str, dict[str, float]]:
-    """Every figure for the fp32 graph and its int8 copy, by graph name."""
+def measure(artifact: Artifact, text: str, seconds: float, threads: int) -> dict[str, dict[str, float]]:
+    """Every figure for the fp32 graph and its int8 copy, by graph name; rates on 1 and on ``threads`` threads."""
     vocab = {c: i for i, c in enumerate(artifact.info.vocabulary)}
     ids = np.array([vocab[c] for c in text if c in vocab], np.int64)
     if ids.size < 2:
@@ -104,10 +104,10 @@ def measure(artifact: Artifact, text: str, seconds: float) -> dict[str, dict[str
         quantize(artifact.onnx_path, int8)
         for name, path in (("fp32", artifact.onnx_path), ("int8", int8)):
             fig: dict[str, float] = {}
-            for threads in sorted({1, available_cores()}):
-                g = Graph(artifact, path, threads)
+            for n in sorted({1, threads}):
+                g = Graph(artifact, path, n)
                 for label, (rows, chars) in SHAPES.items():
-                    fig[f"{label}, {threads} thread(s)"] = chars_per_s(g.call(rows, chars), rows * chars, seconds)
+                    fig[f"{label}, {n} thread(s)"] = chars_per_s(g.call(rows, chars), rows * chars, seconds)
             fig["bits per char"] = bits_per_char(g, ids)
             fig["batch drift"] = batch_drift(g)
             out[name] = fig
@@ -132,9 +132,8 @@ def report(res: dict[str, dict[str, float]], artifact: Artifact, chars: int) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure, print the table (or JSON); 2 on an unusable artifact or text."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)  # --model, --threads (rates are measured on one thread and on these)
     p.add_argument("text", nargs="?", default="../shared/data/tinyshakespeare.txt", help="text for bits per char")
-    p.add_argument("--model", default="models/shakespeare/1", help="artifact version folder")
     p.add_argument("--chars", type=int, default=20000, help="characters of the text's end to score")
     p.add_argument("--seconds", type=float, default=1.0, help="per rate measured")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         artifact = load_artifact(Path(a.model))
         text = Path(a.text).read_text(encoding="utf-8")[-a.chars :]
-        res = measure(artifact, text, a.seconds)
+        res = measure(artifact, text, a.seconds, a.threads or available_cores())
     except (ArtifactError, OSError, ValueError) as e:
         print(f"bench.quantize: {e}")
         return 2
