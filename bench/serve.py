@@ -38,6 +38,8 @@ from service.artifact import ArtifactError, load_artifact
 from service.engine import available_cores
 from service.runtime import Runtime, RuntimeConfig
 
+UNBATCHED = ("--max-batch", "1", "--decode-steps", "1")  # the server's no-batching baseline
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,12 +115,12 @@ async def _served(a: argparse.Namespace, server: ServerProcess, engines: dict[st
 
 
 async def _served_unbatched(server: ServerProcess, model: str, streams: int, chars: int, prompt: str) -> BaselineRate:
-    """The same server with one batch row: every call is one stream's own (of one step or several); streams take
-    turns."""
+    """The same server with one batch row of one step per call (started with ``UNBATCHED``): every call is one
+    step of one stream's own, the streams taking turns, as a server without batching would make them."""
     await run_load(server.target, 1, 50, prompt, model=model, seed=0)  # warm-up
     r = await run_load(server.target, streams, chars, prompt, model=model, temperature=1.0, seed=0)
-    return BaselineRate("charlm --max-batch 1 over gRPC", streams, r.total_chars, r.wall_s, r.chars_per_s,
-                        "the same server and clients, one row per call (of up to 8 steps: --decode-steps)")  # fmt: skip
+    return BaselineRate(f"charlm {' '.join(UNBATCHED)} over gRPC", streams, r.total_chars, r.wall_s, r.chars_per_s,
+                        "the same server and clients, one row and one step per call")  # fmt: skip
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -148,7 +150,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     if not a.no_baseline:
         base: list[BaselineRate] = [unbatched_ort(runtime, a.baseline_streams, a.baseline_seconds),
                                     unbatched_torch(artifact, a.baseline_streams, a.baseline_seconds)]  # fmt: skip
-        with ServerProcess(a.model.parent.parent, [*args, "--max-batch", "1"], cwd=a.server_cwd) as server:
+        with ServerProcess(a.model.parent.parent, [*args, *UNBATCHED], cwd=a.server_cwd) as server:
             prompt = fit_prompt(PROMPT16, runtime.vocabulary, len(PROMPT16))
             base.append(asyncio.run(_served_unbatched(server, model, a.baseline_streams, a.baseline_chars, prompt)))
         res["baselines"] = base

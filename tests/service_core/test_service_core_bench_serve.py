@@ -35,6 +35,7 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
     assert out["soak"]["rounds"] >= 3 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0  # 2 warm-up
     assert out["ttfc16"]["count"] == 3 and out["long_ttfc"]["count"] == 1 and out["message_us"] > 0
     assert out["ttfc16_engine"]["count"] == 3 and out["ttfc16_engine"]["p50"] > 0
-    assert [b["engine"] for b in out["baselines"]] == ["onnxruntime", "pytorch-eager", "charlm --max-batch 1 over gRPC"]
+    served = "charlm --max-batch 1 --decode-steps 1 over gRPC"  # one row, one step per call
+    assert [b["engine"] for b in out["baselines"]] == ["onnxruntime", "pytorch-eager", served]
     assert out["baselines"][2]["chars"] == 3 * 10  # the served baseline ran every stream to its end
     assert {t["target"].split(":")[0] for t in out["targets"]} >= {"64 streams"}  # judged, or marked not run
