@@ -36,8 +36,13 @@ def quantize(src: Path, dst: Path) -> None:
     """Write ``src``'s graph with int8 weights to ``dst`` (onnxruntime's dynamic quantization)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger().setLevel(logging.ERROR)  # (it suggests a pre-processing step that changes nothing here)
-    quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+    root = logging.getLogger()  # it warns, on the root logger, of a pre-processing step that changes nothing here
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
 
 
 class Graph:
