@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from bench.engine import parser
+from bench.engine import parser, timed
 from service.artifact import Artifact, ArtifactError, load_artifact
 from service.engine import available_cores
 
@@ -68,16 +67,6 @@ class Graph:
         return lambda: self.logits(ids)
 
 
-def chars_per_s(call: Callable[[], object], chars: int, seconds: float) -> float:
-    """Characters per second of repeated ``call()``s (``chars`` each), after one warm-up call."""
-    call()
-    n, start = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - start < seconds:
-        call()
-        n += 1
-    return n * chars / (time.perf_counter() - start)
-
-
 def bits_per_char(graph: Graph, ids: np.ndarray) -> float:
     """Mean bits of each id after the first given the ones before it, from a zero state."""
     lg = graph.logits(ids[None, :-1])[0].astype(np.float64)
@@ -112,7 +101,7 @@ def measure(artifact: Artifact, text: str, seconds: float, threads: int) -> dict
             for n in sorted({1, threads}):
                 g = Graph(artifact, path, n)
                 for label, (rows, chars) in SHAPES.items():
-                    fig[f"{label}, {n} thread(s)"] = chars_per_s(g.call(rows, chars), rows * chars, seconds)
+                    fig[f"{label}, {n} thread(s)"] = rows * chars / timed(g.call(rows, chars), seconds, min_calls=3)
             fig["bits per char"] = bits_per_char(g, ids)
             fig["batch drift"] = batch_drift(g)
             out[name] = fig
