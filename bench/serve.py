@@ -4,7 +4,8 @@ For each concurrency level (default 1, 8, 64, 256 streams of 2,000 characters): 
 first chunk and inter-character latency (p50/p99), characters per message, errors, and the raw engine at
 the same batch size measured right after it, so that served ÷ engine is a side-by-side ratio. Then the
 no-batching baselines (onnxruntime and PyTorch eager, one stream per call) at 64 streams, the 1-stream
-time to first character for a 16-character prompt, the cost of one streamed message, a 2,000-character
+time to first character for a 16-character prompt (beside its floor: the raw prefill call, and a bare
+grpc.aio call whose handler works as long), the cost of one streamed message, a 2,000-character
 prompt's first character against the raw prefill, and the 256-stream soak (errors, server RSS after
 warm-up). Ends with every target of the performance issue, met or not.
 
@@ -32,7 +33,7 @@ from bench.engine import measure_prefill, measure_step_rate
 from bench.serve_report import report_table, targets
 from bench.serve_runs import PROMPT16, Level, Soak, fit_prompt, long_prompt, run_level, soak, ttfc_probe
 from bench.server_proc import ServerError, ServerProcess
-from bench.transport import message_us
+from bench.transport import echo_server, message_us
 from client.loadgen import run_load
 from service.artifact import ArtifactError, load_artifact
 from service.engine import available_cores
@@ -96,8 +97,9 @@ def _jsonable(obj: Any) -> Any:
 
 
 async def _served(a: argparse.Namespace, server: ServerProcess, engines: dict[str, runs.RawEngine], vocabulary: str,
-                  model: str) -> dict[str, Any]:  # fmt: skip
-    """Everything that needs the server, in order: warm-up, levels, probes, soak."""
+                  model: str, prefill_runtime: Runtime | None) -> dict[str, Any]:  # fmt: skip
+    """Everything that needs the server, in order: warm-up, levels, probes (``prefill_runtime``: configured as
+    the server's, for the first-character probe's floor), soak."""
     out: dict[str, Any] = {}
     prompt = fit_prompt(PROMPT16, vocabulary, len(PROMPT16))  # PROMPT16 itself for the shipped model
     await run_load(server.target, 8, 200, prompt, model=model, seed=0)  # warm-up: first calls, allocations
@@ -105,10 +107,14 @@ async def _served(a: argparse.Namespace, server: ServerProcess, engines: dict[st
     for n in a.levels:
         levels.append(await run_level(server, engines, model, n, a.chars, prompt, a.channels, a.repeats))
     out["levels"] = levels
-    if not a.no_probes:
-        out["ttfc16"], out["ttfc16_engine"] = await ttfc_probe(server.target, model, prompt, a.ttfc_repeats)
-        long = long_prompt(vocabulary, a.prompt_chars)
-        out["long_ttfc"], out["long_ttfc_engine"] = await ttfc_probe(server.target, model, long, a.prompt_repeats)
+    if prefill_runtime is not None:
+        with echo_server() as echo:
+            floor = runs.Floor(echo, runs.prefill_call(prefill_runtime, prompt))
+            t = await ttfc_probe(server.target, model, prompt, a.ttfc_repeats, floor=floor)
+        out["ttfc16"], out["ttfc16_engine"] = t.served, t.engine
+        out["ttfc16_floor"], out["ttfc16_prefill"] = t.floor, t.prefill
+        t = await ttfc_probe(server.target, model, long_prompt(vocabulary, a.prompt_chars), a.prompt_repeats)
+        out["long_ttfc"], out["long_ttfc_engine"] = t.served, t.engine
     if not a.no_soak:
         out["soak"] = await soak(server, model, a.soak_streams, a.chars, a.soak_seconds, prompt, a.soak_warmup_rounds)
     return out
@@ -141,8 +147,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                            "nproc": os.cpu_count(), "load_avg": os.getloadavg(), "chars": a.chars,
                            "server_args": a.server_arg, "threads": a.threads}  # fmt: skip
     args = ["--default-model", model, "--intra-op-threads", str(a.threads), *a.server_arg]
+    # the server's own settings, for the raw prefill calls measured between the first-character probe's requests
+    prefill_runtime = None if a.no_probes else Runtime(artifact, RuntimeConfig(intra_op_threads=a.threads))
     with ServerProcess(a.model.parent.parent, args, cwd=a.server_cwd) as server:
-        res.update(asyncio.run(_served(a, server, engines, runtime.vocabulary, model)))
+        res.update(asyncio.run(_served(a, server, engines, runtime.vocabulary, model, prefill_runtime)))
     if not a.no_probes:
         res["step1"] = measure_step_rate("", 1, seconds=a.engine_seconds, runtime=runtime)
         res["message_us"] = message_us(20000 if not a.quick else 3000)

@@ -8,13 +8,19 @@ state of the moment (the ratio is side by side; absolute rates move with whateve
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
+import grpc
+import numpy as np
+
 from bench.engine import StepRate, measure_lanes_rate, measure_step_rate
 from bench.server_proc import ServerProcess
+from bench.transport import first_message_s
 from client.aio import AsyncClient
 from client.loadgen import LoadReport, Percentiles, run_load, summarize
 from service.runtime import Runtime
@@ -92,17 +98,54 @@ async def run_level(server: ServerProcess, engines: dict[str, RawEngine], model:
     return replace(pairs[len(pairs) // 2], ratios=tuple(lv.ratio for lv in pairs))
 
 
-async def ttfc_probe(target: str, model: str, prompt: str, repeats: int,
-                     max_chars: int = 1) -> tuple[Percentiles, Percentiles]:  # fmt: skip
-    """Time to first chunk (ms) of ``repeats`` sequential 1-stream requests on one warm channel: as the client
-    sees it, and as the server's engine reports it (from the request entering the engine to its first character).
+@dataclass(frozen=True)
+class Floor:
+    """What a first character cannot beat on this machine, measured between the probe's requests: the raw
+    prefill call of the probe's prompt, and a bare grpc.aio call (bench/transport.py's server) whose handler
+    computes for as long as that call before it answers one message."""
+
+    echo_target: str
+    prefill: Callable[[], object]  # one prefill call of the prompt, as the server's runtime makes it
+
+
+@dataclass(frozen=True)
+class Ttfc:
+    """Time to first chunk (ms) as the client sees it and as the engine reports it; with a Floor, the raw prefill
+    call and the bare call that works as long (the floor itself)."""
+
+    served: Percentiles
+    engine: Percentiles
+    floor: Percentiles | None = None
+    prefill: Percentiles | None = None
+
+
+def prefill_call(runtime: Runtime, prompt: str) -> Callable[[], object]:
+    """One raw prefill call of ``prompt`` on a fresh state, as the server's first call of a request makes it."""
+    ids = np.array([[runtime.vocabulary.index(c) for c in prompt]], np.int64)
+    return partial(runtime.run, ids, tuple(s[:, None] for s in runtime.zero_state()))
+
+
+FLOOR_BLOCK = 10  # the probe alternates blocks of this many requests, raw prefill calls and bare calls
+
+
+async def ttfc_probe(target: str, model: str, prompt: str, repeats: int, max_chars: int = 1,
+                     floor: Floor | None = None) -> Ttfc:  # fmt: skip
+    """Time to first chunk of ``repeats`` sequential 1-stream requests on one warm channel: as the client sees
+    it, as the server's engine reports it (from the request entering the engine to its first character) and,
+    with ``floor``, the floor. Each block of requests is followed by as many prefill calls, then as many bare
+    calls, each block back to back like the requests: on this VM a request after an idle gap of 20 ms is
+    ~1 ms slower (its threads wake up cold), so interleaving one by one would slow all three.
     """
-    async with AsyncClient(target) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(AsyncClient(target))
         await client.wait_ready()
         async for _ in client.generate(prompt, model=model, max_chars=max_chars, seed=0):
             pass  # warm-up: the first call sets up the HTTP/2 stream machinery
+        echo = None if floor is None else await stack.enter_async_context(grpc.aio.insecure_channel(floor.echo_target))
         ttfc: list[float] = []
         engine: list[float] = []
+        bare: list[float] = []
+        prefill: list[float] = []
         for i in range(repeats):
             start = time.perf_counter()
             first: float | None = None
@@ -112,7 +155,21 @@ async def ttfc_probe(target: str, model: str, prompt: str, repeats: int,
             assert first is not None and gen.finish is not None, "a generation produced no text"
             ttfc.append((first - start) * 1e3)
             engine.append(gen.finish.time_to_first_char_ms)
-    return summarize(ttfc), summarize(engine)
+            if floor is not None and echo is not None and (len(ttfc) % FLOOR_BLOCK == 0 or len(ttfc) == repeats):
+                n = len(ttfc) - len(bare)
+                prefill.extend(timed_ms(floor.prefill) for _ in range(n))
+                busy_us = round(statistics.median(prefill[-n:]) * 1e3)  # the bare handler works as long
+                bare.extend([await first_message_s(echo, busy_us) * 1e3 for _ in range(n)])
+    if floor is None:
+        return Ttfc(summarize(ttfc), summarize(engine))
+    return Ttfc(summarize(ttfc), summarize(engine), summarize(bare), summarize(prefill))
+
+
+def timed_ms(call: Callable[[], object]) -> float:
+    """Milliseconds one call of ``call`` takes."""
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1e3
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """The cost of one streamed message on loopback: a bare grpc.aio server-streaming call, with no model behind it.
 
 A child process serves ``/bench.Transport/Stream``, which answers a request of N (ASCII digits) with N
-one-byte messages (raw bytes, no protobuf); the client counts them on one stream. The mean time per
+one-byte messages (raw bytes, no protobuf), and a request of "N:U" the same after U µs of busy work; the
+client counts them on one stream. The mean time per
 message is the "one message" of the 1-stream latency target: what the transport alone adds per character
-when every character is its own message.
+when every character is its own message. The same server answering one message after some work gives
+the round trip of a bare call whose handler works that long (``first_message_s``): the floor of
+bench/serve.py's time-to-first-character probe.
 
     python -m bench.transport --messages 20000
 """
@@ -12,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -25,7 +29,12 @@ METHOD = "/bench.Transport/Stream"
 
 async def _serve() -> None:
     async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
-        for _ in range(int(request)):
+        n, _, busy_us = request.partition(b":")
+        if busy_us:  # compute (a busy loop) for that long first, as a server's handler would
+            until = time.perf_counter() + int(busy_us) / 1e6
+            while time.perf_counter() < until:
+                pass
+        for _ in range(int(n)):
             yield b"x"
 
     server = grpc.aio.server()
@@ -50,18 +59,33 @@ async def _count(target: str, messages: int) -> float:
         return (time.perf_counter() - start) / n
 
 
-def message_us(messages: int = 20000) -> float:
-    """Mean microseconds per streamed message on loopback, with the server in its own process."""
+@contextlib.contextmanager
+def echo_server() -> Iterator[str]:
+    """The bare server, in a child process for as long as the block runs; yields its target (host:port)."""
     proc = subprocess.Popen([sys.executable, "-m", "bench.transport", "--serve"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None and proc.stdin is not None
-        port = int(proc.stdout.readline())
-        return asyncio.run(_count(f"127.0.0.1:{port}", messages)) * 1e6
+        yield f"127.0.0.1:{int(proc.stdout.readline())}"
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
         proc.wait(10)
+
+
+def message_us(messages: int = 20000) -> float:
+    """Mean microseconds per streamed message on loopback, with the server in its own process."""
+    with echo_server() as target:
+        return asyncio.run(_count(target, messages)) * 1e6
+
+
+async def first_message_s(channel: grpc.aio.Channel, busy_us: int = 0) -> float:
+    """Seconds from the start of a bare call to its one message, its handler busy for ``busy_us`` first."""
+    start, first = time.perf_counter(), 0.0
+    call = channel.unary_stream(METHOD, request_serializer=None, response_deserializer=None)
+    async for _ in call(f"1:{busy_us}".encode()):
+        first = time.perf_counter()
+    return first - start
 
 
 def main(argv: list[str] | None = None) -> int:

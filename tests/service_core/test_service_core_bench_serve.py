@@ -35,6 +35,11 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
     assert out["soak"]["rounds"] >= 3 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0  # 2 warm-up
     assert out["ttfc16"]["count"] == 3 and out["long_ttfc"]["count"] == 1 and out["message_us"] > 0
     assert out["ttfc16_engine"]["count"] == 3 and out["ttfc16_engine"]["p50"] > 0
+    # the floor: 3 raw prefill calls, then 3 bare calls whose handler works as long as their median
+    assert out["ttfc16_prefill"]["count"] == 3 and out["ttfc16_floor"]["count"] == 3
+    assert out["ttfc16_floor"]["p50"] >= out["ttfc16_prefill"]["p50"] - 0.001
+    ttfc = next(t["figure"] for t in out["targets"] if t["target"].startswith("1 stream: TTFC"))
+    assert "charlm adds" in ttfc
     served = "charlm --max-batch 1 --decode-steps 1 over gRPC"  # one row, one step per call
     assert [b["engine"] for b in out["baselines"]] == ["onnxruntime", "pytorch-eager", served]
     assert out["baselines"][2]["chars"] == 3 * 10  # the served baseline ran every stream to its end
