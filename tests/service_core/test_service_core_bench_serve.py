@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.serve import main
+from bench.serve_report import _down
 from bench.serve_runs import fit_prompt
 from service.engine import available_cores
 
@@ -15,6 +16,11 @@ from service.engine import available_cores
 def test_fit_prompt_keeps_only_vocabulary_characters_and_the_length() -> None:
     assert fit_prompt("KING:\nWhat", "INGW:ha", 12) == "ING:WhaING:W"
     assert fit_prompt("xyz", "ab", 3) == "aaa"
+
+
+def test_a_figure_just_under_its_target_never_prints_as_reaching_it() -> None:
+    assert _down(9.95, 1) == 9.9 and _down(69.6, 0) == 69  # 10x and 70% targets missed
+    assert _down(10.0, 1) == 10.0 and _down(0.29 * 100, 0) == 29  # met, and float noise does not cost a unit
 
 
 @pytest.mark.timeout(180)
