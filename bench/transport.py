@@ -2,11 +2,10 @@
 
 A child process serves ``/bench.Transport/Stream``, which answers a request of N (ASCII digits) with N
 one-byte messages (raw bytes, no protobuf), and a request of "N:U" the same after U µs of busy work; the
-client counts them on one stream. The mean time per
-message is the "one message" of the 1-stream latency target: what the transport alone adds per character
-when every character is its own message. The same server answering one message after some work gives
-the round trip of a bare call whose handler works that long (``first_message_s``): the floor of
-bench/serve.py's time-to-first-character probe.
+client counts them on one stream. The mean time per message is the "one message" of the 1-stream latency
+target: what the transport alone adds per character when every character is its own message. One
+message after some work gives the round trip of a bare call whose handler works that long
+(``first_message_s``): the floor of bench/serve.py's time-to-first-character probe.
 
     python -m bench.transport --messages 20000
 """
