@@ -147,8 +147,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                            "nproc": os.cpu_count(), "load_avg": os.getloadavg(), "chars": a.chars,
                            "server_args": a.server_arg, "threads": a.threads}  # fmt: skip
     args = ["--default-model", model, "--intra-op-threads", str(a.threads), *a.server_arg]
-    # the server's own settings, for the raw prefill calls measured between the first-character probe's requests
-    prefill_runtime = None if a.no_probes else Runtime(artifact, RuntimeConfig(intra_op_threads=a.threads))
+    # the server's prompt-call settings, for the raw prefill calls measured between the first-character probe's
+    # requests (decode_steps=1: no graphs of several steps are built, which only decode calls use)
+    prefill_config = RuntimeConfig(intra_op_threads=a.threads, decode_steps=1)
+    prefill_runtime = None if a.no_probes else Runtime(artifact, prefill_config)
     with ServerProcess(a.model.parent.parent, args, cwd=a.server_cwd) as server:
         res.update(asyncio.run(_served(a, server, engines, runtime.vocabulary, model, prefill_runtime)))
     if not a.no_probes:
