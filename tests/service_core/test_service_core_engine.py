@@ -1,13 +1,16 @@
-"""The batching engine on real tiny models: equivalences (batched = alone, one call = two, engine = reference)."""
+"""The batching engine on real tiny models: equivalences (batched = alone, one call = two, engine = reference);
+its lane count."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 import numpy as np
 import pytest
 from fixtures.service_core import ARCHS, EngineFactory, RecordingObserver, collect, reference_greedy
 
+from service.engine import available_cores, quota_cores
 from service.runtime import Runtime
 from service.sampling import log_softmax
 from service.types import GenerateParams, Sampling
@@ -118,3 +121,10 @@ async def test_logprobs_are_the_raw_softmax_of_each_sampled_character(
     expected = log_softmax(logits[0])[np.arange(ids.shape[1] - 1), ids[0, 1:]][len(PROMPT) - 1 :]
     assert len(lps) == len(text) == 25
     np.testing.assert_allclose(lps, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_available_cores_is_within_the_affinity_and_a_container_quota() -> None:
+    assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
+    assert quota_cores("200000 100000\n") == 2 and quota_cores("150000 100000") == 2  # compose's cpus: "1.5"
+    assert quota_cores("50000 100000") == 1  # never 0 lanes
+    assert quota_cores("max 100000") is None and quota_cores("") is None and quota_cores("x 0") is None

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 from fixtures.service_core import EngineFactory, RecordingObserver, collect, until
 
-from service.engine import Engine, available_cores, quota_cores
+from service.engine import Engine
 from service.errors import InvalidArgument, Unavailable
 from service.runtime import Runtime
 from service.stream import Stream
@@ -91,13 +90,6 @@ async def test_concurrent_starts_prepare_the_batches_once(make_engine: EngineFac
     out: list[str] = []
     finish = await consume(engine, PROMPT, GenerateParams(Sampling(seed=1), max_chars=30), out)
     assert finish.reason == "length" and len("".join(out)) == 30
-
-
-def test_available_cores_is_within_the_affinity_and_a_container_quota() -> None:
-    assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
-    assert quota_cores("200000 100000\n") == 2 and quota_cores("150000 100000") == 2  # compose's cpus: "1.5"
-    assert quota_cores("50000 100000") == 1  # never 0 lanes
-    assert quota_cores("max 100000") is None and quota_cores("") is None and quota_cores("x 0") is None
 
 
 async def test_consumer_that_stops_iterating_frees_its_row(make_engine: EngineFactory) -> None:

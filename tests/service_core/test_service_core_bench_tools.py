@@ -1,0 +1,71 @@
+"""The smaller benchmark tools end to end on tiny models (no timings asserted): bench/transport.py's bare grpc.aio
+server, bench/latency_ab.py's alternating servers, bench/quantize.py's int8 graph beside the fp32 one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from bench.latency_ab import METRICS
+from bench.latency_ab import main as latency_ab
+from bench.quantize import main as quantize
+from bench.transport import echo_server, first_message_s
+
+
+async def _first_messages(target: str, busy_us: int) -> tuple[float, float]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        return await first_message_s(channel), await first_message_s(channel, busy_us)
+
+
+def test_a_bare_call_answers_after_its_handler_worked_as_long_as_asked() -> None:
+    with echo_server() as target:
+        plain, busy = asyncio.run(_first_messages(target, 50_000))
+    assert plain > 0 and busy >= 0.05  # the handler computed 50 ms before its one message
+
+
+@pytest.mark.timeout(180)
+def test_every_configuration_is_measured_every_round(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--model", str(model_repo / "tiny-gru" / "1"), "--rounds", "2", "--ttfc-requests", "2", "--chars", "40",
+            "--config", "", "--config", "--inline-prompt-chars 0 --steps-wait-ms 0", "--json"]  # fmt: skip
+    assert latency_ab(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [c["config"] for c in out] == ["", "--inline-prompt-chars 0 --steps-wait-ms 0"]
+    for c in out:
+        assert all(len(c[m]) == 2 and all(v > 0 for v in c[m]) for m in METRICS)
+    latency_ab(argv[:-1])  # the table
+    assert "(defaults)" in capsys.readouterr().out
+
+
+def test_a_configuration_the_server_refuses_is_an_error(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert latency_ab(["--model", str(model_repo / "tiny-gru" / "1"), "--config", "--steps-wait-ms -1"]) == 2
+    assert "steps_wait_ms: must be >= 0" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+def test_int8_keeps_the_loss_and_loses_batch_invariance(
+    model_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = model_repo / "tiny-lstm" / "1"
+    vocabulary = json.loads((model / "meta.json").read_text())["vocabulary"]
+    text = tmp_path / "text.txt"
+    text.write_text("".join(np.random.default_rng(0).choice(list(vocabulary), 3000)), encoding="utf-8")
+    assert quantize([str(text), "--model", str(model), "--seconds", "0.01", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    fp32, int8 = res["fp32"], res["int8"]
+    assert fp32["batch drift"] == 0.0  # a row's logits do not depend on its batch mates
+    assert int8["batch drift"] > 0.0  # one activation scale over the whole call: they do
+    assert int8["bits per char"] == pytest.approx(fp32["bits per char"], rel=0.02)
+    assert fp32.keys() == int8.keys() and all(v > 0 for k, v in int8.items() if "thread" in k)
+
+
+def test_a_text_outside_the_vocabulary_is_an_error(model_repo: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    text = tmp_path / "text.txt"
+    text.write_text("\u00e9" * 100, encoding="utf-8")
+    assert quantize([str(text), "--model", str(model_repo / "tiny-lstm" / "1"), "--seconds", "0.01"]) == 2
+    assert "fewer than 2 characters of the model's vocabulary" in capsys.readouterr().out
