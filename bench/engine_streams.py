@@ -1,6 +1,8 @@
 """The serving engine without the network: concurrent generations through ``service.engine.Engine`` in this
 process (its step thread, sampling head, prefill and coalescing; readers on this event loop), each level
-beside raw onnxruntime steps at the same batch size measured right after it.
+beside raw onnxruntime steps at the same batch size measured right after it. Every run starts all its
+streams at once, so their time to first chunk (TTFC, over all the runs of a level) is that of a burst of new
+streams with no network in the way.
 
 What it separates: served ÷ raw (bench/serve.py) = engine ÷ raw (here) x served ÷ engine, so the gap between
 the engine and the raw steps is the engine's own work, and the rest is gRPC, protobuf and the clients.
@@ -11,11 +13,14 @@ the engine and the raw steps is the engine's own work, and the rest is gRPC, pro
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.engine import parser
 from bench.serve_runs import PROMPT16, fit_prompt, raw_engines
+from client.loadgen import summarize
 from service.artifact import load_artifact
 from service.engine import Engine, EngineConfig, available_cores
 from service.runtime import Runtime, RuntimeConfig
@@ -23,22 +28,35 @@ from service.types import Chunk, GenerateParams, Sampling
 from service.vocab import Vocab
 
 
-async def engine_rate(engine: Engine, streams: int, chars: int, prompt: str) -> tuple[float, float]:
-    """Aggregate chars/s of ``streams`` concurrent generations of ``chars`` characters, and chars per chunk."""
+@dataclass(frozen=True)
+class EngineRun:
+    """One level's run: aggregate chars/s, chars per chunk, and each stream's time to its first chunk (ms)."""
 
-    async def one(seed: int) -> tuple[int, int]:
+    chars_per_s: float
+    chars_per_chunk: float
+    ttfc_ms: list[float]
+
+
+async def engine_rate(engine: Engine, streams: int, chars: int, prompt: str) -> EngineRun:
+    """``streams`` concurrent generations of ``chars`` characters, all started at once (a burst)."""
+
+    async def one(seed: int) -> tuple[int, int, float]:
         n = chunks = 0
+        first = math.nan
         params = GenerateParams(Sampling(temperature=1.0, seed=seed), max_chars=chars)
+        t0 = time.perf_counter()
         async for event in engine.generate(engine.new_state(), prompt, params):
             if isinstance(event, Chunk):
+                if not chunks:
+                    first = (time.perf_counter() - t0) * 1e3
                 n, chunks = n + len(event.text), chunks + 1
-        return n, chunks
+        return n, chunks, first
 
     start = time.perf_counter()
     done = await asyncio.gather(*(one(s) for s in range(streams)))
     wall = time.perf_counter() - start
-    total, chunks = sum(n for n, _ in done), sum(c for _, c in done)
-    return total / wall, total / chunks
+    total, chunks = sum(d[0] for d in done), sum(d[1] for d in done)
+    return EngineRun(total / wall, total / chunks, [d[2] for d in done])
 
 
 async def run(model: Path, levels: list[int], chars: int, repeats: int, threads: int,
@@ -54,18 +72,21 @@ async def run(model: Path, levels: list[int], chars: int, repeats: int, threads:
     prompt = fit_prompt(PROMPT16, runtime.vocabulary, len(PROMPT16))  # PROMPT16 itself for the shipped model
     await engine.start()
     lines = [f"{runtime.model} in-process engine vs raw onnxruntime steps (the fastest of: {' / '.join(engines)})",
-             f"{'streams':>7} {'engine c/s':>11} {'raw c/s':>9} {'ratio':>6} {'c/chunk':>8}  all ratios"]  # fmt: skip
+             f"{'streams':>7} {'engine c/s':>11} {'raw c/s':>9} {'ratio':>6} {'c/chunk':>8} {'TTFC p50/p99 ms':>16}"
+             "  all ratios"]  # fmt: skip
     try:
         await engine_rate(engine, 4, 100, prompt)  # warm-up
         for n in levels:
             pairs = []
             for _ in range(repeats):
-                rate, per_chunk = await engine_rate(engine, n, chars, prompt)
+                r = await engine_rate(engine, n, chars, prompt)
                 best = max(measure(n).chars_per_s for measure in engines.values())
-                pairs.append((rate / best, rate, best, per_chunk))
-            ratio, rate, best, per_chunk = sorted(pairs)[len(pairs) // 2]
+                pairs.append((r.chars_per_s / best, best, r))
+            ratio, best, r = sorted(pairs, key=lambda p: p[0])[len(pairs) // 2]
+            ttfc = summarize([t for p in pairs for t in p[2].ttfc_ms])  # over every run of the level
             ratios = ", ".join(f"{p[0]:.0%}" for p in pairs)
-            lines.append(f"{n:>7} {rate:>11,.0f} {best:>9,.0f} {ratio:>6.0%} {per_chunk:>8.1f}  {ratios}")
+            lines.append(f"{n:>7} {r.chars_per_s:>11,.0f} {best:>9,.0f} {ratio:>6.0%} {r.chars_per_chunk:>8.1f} "
+                         f"{f'{ttfc.p50:.2f}/{ttfc.p99:.2f}':>16}  {ratios}")  # fmt: skip
     finally:
         await engine.close()
     return lines

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from service.batch import DecodeBatch
 from service.config import EngineConfig
 from service.errors import InvalidArgument, Unavailable
 from service.lane import Lane
 from service.runtime import Runtime
 from service.sampling import validate
-from service.scheduler import consume
+from service.scheduler import Scheduler, consume
 from service.stream import Stream
 from service.types import Chunk, EngineObserver, FeedResult, Finish, GenerateParams, SeqState
 from service.vocab import Vocab
@@ -49,8 +48,8 @@ class Engine:
         self.model = model or runtime.model
         # on CUDA one batch keeps the device busiest; on CPU one lane per core (see service/lane.py)
         n = config.lanes or (available_cores() if runtime.provider == "cpu" else 1)
-        batches: list[DecodeBatch] = []  # every lane adds its own
-        self.lanes = [Lane(runtime, vocab, config, self.model, observer, batches) for _ in range(n)]
+        peers: list[Scheduler] = []  # every lane adds itself
+        self.lanes = [Lane(runtime, vocab, config, self.model, observer, peers) for _ in range(n)]
         self.observer = observer
         self._feeds = 0  # feed requests held by the lanes
         self._running = False
@@ -81,6 +80,7 @@ class Engine:
     def _prepare(self) -> None:
         for i, lane in enumerate(self.lanes):  # the lanes share the sessions: one of them makes the calls
             lane.prepare(run=i == 0)
+            lane.prepare_prompts()
 
     async def close(self) -> None:
         """Stop the step threads (after their current steps); requests still held end with Unavailable."""

@@ -4,9 +4,9 @@ An engine (service/engine.py) runs one lane per core on CPU. A lane's onnxruntim
 thread alone while other lanes step too, so the lanes' calls proceed side by side: on 2 busy cores, two
 batches of 32 rows stepped this way made 15-20% more characters per second than one batch of 64 on both
 cores, whose every operator waits for its slowest thread (docs/performance.md). A lane that steps alone uses
-all of onnxruntime's threads, so one stream is as fast as with a single batch. New streams fill one lane
-up to ``EngineConfig.lane_fill`` before the next gets any (a few streams step cheaper in one lane than
-spread thin), then go to the lane holding the fewest.
+all of onnxruntime's threads, so one stream is as fast as with a single batch; prompt calls follow the same
+rule (Scheduler._prompt_session). New streams fill one lane up to ``EngineConfig.lane_fill`` before the next
+gets any (a few streams step cheaper in one lane than spread thin), then go to the lane holding the fewest.
 """
 
 from __future__ import annotations

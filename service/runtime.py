@@ -77,6 +77,7 @@ class Runtime:
         # engine lanes at once the server's memory kept growing (a 300 s soak: +16.6% after warm-up, +3.9% with
         # this lock, flat from the 7th round; docs/performance.md).
         self._prompt_calls = threading.Lock()
+        self._onnx_path, self._providers = str(artifact.onnx_path), providers
         self.provider = "cuda" if PROVIDERS["cuda"] in self.session.get_providers() else "cpu"
         # decode steps (`bind_decoder`): the same graph with a sampling head (service/sampling_head.py)
         graph = add_sampling_head(onnx.load(str(artifact.onnx_path)), self.logits_name, self.vocab_size)
@@ -96,8 +97,17 @@ class Runtime:
         """A fresh state: one zero [layers, hidden] array per state tensor."""
         return tuple(np.zeros((self.layers, self.hidden), np.float32) for _ in self.state_inputs)
 
-    def run(self, ids: np.ndarray, states: States) -> tuple[np.ndarray, States]:
-        """ids int64 (B, T), states each (layers, B, hidden) -> logits float32 (B, T, V), new states."""
+    def lane_prompts(self) -> ort.InferenceSession | None:
+        """A session of the artifact's graph on the calling thread alone, for one engine lane's prompt calls made
+        while other lanes work (``run``'s ``session``); None on CUDA, where an engine has one lane."""
+        if self.provider != "cpu":
+            return None
+        return ort.InferenceSession(self._onnx_path, _options(_ONE_THREAD, False), providers=self._providers)
+
+    def run(self, ids: np.ndarray, states: States,
+            session: ort.InferenceSession | None = None) -> tuple[np.ndarray, States]:  # fmt: skip
+        """ids int64 (B, T), states each (layers, B, hidden) -> logits float32 (B, T, V), new states. On all of
+        onnxruntime's threads, or on ``session`` (one of ``lane_prompts``, its caller's own)."""
         b = ids.shape[0]
         if b < self.min_batch:  # see _batch_invariant: pad so that results do not depend on the batch size
             ids = np.repeat(ids, self.min_batch, axis=0)
@@ -105,8 +115,11 @@ class Runtime:
         feed = {self.input_name: np.ascontiguousarray(ids, dtype=np.int64)}
         for name, s in zip(self.state_inputs, states, strict=True):
             feed[name] = np.ascontiguousarray(s, dtype=np.float32)
-        with self._prompt_calls:
-            logits, *new = self.session.run(self.output_names, feed)
+        if session is not None:
+            logits, *new = session.run(self.output_names, feed)
+        else:
+            with self._prompt_calls:
+                logits, *new = self.session.run(self.output_names, feed)
         return logits[:b], tuple(s[:, :b] for s in new)
 
     def bind(self, ids: np.ndarray, states: States, logits_out: np.ndarray, states_out: States) -> Callable[[], None]:
@@ -177,8 +190,7 @@ class Runtime:
         shared = ort.InferenceSession(data, _options(config, config.spinning), providers=providers)
         if self.provider != "cpu":
             return shared, shared
-        alone = RuntimeConfig(intra_op_threads=1, inter_op_threads=1)
-        return shared, ort.InferenceSession(data, _options(alone, False), providers=providers)
+        return shared, ort.InferenceSession(data, _options(_ONE_THREAD, False), providers=providers)
 
     def _probe_min_batch(self) -> int:
         """1, or 2 when a row's outputs differ bitwise between batch 1 and larger batches.
@@ -200,6 +212,9 @@ class Runtime:
             return 1
         log.info("%s: batch-1 calls are padded to 2 rows (batch-invariant results)", self.model)
         return 2
+
+
+_ONE_THREAD = RuntimeConfig(intra_op_threads=1, inter_op_threads=1)  # a lane's calls beside other lanes' calls
 
 
 def _options(config: RuntimeConfig, spinning: bool) -> ort.SessionOptions:

@@ -18,6 +18,7 @@ import time
 from collections import deque
 
 import numpy as np
+import onnxruntime as ort
 
 from service.batch import DecodeBatch, Joiner
 from service.config import EngineConfig
@@ -39,7 +40,7 @@ class Scheduler:
     """
 
     def __init__(self, runtime: Runtime, vocab: Vocab, config: EngineConfig, model: str,
-                 observer: EngineObserver | None, batches: list[DecodeBatch] | None = None) -> None:  # fmt: skip
+                 observer: EngineObserver | None, peers: list[Scheduler] | None = None) -> None:  # fmt: skip
         if len(vocab) != runtime.vocab_size:
             raise ValueError(f"{model}: vocabulary has {len(vocab)} characters, the model {runtime.vocab_size}")
         self.runtime, self.vocab, self.config, self.observer = runtime, vocab, config, observer
@@ -59,10 +60,11 @@ class Scheduler:
         self._dirty = False  # batch membership must be rebuilt before the next step
         self._active = 0  # generate requests held (event loop side)
         self._handoff = Handoff()
-        # the decode batches of all the model's lanes (read across threads: only their sizes, n), this one's index
-        self._batches = batches if batches is not None else []
-        self._index = len(self._batches)
-        self._batches.append(self._batch)
+        # all the model's lanes, this one included (read across threads: only whether they hold work), its index
+        self._peers = peers if peers is not None else []
+        self._index = len(self._peers)
+        self._peers.append(self)
+        self._own_prompts: ort.InferenceSession | None = None  # see prepare_prompts
         self._phase = 0.0  # of the latest stream's release phase (see _first_seen)
 
     def _enqueue(self, s: Stream) -> None:
@@ -160,7 +162,21 @@ class Scheduler:
 
     def _model_rows(self) -> int:
         """Rows in the decode batches of all the model's lanes."""
-        return sum(b.n for b in self._batches)
+        return sum(p._batch.n for p in self._peers)
+
+    def prepare_prompts(self) -> None:
+        """(before start) A prompt-call session of this lane's own when the model has other lanes (CPU)."""
+        if len(self._peers) > 1:
+            self._own_prompts = self.runtime.lane_prompts()
+
+    def _prompt_session(self) -> ort.InferenceSession | None:
+        """Where the next prompt call runs: on all of onnxruntime's threads (None) while no other lane holds
+        work, else on this lane's thread alone, as decode calls side by side do. Two lanes' prompt calls on
+        the shared threads would wait for each other, and for a core: a burst of 64 streams on 2 cores gave
+        prompt calls of 15 x 16 characters taking 10 ms against 2.8 ms raw (docs/performance.md)."""
+        if self._own_prompts is None or not any(p._batch.n or p._prefilling for p in self._peers if p is not self):
+            return None
+        return self._own_prompts
 
     def _first_seen(self, s: Stream, now: float, hold: float) -> None:
         """A stream's first character: its clocks, and a release phase of its own.
@@ -202,7 +218,7 @@ class Scheduler:
         n = min(self.config.prefill_chunk, *(s.remaining for s in group)) if group else 0
         if n:
             group = group[: max(1, self.config.prefill_chars // n)]  # the rest go in the next call
-            logits = consume(self.runtime, group, n)  # (P, n, V)
+            logits = consume(self.runtime, group, n, self._prompt_session())  # (P, n, V)
             for i, s in enumerate(group):
                 if s.score:
                     s.score_chunk(logits[i], n)
@@ -229,12 +245,14 @@ class Scheduler:
             self._enqueue(s)
 
 
-def consume(runtime: Runtime, group: list[Stream], n: int) -> np.ndarray:
-    """One (P, n) sequence call over the next ``n`` ids of each stream's text, from each one's own state;
-    the states advance (``done`` is the caller's to move). Returns the logits (P, n, V)."""
+def consume(runtime: Runtime, group: list[Stream], n: int,
+            session: ort.InferenceSession | None = None) -> np.ndarray:  # fmt: skip
+    """One (P, n) sequence call over the next ``n`` ids of each stream's text, from each one's own state (on
+    ``session``: see Runtime.run); the states advance (``done`` is the caller's to move). Returns the logits
+    (P, n, V)."""
     ids = np.stack([s.todo[s.done : s.done + n] for s in group])
     per_tensor = zip(*(s.state.arrays for s in group), strict=True)
-    logits, new = runtime.run(ids, tuple(np.stack(a, axis=1) for a in per_tensor))  # states (layers, P, H)
+    logits, new = runtime.run(ids, tuple(np.stack(a, axis=1) for a in per_tensor), session)  # (layers, P, H)
     for i, s in enumerate(group):
         s.state.arrays = tuple(np.ascontiguousarray(a[:, i]) for a in new)
     return logits

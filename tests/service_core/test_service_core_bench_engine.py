@@ -51,4 +51,6 @@ def test_engine_streams_reports_each_level_beside_raw_steps(model_repo: Path) ->
     for r in rows:
         rate, raw, ratio = float(r[1].replace(",", "")), float(r[2].replace(",", "")), float(r[3].rstrip("%"))
         assert rate > 0 and raw > 0 and abs(ratio - 100 * rate / raw) < 1  # the ratio is of the two rates shown
-        assert len(r[5:]) == 2  # both pairs listed
+        p50, p99 = (float(v) for v in r[5].split("/"))
+        assert 0 < p50 <= p99  # each stream's time to its first chunk
+        assert len(r[6:]) == 2  # both pairs listed

@@ -175,7 +175,12 @@ async def test_prefill_calls_hold_at_most_prefill_chars(make_engine: EngineFacto
     rt = tiny_runtimes["gru"]
     shapes: list[tuple[int, ...]] = []
     run = rt.run
-    monkeypatch.setattr(rt, "run", lambda ids, states: (shapes.append(ids.shape), run(ids, states))[1])
+
+    def record(ids: np.ndarray, states: tuple[np.ndarray, ...], session: object = None) -> object:
+        shapes.append(ids.shape)
+        return run(ids, states, session)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rt, "run", record)
     # 8 prompts of 33 characters queued at once (the step loop's own methods, run here without its thread)
     engine = make_engine("gru", prefill_chunk=16, prefill_chars=40)
     for seed in range(8):
@@ -198,7 +203,7 @@ async def test_prefill_calls_hold_at_most_prefill_chars(make_engine: EngineFacto
     assert await texts(make_engine("gru", prefill_chunk=16, prefill_chars=40)) == await texts(make_engine("gru"))
 
 
-async def test_stop_sequence_ends_the_output_with_it(make_engine: EngineFactory) -> None:
+async def test_a_generation_ends_with_its_stop_sequence_or_at_exactly_max_chars(make_engine: EngineFactory) -> None:
     engine = make_engine("lstm")
     greedy = Sampling(temperature=0)
     free, _ = await collect(engine, engine.new_state(), PROMPT, GenerateParams(greedy, 80))
@@ -207,11 +212,8 @@ async def test_stop_sequence_ends_the_output_with_it(make_engine: EngineFactory)
     assert finish.reason == "stop" and finish.stop_sequence == stop
     assert text == free[: free.index(stop) + len(stop)] and text.endswith(stop)
     assert finish.generated_chars == len(text)
-
-
-async def test_max_chars_is_exact(make_engine: EngineFactory) -> None:
-    engine = make_engine("rnn")
-    text, finish = await collect(engine, engine.new_state(), "a", GenerateParams(Sampling(seed=9), max_chars=17))
+    rnn = make_engine("rnn")
+    text, finish = await collect(rnn, rnn.new_state(), "a", GenerateParams(Sampling(seed=9), max_chars=17))
     assert len(text) == 17 and finish.reason == "length" and finish.generated_chars == 17
 
 

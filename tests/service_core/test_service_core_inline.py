@@ -1,6 +1,7 @@
-"""A short prompt that comes while the engine holds nothing is consumed on the event loop
-(EngineConfig.inline_prompt_chars): the same streams as through a step thread, and only while nothing else is
-held."""
+"""Where a prompt is consumed. A short one that comes while the engine holds nothing: on the event loop
+(EngineConfig.inline_prompt_chars), with the same streams as through a step thread, and only while nothing else
+is held. Else in a lane: on all of onnxruntime's threads while no other lane holds work, on the lane's own
+thread beside another lane's work, with the same text either way."""
 
 from __future__ import annotations
 
@@ -64,10 +65,10 @@ async def test_prompts_are_consumed_on_the_loop_only_while_the_engine_holds_noth
     where: list[tuple[str, int]] = []  # of every prompt call: "loop" or "step thread", and its length
     run = rt.run
 
-    def spy(ids: np.ndarray, states: tuple[np.ndarray, ...]) -> object:
+    def spy(ids: np.ndarray, states: tuple[np.ndarray, ...], session: object = None) -> object:
         thread = "step thread" if threading.current_thread().name.startswith("charlm-step") else "loop"
         where.append((thread, ids.shape[1]))
-        return run(ids, states)
+        return run(ids, states, session)  # type: ignore[arg-type]
 
     monkeypatch.setattr(rt, "run", spy)
     engine = make_engine("lstm", inline_prompt_chars=16)
@@ -94,3 +95,31 @@ async def test_prompts_are_consumed_on_the_loop_only_while_the_engine_holds_noth
     where.clear()
     await collect(never, never.new_state(), PROMPT, short)
     assert where == [("step thread", len(PROMPT))]
+
+
+async def test_a_lanes_prompt_calls_run_on_its_own_thread_while_another_lane_holds_work(
+        make_engine: EngineFactory, tiny_runtimes: dict[str, Runtime],
+        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    rt = tiny_runtimes["lstm"]
+    sessions: list[object] = []  # of every prompt call: the session it was given (None: all threads)
+    run = rt.run
+
+    def spy(ids: np.ndarray, states: tuple[np.ndarray, ...], session: object = None) -> object:
+        sessions.append(session)
+        return run(ids, states, session)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rt, "run", spy)
+    engine = make_engine("lstm", lanes=2, lane_fill=1, inline_prompt_chars=0)
+    params = GenerateParams(Sampling(seed=3), max_chars=20)
+    alone, _ = await collect(engine, engine.new_state(), PROMPT, params)
+    first, second = engine.lanes
+    assert sessions == [None] and first._own_prompts is not None and second._own_prompts is not None
+    busy = engine.generate(engine.new_state(), PROMPT, GenerateParams(max_chars=100_000))  # held by the first lane
+    assert isinstance(await busy.__anext__(), Chunk)
+    sessions.clear()
+    beside, _ = await collect(engine, engine.new_state(), PROMPT, params)  # the second lane: the first is busy
+    assert sessions == [second._own_prompts] and beside == alone
+    await busy.aclose()
+    single = make_engine("lstm", lanes=1)
+    await single.start()
+    assert single.lanes[0]._own_prompts is None  # no other lane to step beside

@@ -61,6 +61,19 @@ def test_bound_call_equals_run(tiny_runtimes: dict[str, Runtime], arch: str) -> 
     assert all(np.array_equal(a, r) for a, r in zip(out, ref_states, strict=True))
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_lanes_own_prompt_session_equals_all_threads_bitwise(tiny_artifacts: dict[str, Artifact], arch: str) -> None:
+    rt = Runtime(tiny_artifacts[arch], RuntimeConfig(intra_op_threads=2))
+    own = rt.lane_prompts()
+    assert own is not None and own.get_session_options().intra_op_num_threads == 1
+    ids = np.random.default_rng(3).integers(0, rt.vocab_size, (6, 12))
+    states = random_states(rt, 6, seed=3)
+    shared, shared_states = rt.run(ids, states)
+    alone, alone_states = rt.run(ids, states, own)
+    assert np.array_equal(alone, shared)  # a prompt's first character does not depend on where it was consumed
+    assert all(np.array_equal(a, b) for a, b in zip(alone_states, shared_states, strict=True))
+
+
 def test_cuda_falls_back_to_cpu_with_a_warning(tiny_artifacts: dict[str, Artifact],
                                                caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     import onnxruntime as ort
