@@ -27,6 +27,7 @@ import onnxruntime as ort
 from bench.engine import parser, timed
 from service.artifact import Artifact, ArtifactError, load_artifact
 from service.engine import available_cores
+from service.sampling import log_softmax
 
 SHAPES = {"1 row, 1 char": (1, 1), "1 row, 16-char prompt": (1, 16), "64 rows, 1 char": (64, 1)}
 
@@ -69,9 +70,7 @@ class Graph:
 
 def bits_per_char(graph: Graph, ids: np.ndarray) -> float:
     """Mean bits of each id after the first given the ones before it, from a zero state."""
-    lg = graph.logits(ids[None, :-1])[0].astype(np.float64)
-    lg -= lg.max(axis=1, keepdims=True)
-    lp = lg - np.log(np.exp(lg).sum(axis=1, keepdims=True))
+    lp = log_softmax(graph.logits(ids[None, :-1])[0])  # (T - 1, V), float64
     return float(-lp[np.arange(ids.size - 1), ids[1:]].mean() / np.log(2))
 
 

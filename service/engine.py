@@ -78,9 +78,8 @@ class Engine:
             self._running = True
 
     def _prepare(self) -> None:
-        for i, lane in enumerate(self.lanes):  # the lanes share the sessions: one of them makes the calls
+        for i, lane in enumerate(self.lanes):  # the lanes share the decode sessions: one of them makes the calls
             lane.prepare(run=i == 0)
-            lane.prepare_prompts()
 
     async def close(self) -> None:
         """Stop the step threads (after their current steps); requests still held end with Unavailable."""

@@ -38,8 +38,10 @@ class Lane(Decoding):
         return self._batch.n
 
     def prepare(self, run: bool) -> None:
-        """(before start) Bind every batch size now (``run``: and make one call of each); see DecodeBatch.prepare."""
+        """(before start) Bind every batch size now (``run``: and make one call of each; see DecodeBatch.prepare),
+        and build this lane's own prompt session (see Scheduler.prepare_prompts)."""
         self._batch.prepare(run)
+        self.prepare_prompts()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """(event loop) Start the step thread; its events run on ``loop``."""
