@@ -6,8 +6,9 @@ the same batch size measured right after it, so that served ÷ engine is a side-
 no-batching baselines (onnxruntime and PyTorch eager, one stream per call) at 64 streams, the 1-stream
 time to first character for a 16-character prompt (beside its floor: the raw prefill call, and a bare
 grpc.aio call whose handler works as long), the cost of one streamed message, a 2,000-character
-prompt's first character against the raw prefill, and the 256-stream soak (errors, server RSS after
-warm-up). Ends with every target of the performance issue, met or not.
+prompt's first character against the raw prefill, many short requests (64 streams each making 20
+one-character requests in turn: requests/s and the server's CPU per request), and the 256-stream soak
+(errors, server RSS after warm-up). Ends with every target of the performance issue, met or not.
 
 Example:
     python -m bench.serve                      # everything (about 2 minutes on 2 cores)
@@ -57,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ttfc-repeats", type=int, default=50, help="sequential requests of the 1-stream TTFC probe")
     p.add_argument("--prompt-chars", type=int, default=2000, help="length of the long-prompt probe")
     p.add_argument("--prompt-repeats", type=int, default=5, help="requests of the long-prompt probe")
+    p.add_argument("--short-streams", type=int, default=64, help="streams of the short-requests probe")
+    p.add_argument("--short-requests", type=int, default=20,
+                   help="one-character requests each stream of the short-requests probe makes in turn")
     p.add_argument("--soak-streams", type=int, default=256)
     p.add_argument("--soak-seconds", type=float, default=60.0)
     p.add_argument("--soak-warmup-rounds", type=int, default=2, help="soak rounds before the measured seconds")
@@ -78,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.streams, a.chars, a.engine_seconds, a.baseline_seconds, a.baseline_chars = "1,8,64", 300, 0.3, 0.5, 50
         a.repeats = 1
         a.ttfc_repeats, a.prompt_repeats, a.soak_streams, a.soak_seconds, a.soak_warmup_rounds = 10, 2, 64, 5.0, 1
+        a.short_requests = 5
     try:
         a.levels = [int(s) for s in a.streams.split(",")]
     except ValueError:
@@ -115,6 +120,9 @@ async def _served(a: argparse.Namespace, server: ServerProcess, engines: dict[st
         out["ttfc16_floor"], out["ttfc16_prefill"] = t.floor, t.prefill
         t = await ttfc_probe(server.target, model, long_prompt(vocabulary, a.prompt_chars), a.prompt_repeats)
         out["long_ttfc"], out["long_ttfc_engine"] = t.served, t.engine
+        cpu0 = server.cpu_seconds()
+        out["short"] = await run_load(server.target, a.short_streams, 1, prompt, model=model, requests=a.short_requests)
+        out["short_server_cpu_s"] = server.cpu_seconds() - cpu0
     if not a.no_soak:
         out["soak"] = await soak(server, model, a.soak_streams, a.chars, a.soak_seconds, prompt, a.soak_warmup_rounds)
     return out
@@ -182,6 +190,8 @@ def to_json(res: dict[str, Any]) -> dict[str, Any]:
                       "chars_per_s": v.chars_per_s}
         elif k == "baselines":
             out[k] = [asdict(b) for b in v]
+        elif k == "short":
+            out[k] = v.to_dict()
         elif hasattr(v, "__dataclass_fields__"):
             out[k] = asdict(v)
         else:
@@ -202,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.json_out is not None:
         a.json_out.write_text(data + "\n")
     print(data if a.json else report_table(res))
-    failed = any(lv.served.errors for lv in res["levels"]) or bool(res.get("soak") and res["soak"].errors)
+    failed = any(lv.served.errors for lv in res["levels"]) or any(
+        res[k].errors for k in ("soak", "short") if res.get(k) is not None)
     return 1 if failed else 0
 
 

@@ -110,6 +110,12 @@ def report_table(res: dict[str, Any]) -> str:
     for b in res.get("baselines", []):
         rate = f"{b.chars_per_s:,.0f} chars/s" if b.chars else "-"
         lines.append(f"no batching, {b.engine}, {b.streams} streams one call each: {rate} {b.note}".rstrip())
+    if "short" in res:
+        r = res["short"]
+        lines.append(f"short requests: {r.streams} streams x {r.requests_per_stream} one-character requests in turn: "
+                     f"{r.requests_per_s:,.0f} requests/s, TTFC p50 {r.ttfc_ms.p50:.1f} ms p99 {r.ttfc_ms.p99:.1f} ms, "
+                     f"server CPU {res['short_server_cpu_s'] / max(r.completed, 1) * 1e3:.2f} ms a request, "
+                     f"errors {r.errors or 'none'}")  # fmt: skip
     if "soak" in res:
         s = res["soak"]
         lines.append(f"soak: {s.streams} streams x {s.chars} chars, {s.rounds} rounds "

@@ -22,14 +22,16 @@ def format_report(r: LoadReport) -> str:
 
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "none"
     lines = [
-        f"target {r.target}: {r.streams} streams x {r.chars_per_stream} chars over {r.channels} channel(s)",
+        f"target {r.target}: {r.streams} streams x {r.requests_per_stream} request(s) x {r.chars_per_stream} chars "
+        f"over {r.channels} channel(s)",
         f"  aggregate              {r.chars_per_s:,.0f} chars/s ({r.total_chars} chars in {r.wall_s:.2f} s)",
+        f"  requests               {r.requests_per_s:,.1f} requests/s ({r.completed} completed)",
         f"  messages               {r.total_chunks} ({r.chars_per_chunk:.2f} chars per message)",
         f"  {'latency (ms)':<22} {'p50':>9} {'p90':>9} {'p99':>9} {'mean':>9}",
         row("time to first chunk", r.ttfc_ms),
         row("inter-chunk", r.inter_chunk_ms),
         row("inter-character", r.inter_char_ms),
-        f"  completed              {r.completed}/{r.streams}; errors: {errors}",
+        f"  completed              {r.completed}/{r.requests}; errors: {errors}",
     ]
     return "\n".join(lines)
 
@@ -45,33 +47,48 @@ def _jsonable(obj: Any) -> Any:
 
 def cmd_bench(args: argparse.Namespace, opts: ConnectOptions) -> int:
     """Runs the load and prints the table (or JSON); exit status 1 if any stream failed."""
-    total = args.streams * args.chars
+    total = args.streams * args.requests * args.chars
     with tqdm(total=total, unit="char", unit_scale=True, disable=args.json or args.no_progress,
               desc="bench", leave=False) as bar:
         report = asyncio.run(run_load(
             opts.target, args.streams, args.chars, args.prompt, model=args.model, channels=args.channels,
-            temperature=args.temperature, seed=args.seed, options=opts, progress=bar.update,
+            temperature=args.temperature, seed=args.seed, options=opts, progress=bar.update, requests=args.requests,
         ))
     print(json.dumps(_jsonable(report.to_dict())) if args.json else format_report(report))
     return 0 if not report.errors else 1
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Adds the bench subcommand."""
     p = sub.add_parser("bench", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="load generator: concurrent streams, throughput and latency",
-                       description="Open N concurrent Generate streams of M characters each and report the "
-                                   "aggregate chars/s, time to first chunk, inter-chunk and inter-character "
-                                   "latency percentiles, and errors by status.",
+                       description="Open N concurrent Generate streams of M characters each (or R requests "
+                                   "each, one after another) and report the aggregate chars/s, requests/s, time "
+                                   "to first chunk, inter-chunk and inter-character latency percentiles, and "
+                                   "errors by status.",
                        epilog="example:\n  charlm bench -c 64 -n 2000 --prompt 'ROMEO:'\n"
+                              "  charlm bench -c 64 -n 1 -r 20 --prompt 'The quick brown '   # many short requests\n"
                               "  charlm bench -c 8 -n 500 --json > bench.json")
-    p.add_argument("-c", "--streams", type=int, default=8, help="concurrent streams (default %(default)s)")
-    p.add_argument("-n", "--chars", type=int, default=500, help="characters per stream (default %(default)s)")
+    p.add_argument("-c", "--streams", type=_positive, default=8, help="concurrent streams (default %(default)s)")
+    p.add_argument("-n", "--chars", type=_positive, default=500, help="characters per request (default %(default)s)")
+    p.add_argument("-r", "--requests", type=_positive, default=1,
+                   help="requests per stream, one after another (default %(default)s)")
     p.add_argument("--prompt", default="\n", help="prompt of every stream (default a newline)")
     p.add_argument("-m", "--model", default="", help="model name or name:version (default: the server's)")
-    p.add_argument("--channels", type=int, default=1, help="gRPC channels to spread streams over")
+    p.add_argument("--channels", type=_positive, default=1, help="gRPC channels to spread streams over")
     p.add_argument("-t", "--temperature", type=float, help="sampling temperature (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="stream i uses seed SEED+i (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="request j of stream i uses seed SEED+i+j*STREAMS (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)

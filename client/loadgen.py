@@ -1,7 +1,8 @@
 """Load generation: N concurrent Generate streams against a server, with throughput and latency percentiles.
 
-Used by ``charlm bench`` and by ``bench/serve.py``. Latencies are measured at the client: time to first
-chunk from the call's start; inter-chunk gaps between messages; inter-character gaps spreading each
+Each stream makes one request, or several one after another (many short requests: the rate at which a server
+takes new calls). Used by ``charlm bench`` and by ``bench/serve.py``. Latencies are measured at the client:
+time to first chunk from each call's start; inter-chunk gaps between messages; inter-character gaps spreading each
 chunk's gap over its characters, so that coalescing (several characters per message) shows as a lower
 per-character latency than per-chunk latency.
 """
@@ -62,45 +63,56 @@ class LoadReport:
     total_chars: int
     total_chunks: int
     chars_per_s: float  # aggregate: total_chars / wall_s
-    ttfc_ms: Percentiles  # time to first chunk, per stream
-    inter_chunk_ms: Percentiles  # gap between consecutive messages of a stream
+    ttfc_ms: Percentiles  # time to first chunk, per request
+    inter_chunk_ms: Percentiles  # gap between consecutive messages of a request
     inter_char_ms: Percentiles  # each gap divided over the characters of the chunk that ended it
-    completed: int  # streams that finished without error
+    completed: int  # requests that finished without error
     errors: dict[str, int] = field(default_factory=dict)  # status name -> count
+    requests_per_stream: int = 1  # requests each stream made, one after another
+
+    @property
+    def requests(self) -> int:
+        """Requests made in all."""
+        return self.streams * self.requests_per_stream
 
     @property
     def chars_per_chunk(self) -> float:
         """Mean characters per message (1.0 = no coalescing)."""
         return self.total_chars / self.total_chunks if self.total_chunks else math.nan
 
+    @property
+    def requests_per_s(self) -> float:
+        """Requests completed per second of wall time."""
+        return self.completed / self.wall_s if self.wall_s > 0 else math.nan
+
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dict (percentile groups as nested dicts)."""
-        return {**asdict(self), "chars_per_chunk": self.chars_per_chunk}
+        return {**asdict(self), "chars_per_chunk": self.chars_per_chunk, "requests_per_s": self.requests_per_s}
 
 
 @dataclass
 class _StreamStats:
     chars: int = 0
     chunks: int = 0
-    ttfc_ms: float | None = None
+    ttfc_ms: list[float] = field(default_factory=list)  # one per request
     chunk_gaps_ms: list[float] = field(default_factory=list)
     char_gaps_ms: list[float] = field(default_factory=list)
-    error: str | None = None
+    completed: int = 0
+    errors: list[str] = field(default_factory=list)
 
 
-async def _one_stream(
-    client: AsyncClient, prompt: str, chars: int, model: str, temperature: float | None, seed: int | None,
-    progress: Progress | None,
-) -> _StreamStats:
-    stats = _StreamStats()
+async def _one_request(client: AsyncClient, prompt: str, chars: int, model: str, temperature: float | None,
+                       seed: int | None, progress: Progress | None, stats: _StreamStats) -> None:  # fmt: skip
     last = time.perf_counter()  # the call's start: the first gap is the time to first chunk
+    first = True
     try:
         gen = client.generate(prompt, model=model, max_chars=chars, temperature=temperature, seed=seed)
         async for text in gen:
             now = time.perf_counter()
             gap_ms = (now - last) * 1000.0
-            if stats.ttfc_ms is None:
-                stats.ttfc_ms = gap_ms
+            if first:
+                stats.ttfc_ms.append(gap_ms)
+                first = False
             else:
                 stats.chunk_gaps_ms.append(gap_ms)
                 stats.char_gaps_ms.extend([gap_ms / len(text)] * len(text))
@@ -109,9 +121,9 @@ async def _one_stream(
             stats.chunks += 1
             if progress is not None:
                 progress(len(text))
+        stats.completed += 1
     except CharlmError as e:
-        stats.error = e.status
-    return stats
+        stats.errors.append(e.status)
 
 
 async def run_load(
@@ -126,8 +138,10 @@ async def run_load(
     seed: int | None = 0,
     options: ConnectOptions | None = None,
     progress: Progress | None = None,
+    requests: int = 1,
 ) -> LoadReport:
-    """Runs ``streams`` concurrent generations of ``chars`` characters; stream i uses seed ``seed + i``."""
+    """Runs ``streams`` concurrent streams of ``requests`` generations of ``chars`` characters each, one after
+    another; request j of stream i uses seed ``seed + i + j * streams``."""
     opts = options or ConnectOptions(target=target, timeout=None)
     clients = [AsyncClient(target, opts) for _ in range(max(1, min(channels, streams)))]
     try:
@@ -135,12 +149,15 @@ async def run_load(
         # fails this at once, and every stream then reports the error.
         with contextlib.suppress(CharlmError):
             await asyncio.gather(*(c.health() for c in clients))
+        results = [_StreamStats() for _ in range(streams)]
+
+        async def one_stream(i: int) -> None:
+            for j in range(requests):
+                await _one_request(clients[i % len(clients)], prompt, chars, model, temperature,
+                                   None if seed is None else seed + i + j * streams, progress, results[i])
+
         start = time.perf_counter()
-        results = await asyncio.gather(*(
-            _one_stream(clients[i % len(clients)], prompt, chars, model, temperature,
-                        None if seed is None else seed + i, progress)
-            for i in range(streams)
-        ))
+        await asyncio.gather(*(one_stream(i) for i in range(streams)))
         wall_s = time.perf_counter() - start
     finally:
         for c in clients:
@@ -155,9 +172,10 @@ async def run_load(
         total_chars=total_chars,
         total_chunks=sum(r.chunks for r in results),
         chars_per_s=total_chars / wall_s if wall_s > 0 else math.nan,
-        ttfc_ms=summarize([r.ttfc_ms for r in results if r.ttfc_ms is not None]),
+        ttfc_ms=summarize([t for r in results for t in r.ttfc_ms]),
         inter_chunk_ms=summarize([g for r in results for g in r.chunk_gaps_ms]),
         inter_char_ms=summarize([g for r in results for g in r.char_gaps_ms]),
-        completed=sum(1 for r in results if r.error is None),
-        errors=dict(Counter(r.error for r in results if r.error is not None)),
+        completed=sum(r.completed for r in results),
+        errors=dict(Counter(e for r in results for e in r.errors)),
+        requests_per_stream=requests,
     )

@@ -80,7 +80,8 @@ OPTIONS = [
     Option("--prefill-chunk", "engine.prefill_chunk", int, "prompt characters of one stream per prefill call"),
     Option("--prefill-chars", "engine.prefill_chars", int, "prompt characters of all streams per prefill call"),
     Option("--inline-prompt-chars", "engine.inline_prompt_chars", int, "a prompt this short, sent while the "
-           "model has no other request, is consumed on the event loop without a thread hand-off (0 = never)"),
+           "model holds and sends no other request, is consumed on the event loop without a thread hand-off "
+           "(0 = never)"),
     Option("--stream-buffer-chars", "engine.stream_buffer_chars", int,
            "characters buffered per stream for a slow reader"),
     Option("--messages-per-s", "engine.messages_per_s", float, "generated-text messages per second a model's "

@@ -35,10 +35,11 @@ class EngineConfig:
     # (~10 KB per character for the shipped model) and how long it holds up the decode steps grow with it.
     prefill_chars: int = 4096
     stream_buffer_chars: int = 4096  # unread characters per stream before it stops being stepped
-    # A prompt of at most this many characters that comes while the engine holds no other request is consumed,
-    # and its first character drawn, on the event loop itself: through a step thread that costs two thread
-    # hand-offs (~0.3 ms of ~2 ms to the first character on 2 cores), and no other stream waits for the loop
-    # meanwhile (64 characters take ~2 ms). 0 = every prompt in a step thread.
+    # A prompt of at most this many characters that comes alone (the engine holds no other request and sends
+    # no other generation's messages) is consumed, and its first character drawn, on the event loop itself:
+    # through a step thread that costs two thread hand-offs (~0.3 ms of ~2 ms to the first character on 2
+    # cores), and no other stream waits for the loop meanwhile (64 characters take ~2 ms). Requests that come
+    # together go to a lane, which consumes their prompts in one call. 0 = every prompt in a step thread.
     inline_prompt_chars: int = 64
     # Consumers are woken (and so messages sent) about messages_per_s times a second at most, over all the
     # decoding streams: with n streams in the batch, a stream's characters wait up to n / messages_per_s

@@ -52,6 +52,9 @@ class Engine:
         self.lanes = [Lane(runtime, vocab, config, self.model, observer, peers) for _ in range(n)]
         self.observer = observer
         self._feeds = 0  # feed requests held by the lanes
+        # Generations whose reader has not let go: one whose stream has ended in the engine may still be sending
+        # its last messages, and while requests come in together one is always being sent (see _submit).
+        self._reading = 0
         self._running = False
         self._starting = asyncio.Lock()
 
@@ -102,6 +105,7 @@ class Engine:
         each sampled character under the model's raw softmax (temperature 1, before penalty and truncation).
         """
         lane, s = self._submit(state, prompt, params, cancel)
+        self._reading += 1
         try:
             while True:
                 if s.out:
@@ -117,6 +121,7 @@ class Engine:
                 else:
                     await s.wait()
         finally:
+            self._reading -= 1
             if not s.finished:
                 lane.abandon(s)
 
@@ -172,8 +177,11 @@ class Engine:
         s.prompt_chars = int(ids.size)
         state.chars_consumed += int(ids.size)
         lane = self._lane()
+        # Only a request that comes alone: while others are being read, more are arriving, and on the loop their
+        # prompts would be consumed one call each, in turn with their gRPC work; a lane takes them together.
         short = s.where == "prefill" and s.todo.size <= self.config.inline_prompt_chars
-        if not (short and self.active_streams == 0 and self._feeds == 0 and self._prefill_here(s)):
+        alone = self._reading == 0 and self.active_streams == 0 and self._feeds == 0
+        if not (short and alone and self._prefill_here(s)):
             lane.accept(s)
         return lane, s
 

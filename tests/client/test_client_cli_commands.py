@@ -117,3 +117,5 @@ def test_bench_small(charlm: CliRunner) -> None:
     assert table.returncode == 0, table.stderr
     for needle in ("chars/s", "time to first chunk", "inter-character", "p99", "errors: none"):
         assert needle in table.stdout
+    short = json.loads(charlm("bench", "-c", "2", "-n", "1", "-r", "4", "--prompt", PROMPT, "--json").stdout)
+    assert short["completed"] == 8 == short["total_chars"] == short["ttfc_ms"]["count"] and short["requests_per_s"] > 0

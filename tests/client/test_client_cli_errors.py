@@ -62,3 +62,5 @@ def test_help_everywhere_with_an_example(charlm: CliRunner, command: list[str]) 
 def test_usage_error_exits_2(charlm: CliRunner) -> None:
     proc = charlm("generate", "-n", "many")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "invalid int value" in proc.stderr
+    proc = charlm("bench", "-c", "0")
+    assert proc.returncode == 2 and "-c/--streams: must be at least 1, got 0" in proc.stderr

@@ -34,7 +34,15 @@ async def test_run_load_counts_every_character(server: RunningServer) -> None:
     assert report.chars_per_s > 0 and report.ttfc_ms.p50 > 0
 
 
+async def test_run_load_streams_can_make_several_requests_each(server: RunningServer) -> None:
+    seen: list[int] = []
+    report = await run_load(server.target, streams=2, chars=5, prompt=PROMPT, requests=3, progress=seen.append)
+    assert report.requests == 6 == report.completed == report.ttfc_ms.count and report.errors == {}
+    assert report.total_chars == 30 == sum(seen)
+    assert report.requests_per_s == pytest.approx(6 / report.wall_s) and report.to_dict()["requests_per_stream"] == 3
+
+
 async def test_run_load_reports_errors_by_status(server: RunningServer) -> None:
-    report = await run_load(server.target, streams=3, chars=10, prompt=PROMPT, model="no-such-model")
-    assert report.errors == {"NOT_FOUND": 3} and report.completed == 0 and report.total_chars == 0
-    assert report.to_dict()["errors"] == {"NOT_FOUND": 3}
+    report = await run_load(server.target, streams=3, chars=10, prompt=PROMPT, model="no-such-model", requests=2)
+    assert report.errors == {"NOT_FOUND": 6} and report.completed == 0 and report.total_chars == 0
+    assert report.to_dict()["errors"] == {"NOT_FOUND": 6} and report.requests_per_s == 0

@@ -28,6 +28,7 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
     argv = ["--model", str(model_repo / "tiny-lstm" / "1"), "--streams", "1,3", "--chars", "30",
             "--engine-seconds", "0.02", "--baseline-streams", "3", "--baseline-seconds", "0.05",
             "--baseline-chars", "10", "--ttfc-repeats", "3", "--prompt-chars", "100", "--prompt-repeats", "1",
+            "--short-streams", "3", "--short-requests", "2",
             "--soak-streams", "3", "--soak-seconds", "0.5", "--threads", "1", "--repeats", "2", "--json"]  # fmt: skip
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
@@ -46,6 +47,9 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
     assert out["ttfc16_floor"]["p50"] >= out["ttfc16_prefill"]["p50"] - 0.001
     ttfc = next(t["figure"] for t in out["targets"] if t["target"].startswith("1 stream: TTFC"))
     assert "charlm adds" in ttfc
+    short = out["short"]  # 3 streams of 2 one-character requests each
+    assert short["completed"] == 6 == short["total_chars"] and short["requests_per_s"] > 0 and not short["errors"]
+    assert out["short_server_cpu_s"] > 0
     served = "charlm --max-batch 1 --decode-steps 1 over gRPC"  # one row, one step per call
     assert [b["engine"] for b in out["baselines"]] == ["onnxruntime", "pytorch-eager", served]
     assert out["baselines"][2]["chars"] == 3 * 10  # the served baseline ran every stream to its end

@@ -1,7 +1,7 @@
 """Where a prompt is consumed. A short one that comes while the engine holds nothing: on the event loop
 (EngineConfig.inline_prompt_chars), with the same streams as through a step thread, and only while nothing else
-is held. Else in a lane: on all of onnxruntime's threads while no other lane holds work, on the lane's own
-thread beside another lane's work, with the same text either way."""
+is held or still being read. Else in a lane: on all of onnxruntime's threads while no other lane holds work,
+on the lane's own thread beside another lane's work, with the same text either way."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ async def test_streams_are_the_same_consumed_on_the_loop_or_in_a_step_thread(
     assert here[1] == here[9 + 1] == "length" and here[3 * 9 + 1] == "stop"  # the cases hold
 
 
-async def test_prompts_are_consumed_on_the_loop_only_while_the_engine_holds_nothing(
+async def test_prompts_are_consumed_on_the_loop_only_while_the_engine_holds_and_sends_nothing(
         make_engine: EngineFactory, tiny_runtimes: dict[str, Runtime],
         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     rt = tiny_runtimes["lstm"]
@@ -86,6 +86,11 @@ async def test_prompts_are_consumed_on_the_loop_only_while_the_engine_holds_noth
     assert await prompt_call(PROMPT) == "step thread"  # another stream is held
     await busy.aclose()
     await until(lambda: engine.active_streams == 0)
+    sending = engine.generate(engine.new_state(), PROMPT, GenerateParams(max_chars=1))
+    assert isinstance(await sending.__anext__(), Chunk) and engine.active_streams == 0  # ended, not yet all read
+    assert await prompt_call(PROMPT) == "step thread"  # requests that come together go to a lane together
+    await sending.aclose()
+    assert await prompt_call(PROMPT) == "loop"
     feeding = asyncio.create_task(engine.feed(engine.new_state(), "a" * 20_000))
     await asyncio.sleep(0)  # the feed is held by a lane now
     assert await prompt_call(PROMPT) == "step thread"
