@@ -49,7 +49,7 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
     assert "charlm adds" in ttfc
     short = out["short"]  # 3 streams of 2 one-character requests each
     assert short["completed"] == 6 == short["total_chars"] and short["requests_per_s"] > 0 and not short["errors"]
-    assert out["short_server_cpu_s"] > 0
+    assert out["short_server_cpu_s"] >= 0  # (/proc counts in clock ticks: six tiny requests may read as 0)
     served = "charlm --max-batch 1 --decode-steps 1 over gRPC"  # one row, one step per call
     assert [b["engine"] for b in out["baselines"]] == ["onnxruntime", "pytorch-eager", served]
     assert out["baselines"][2]["chars"] == 3 * 10  # the served baseline ran every stream to its end
