@@ -91,11 +91,17 @@ class Runtime:
             self.steps_decoder, self.steps_lane_decoder = self._sessions(steps, config, providers)
         if config.provider == "cuda" and self.provider != "cuda":
             log.warning("%s: CUDA was asked for but onnxruntime could not use it; running on CPU", self.model)
+        # Allocating a fresh state's arrays showed as ~1/3 of charlm's own time on the event loop per request
+        # under load (py-spy, docs/performance.md), so every fresh state shares these.
+        self._zero = tuple(np.zeros((self.layers, self.hidden), np.float32) for _ in self.state_inputs)
+        for a in self._zero:
+            a.flags.writeable = False
         self.min_batch = self._probe_min_batch()  # the smallest batch a call runs with (see there)
 
     def zero_state(self) -> States:
-        """A fresh state: one zero [layers, hidden] array per state tensor."""
-        return tuple(np.zeros((self.layers, self.hidden), np.float32) for _ in self.state_inputs)
+        """A fresh state: one zero [layers, hidden] array per state tensor, shared by every fresh state and
+        read-only (a state's arrays are replaced, never written)."""
+        return self._zero
 
     def lane_prompts(self) -> ort.InferenceSession | None:
         """A session of the artifact's graph on the calling thread alone, for one engine lane's prompt calls made

@@ -49,6 +49,8 @@ async def test_seeded_streams_give_the_same_text_alone_and_among_64(make_engine:
     # by side on one each: the two sessions give the same results)
     assert max(observer.steps) == 64 // lanes
     assert observer.generated == sum(len(t) for t, _ in alone + together)
+    zero = engine.runtime.zero_state()  # the arrays every fresh state starts from, shared: none were written
+    assert zero is engine.new_state().arrays and all(not a.flags.writeable and not a.any() for a in zero)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
