@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt-repeats", type=int, default=5, help="requests of the long-prompt probe")
     p.add_argument("--short-streams", type=int, default=64, help="streams of the short-requests probe")
     p.add_argument("--short-requests", type=int, default=20,
-                   help="one-character requests each stream of the short-requests probe makes in turn")
+                   help="one-character requests each stream of the short-requests probe makes in turn (0 = skip it)")
     p.add_argument("--soak-streams", type=int, default=256)
     p.add_argument("--soak-seconds", type=float, default=60.0)
     p.add_argument("--soak-warmup-rounds", type=int, default=2, help="soak rounds before the measured seconds")
@@ -120,9 +120,11 @@ async def _served(a: argparse.Namespace, server: ServerProcess, engines: dict[st
         out["ttfc16_floor"], out["ttfc16_prefill"] = t.floor, t.prefill
         t = await ttfc_probe(server.target, model, long_prompt(vocabulary, a.prompt_chars), a.prompt_repeats)
         out["long_ttfc"], out["long_ttfc_engine"] = t.served, t.engine
-        cpu0 = server.cpu_seconds()
-        out["short"] = await run_load(server.target, a.short_streams, 1, prompt, model=model, requests=a.short_requests)
-        out["short_server_cpu_s"] = server.cpu_seconds() - cpu0
+        if a.short_streams > 0 and a.short_requests > 0:
+            cpu0 = server.cpu_seconds()
+            out["short"] = await run_load(server.target, a.short_streams, 1, prompt, model=model,
+                                          requests=a.short_requests)
+            out["short_server_cpu_s"] = server.cpu_seconds() - cpu0
     if not a.no_soak:
         out["soak"] = await soak(server, model, a.soak_streams, a.chars, a.soak_seconds, prompt, a.soak_warmup_rounds)
     return out

@@ -46,7 +46,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def cmd_bench(args: argparse.Namespace, opts: ConnectOptions) -> int:
-    """Runs the load and prints the table (or JSON); exit status 1 if any stream failed."""
+    """Runs the load and prints the table (or JSON); exit status 1 if any request failed."""
     total = args.streams * args.requests * args.chars
     with tqdm(total=total, unit="char", unit_scale=True, disable=args.json or args.no_progress,
               desc="bench", leave=False) as bar:
