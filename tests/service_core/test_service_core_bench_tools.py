@@ -1,5 +1,6 @@
 """The smaller benchmark tools end to end on tiny models (no timings asserted): bench/transport.py's bare grpc.aio
-server, bench/latency_ab.py's alternating servers, bench/quantize.py's int8 graph beside the fp32 one."""
+server, bench/latency_ab.py's alternating servers, bench/quantize.py's int8 graph beside the fp32 one, bench/ops.py's
+decode call by operator."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from bench.latency_ab import METRICS
 from bench.latency_ab import main as latency_ab
+from bench.ops import main as ops
 from bench.quantize import main as quantize
 from bench.transport import echo_server, first_message_s
 
@@ -69,3 +71,30 @@ def test_a_text_outside_the_vocabulary_is_an_error(model_repo: Path, tmp_path: P
     text.write_text("\u00e9" * 100, encoding="utf-8")
     assert quantize([str(text), "--model", str(model_repo / "tiny-lstm" / "1"), "--seconds", "0.01"]) == 2
     assert "fewer than 2 characters of the model's vocabulary" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["tiny-lstm", "tiny-gru"])
+def test_a_decode_call_is_split_into_its_cells_and_the_rest(
+    name: str, model_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = model_repo / name / "1"
+    layers = json.loads((model / "meta.json").read_text())["layers"]
+    argv = ["--model", str(model), "--batches", "1,4", "--steps", "3", "--seconds", "0.01", "--calls", "4"]
+    assert ops([*argv, "--rounds", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["rows"] for r in rows] == [1, 4]
+    cell = name.removeprefix("tiny-").upper()
+    for r in rows:
+        assert r["cell_nodes"] == pytest.approx(layers)  # one cell operator per layer and step: the warm-up is out
+        assert r["other_nodes"] > 0 and r["step_us"] > 0 and r["cell_us"] == r["profile_us"][cell] > 0
+        assert r["other_us"] == pytest.approx(r["step_us"] - r["cell_us"])
+        assert list(r["profile_us"].values()) == sorted(r["profile_us"].values(), reverse=True)
+    assert ops(argv) == 0
+    assert "4 rows, share of the profiled kernel time: " in capsys.readouterr().out
+
+
+def test_a_call_of_one_step_is_refused(model_repo: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        ops(["--model", str(model_repo / "tiny-lstm" / "1"), "--steps", "1"])
+    assert e.value.code == 2
