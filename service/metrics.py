@@ -38,11 +38,14 @@ class Metrics:
         self.sessions_removed = Counter("charlm_sessions_removed", "Sessions removed, by reason.", ["reason"],
                                         registry=r)
         self._step_children: dict[str, tuple[Any, Any, Any]] = {}  # model -> batch, step, chars children
+        self._ttfc_children: dict[str, Any] = {}  # model -> its time-to-first-char histogram
+        self._request_children: dict[tuple[str, str], Any] = {}  # (rpc, code) -> its counter
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     # types.EngineObserver: called from the engine's step loop, so each is one cheap update (the labelled
-    # children are looked up once per model: `labels()` costs more than the update itself).
+    # children are looked up once per model: `labels()` costs more than the update itself; so for every
+    # labelled metric updated once a request).
     def step(self, model: str, batch: int, seconds: float) -> None:
         """One engine step of ``batch`` streams took ``seconds``."""
         children = self._step_children.get(model)
@@ -60,7 +63,10 @@ class Metrics:
 
     def first_char(self, model: str, seconds: float) -> None:
         """A request produced its first character ``seconds`` after it arrived."""
-        self.ttfc_seconds.labels(model).observe(seconds)
+        child = self._ttfc_children.get(model)
+        if child is None:
+            child = self._ttfc_children[model] = self.ttfc_seconds.labels(model)
+        child.observe(seconds)
 
     # sessions.SessionObserver
     def sessions(self, active: int, state_bytes: int) -> None:
@@ -78,7 +84,10 @@ class Metrics:
 
     def request(self, rpc: str, code: str) -> None:
         """An RPC finished with status ``code`` (e.g. "OK", "NOT_FOUND")."""
-        self.requests.labels(rpc, code).inc()
+        child = self._request_children.get((rpc, code))
+        if child is None:
+            child = self._request_children[rpc, code] = self.requests.labels(rpc, code)
+        child.inc()
 
     def serve(self, host: str, port: int) -> int:
         """Serves /metrics over HTTP on a background thread; returns the bound port (port 0 = ephemeral)."""

@@ -133,3 +133,26 @@ def test_draw_one_is_the_batch_draw_of_one_row() -> None:
         t, u = float(rng.choice([0.5, 1.0, 2.0])), float(rng.random())
         expected = sample(logits[None], BatchParams.of([Sampling(temperature=t)]), np.array([u]))[0]
         assert draw_one(logits, t, u) == expected
+
+
+
+@pytest.mark.parametrize("top_k", [0, 5])  # the first character drawn by draw_one, or by the batch sampler
+@pytest.mark.parametrize("blocks", [[], [3], [40, 40]])
+def test_a_stream_uses_its_seeds_uniforms_one_after_another(top_k: int, blocks: list[int]) -> None:
+    """The first character's uniform, then blocks of them, leave the generator exactly after the ones used."""
+    from service.stream import Stream
+    from service.types import GenerateParams, SeqState
+
+    logits = np.random.default_rng(2).standard_normal(V).astype(np.float32)
+    params = GenerateParams(Sampling(temperature=0.8, top_k=top_k), max_chars=100)
+    stream = Stream(SeqState((np.zeros((1, 4), np.float32),), seed=7), np.zeros(0, np.int64), None, params, None, V)
+    by_hand = np.random.default_rng(7).random(2 + sum(blocks)).tolist()
+    assert stream.first_char(logits, "abcdefghijkl") is None
+    if top_k == 0:
+        assert stream.state.pending == draw_one(logits, 0.8, by_hand[0])
+    used = 1
+    for k in blocks:
+        assert stream.next_uniforms(k) == by_hand[used : used + k]
+        used += k
+    stream.end("length")  # a session's state continues from here
+    assert stream.state.rng.random() == by_hand[used]
