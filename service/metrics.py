@@ -43,9 +43,8 @@ class Metrics:
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
-    # types.EngineObserver: called from the engine's step loop, so each is one cheap update (the labelled
-    # children are looked up once per model: `labels()` costs more than the update itself; so for every
-    # labelled metric updated once a request).
+    # types.EngineObserver: called from the engine's step loop, so each is one cheap update. Labelled children
+    # are looked up once per label set, here and in `request`: `labels()` costs more than the update itself.
     def step(self, model: str, batch: int, seconds: float) -> None:
         """One engine step of ``batch`` streams took ``seconds``."""
         children = self._step_children.get(model)

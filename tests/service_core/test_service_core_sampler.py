@@ -1,4 +1,4 @@
-"""The vectorised sampler and parameter validation, on synthetic logits (no model)."""
+"""The vectorised sampler, parameter validation and a stream's use of its uniforms, on synthetic logits (no model)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from service.errors import InvalidArgument
 from service.sampling import BatchParams, apply_repetition_penalty, draw_one, log_softmax, sample, validate
-from service.types import Sampling
+from service.stream import Stream
+from service.types import GenerateParams, Sampling, SeqState
 
 V = 12
 
@@ -135,14 +136,10 @@ def test_draw_one_is_the_batch_draw_of_one_row() -> None:
         assert draw_one(logits, t, u) == expected
 
 
-
 @pytest.mark.parametrize("top_k", [0, 5])  # the first character drawn by draw_one, or by the batch sampler
 @pytest.mark.parametrize("blocks", [[], [3], [40, 40]])
 def test_a_stream_uses_its_seeds_uniforms_one_after_another(top_k: int, blocks: list[int]) -> None:
     """The first character's uniform, then blocks of them, leave the generator exactly after the ones used."""
-    from service.stream import Stream
-    from service.types import GenerateParams, SeqState
-
     logits = np.random.default_rng(2).standard_normal(V).astype(np.float32)
     params = GenerateParams(Sampling(temperature=0.8, top_k=top_k), max_chars=100)
     stream = Stream(SeqState((np.zeros((1, 4), np.float32),), seed=7), np.zeros(0, np.int64), None, params, None, V)
