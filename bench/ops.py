@@ -31,9 +31,8 @@ import onnxruntime as ort
 
 from bench.engine import measure_step_rate, parser
 from service.artifact import Artifact, ArtifactError, load_artifact
-from service.multistep import unroll_steps
-from service.runtime import Runtime, RuntimeConfig
-from service.sampling_head import INV_TEMPERATURE, UNIFORMS, add_sampling_head
+from service.runtime import Runtime, RuntimeConfig, head_graph, session_options, steps_graph
+from service.sampling_head import INV_TEMPERATURE, UNIFORMS
 
 
 @dataclass(frozen=True)
@@ -53,13 +52,6 @@ class OpsRow:
         return self.step_us - self.cell_us
 
 
-def decode_graph(artifact: Artifact, steps: int) -> onnx.ModelProto:
-    """The graph of the server's decode calls of ``steps`` (>= 2) steps, as the runtime builds it."""
-    info = artifact.info
-    head = add_sampling_head(onnx.load(str(artifact.onnx_path)), info.logits_name, int(info.vocab_size))
-    return unroll_steps(head, steps, info.input_name, [(s.input, s.output) for s in info.states])
-
-
 def profile(artifact: Artifact, graph: onnx.ModelProto, rows: int, steps: int, threads: int,
             calls: int) -> tuple[dict[str, float], dict[str, float]]:  # fmt: skip
     """Kernel µs and nodes per step by operator type, over ``calls`` profiled calls of ``graph``."""
@@ -70,9 +62,7 @@ def profile(artifact: Artifact, graph: onnx.ModelProto, rows: int, steps: int, t
             **{s.input: np.zeros((s.layers, rows, s.hidden), np.float32) for s in info.states}}  # fmt: skip
     warmup = 5
     with tempfile.TemporaryDirectory() as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        opts.enable_mem_pattern = False  # as the server's sessions
+        opts = session_options(RuntimeConfig(intra_op_threads=threads), False)  # as the server's decode sessions
         opts.log_severity_level = 3
         opts.enable_profiling, opts.profile_file_prefix = True, str(Path(tmp) / "ops")
         session = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -95,7 +85,7 @@ def measure(model: Path, batches: list[int], steps: int, threads: int, seconds: 
     artifact = load_artifact(model)
     cell = str(artifact.info.architecture).upper()  # the cells' ONNX operator: LSTM, GRU, RNN
     rt = Runtime(artifact, RuntimeConfig(intra_op_threads=threads, decode_steps=steps))
-    graph = decode_graph(artifact, steps)
+    graph = steps_graph(artifact, head_graph(artifact), steps)  # as the runtime builds it
     out = []
     for rows in batches:
         # The machine's speed moves between measurements: alternate the two kinds and keep each one's fastest.

@@ -71,7 +71,7 @@ class Runtime:
         self.output_names = [self.logits_name, *self.state_outputs]
         providers = _providers(config.provider)
         # prompts and plain calls (`run`, `bind`): the artifact's graph as it is
-        opts = _options(config, config.prefill_spinning)
+        opts = session_options(config, config.prefill_spinning)
         self.session = ort.InferenceSession(str(artifact.onnx_path), opts, providers=providers)
         # One such call at a time: each uses all of onnxruntime's threads already, and with calls from several
         # engine lanes at once the server's memory kept growing (a 300 s soak: +16.6% after warm-up, +3.9% with
@@ -80,14 +80,13 @@ class Runtime:
         self._onnx_path, self._providers = str(artifact.onnx_path), providers
         self.provider = "cuda" if PROVIDERS["cuda"] in self.session.get_providers() else "cpu"
         # decode steps (`bind_decoder`): the same graph with a sampling head (service/sampling_head.py)
-        graph = add_sampling_head(onnx.load(str(artifact.onnx_path)), self.logits_name, self.vocab_size)
+        graph = head_graph(artifact)
         self.decoder, self.lane_decoder = self._sessions(graph, config, providers)
         # ...and the same unrolled to several steps per call (service/multistep.py)
         self.decode_steps = config.decode_steps
         self.steps_decoder, self.steps_lane_decoder = self.decoder, self.lane_decoder  # (if decode_steps > 1)
         if self.decode_steps > 1:
-            pairs = tuple(zip(self.state_inputs, self.state_outputs, strict=True))
-            steps = unroll_steps(graph, self.decode_steps, self.input_name, pairs)
+            steps = steps_graph(artifact, graph, self.decode_steps)
             self.steps_decoder, self.steps_lane_decoder = self._sessions(steps, config, providers)
         if config.provider == "cuda" and self.provider != "cuda":
             log.warning("%s: CUDA was asked for but onnxruntime could not use it; running on CPU", self.model)
@@ -108,7 +107,7 @@ class Runtime:
         while other lanes work (``run``'s ``session``); None on CUDA, where an engine has one lane."""
         if self.provider != "cpu":
             return None
-        return ort.InferenceSession(self._onnx_path, _options(_ONE_THREAD, False), providers=self._providers)
+        return ort.InferenceSession(self._onnx_path, session_options(_ONE_THREAD, False), providers=self._providers)
 
     def run(self, ids: np.ndarray, states: States,
             session: ort.InferenceSession | None = None) -> tuple[np.ndarray, States]:  # fmt: skip
@@ -193,10 +192,10 @@ class Runtime:
         engine lane stepping beside others (service/lane.py), so that calls from several lanes run side by side
         instead of sharing (and waiting for) one pool of threads; on CUDA the same session twice."""
         data = graph.SerializeToString()
-        shared = ort.InferenceSession(data, _options(config, config.spinning), providers=providers)
+        shared = ort.InferenceSession(data, session_options(config, config.spinning), providers=providers)
         if self.provider != "cpu":
             return shared, shared
-        return shared, ort.InferenceSession(data, _options(_ONE_THREAD, False), providers=providers)
+        return shared, ort.InferenceSession(data, session_options(_ONE_THREAD, False), providers=providers)
 
     def _probe_min_batch(self) -> int:
         """1, or 2 when a row's outputs differ bitwise between batch 1 and larger batches.
@@ -223,7 +222,19 @@ class Runtime:
 _ONE_THREAD = RuntimeConfig(intra_op_threads=1, inter_op_threads=1)  # a lane's calls beside other lanes' calls
 
 
-def _options(config: RuntimeConfig, spinning: bool) -> ort.SessionOptions:
+def head_graph(artifact: Artifact) -> onnx.ModelProto:
+    """The artifact's graph with the sampling head: what a decode call of one step runs."""
+    info = artifact.info
+    return add_sampling_head(onnx.load(str(artifact.onnx_path)), info.logits_name, int(info.vocab_size))
+
+
+def steps_graph(artifact: Artifact, head: onnx.ModelProto, steps: int) -> onnx.ModelProto:
+    """``head`` (from ``head_graph``) unrolled to ``steps`` decode steps per call."""
+    info = artifact.info
+    return unroll_steps(head, steps, info.input_name, [(s.input, s.output) for s in info.states])
+
+
+def session_options(config: RuntimeConfig, spinning: bool) -> ort.SessionOptions:
     """onnxruntime session options from ``config``; threads spin within calls or not at all."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = config.intra_op_threads
