@@ -38,6 +38,7 @@ class StepRate:
     batch: int
     step_us: float  # mean wall time of one call
     chars_per_s: float  # batch / step time
+    lanes: int = 1  # threads stepping shares of the batch side by side (measure_lanes_rate), each its own calls
 
 
 def _runtime(artifact_path: Path | str, threads: int, provider: str = "cpu") -> Runtime:
@@ -92,7 +93,7 @@ def measure_lanes_rate(batch: int, lanes: int, runtime: Runtime, seconds: float 
         t.join()
     wall = time.perf_counter() - start
     chars = sum(n * rows * steps for n, rows in zip(calls_made, shares, strict=True))
-    return StepRate(batch, wall / max(1.0, sum(calls_made) / len(calls_made)) / steps * 1e6, chars / wall)
+    return StepRate(batch, wall / max(1.0, sum(calls_made) / len(calls_made)) / steps * 1e6, chars / wall, len(calls))
 
 
 def _bound_step(rt: Runtime, batch: int, steps: int = 1) -> Callable[[], None]:

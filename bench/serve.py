@@ -2,7 +2,8 @@
 
 For each concurrency level (default 1, 8, 64, 256 streams of 2,000 characters): aggregate chars/s, time to
 first chunk and inter-character latency (p50/p99), characters per message, errors, and the raw engine at
-the same batch size measured right after it, so that served ÷ engine is a side-by-side ratio. Then the
+the same batch size measured right after it, so that served ÷ engine is a side-by-side ratio, and from the
+server's /metrics how much of the load its lanes spent in decode calls and how fast those were. Then the
 no-batching baselines (onnxruntime and PyTorch eager, one stream per call) at 64 streams, the 1-stream
 time to first character for a 16-character prompt (beside its floor: the raw prefill call, and a bare
 grpc.aio call whose handler works as long), the cost of one streamed message, a 2,000-character
@@ -185,7 +186,9 @@ def to_json(res: dict[str, Any]) -> dict[str, Any]:
         if k == "levels":
             out[k] = [{"streams": lv.streams, "served": lv.served.to_dict(), "engine": asdict(lv.engine),
                        "engines": {n: asdict(r) for n, r in lv.engines.items()}, "ratio": lv.ratio, "ratios": lv.ratios,
-                       "server_cpu_s": lv.server_cpu_s, "client_cpu_s": lv.client_cpu_s}
+                       "server_cpu_s": lv.server_cpu_s, "client_cpu_s": lv.client_cpu_s,
+                       "decode": asdict(lv.decode) if lv.decode else None, "lanes_busy": lv.busy,
+                       "call_us_per_char": lv.call_us, "raw_lane_us_per_char": lv.lane_us, "kept": lv.kept}
                       for lv in v]  # fmt: skip
         elif k == "soak" and isinstance(v, Soak):
             out[k] = {**asdict(v), "rss_warm_kib": v.rss_warm_kib, "rss_end_kib": v.rss_end_kib, "growth": v.growth,

@@ -87,6 +87,21 @@ def _levels_table(levels: list[Level]) -> list[str]:
     return lines
 
 
+def _decode_table(levels: list[Level]) -> list[str]:
+    """Where each level's gap to the raw engine is, from the server's own decode-call metrics."""
+    if not any(lv.decode for lv in levels):
+        return []
+    lines = ["decode calls during each level (the server's /metrics): lanes busy = call seconds per second of load; "
+             "served / raw lanes = busy / lanes x raw / server µs x kept",
+             f"{'streams':>7} {'lanes busy':>10} {'server µs/char':>14} {'raw µs/char':>11} {'kept/computed':>13}"]
+    for lv in levels:
+        lines.append(f"{lv.streams:>7} {lv.busy:>10.2f} {lv.call_us:>14.1f} {lv.lane_us:>11.1f} {lv.kept:>13.3f}")
+    lines.append("  (µs/char: a decode call's wall time per row-step on its calling thread; raw: the fastest raw "
+                 "setting of the kind the server stepped with: lanes side by side where it kept more than one lane "
+                 "busy, else one call on all threads)")  # fmt: skip
+    return lines
+
+
 def report_table(res: dict[str, Any]) -> str:
     """Everything measured, as text."""
     la = ", ".join(f"{x:.2f}" for x in res["load_avg"])
@@ -104,6 +119,7 @@ def report_table(res: dict[str, Any]) -> str:
     if levels:
         lines.append(f"  ({len(levels[0].ratios)} (served, engine) pairs per level, the median shown; all ratios: "
                      + "; ".join(f"{lv.streams}: " + ", ".join(f"{r:.0%}" for r in lv.ratios) for lv in levels) + ")")
+    lines += _decode_table(res.get("levels", []))
     if "step1" in res:
         lines.append(f"raw step at batch 1: {res['step1'].step_us:.0f} µs; one streamed message on loopback "
                      f"(bare grpc.aio): {res['message_us']:.0f} µs")  # fmt: skip

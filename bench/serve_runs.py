@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import grpc
 import numpy as np
 
 from bench.engine import StepRate, measure_lanes_rate, measure_step_rate
-from bench.server_proc import ServerProcess
+from bench.server_proc import DecodeCounters, ServerProcess
 from bench.transport import first_message_s
 from client.aio import AsyncClient
 from client.loadgen import LoadReport, Percentiles, run_load, summarize
@@ -53,6 +54,7 @@ class Level:
     server_cpu_s: float  # CPU the server process used during the load
     client_cpu_s: float  # CPU this (load generator) process used during the load
     ratios: tuple[float, ...] = ()  # of every (served, engine) pair measured at this level; this is the median one
+    decode: DecodeCounters | None = None  # the server's decode calls during the load (its /metrics)
 
     @property
     def engine(self) -> StepRate:
@@ -63,6 +65,36 @@ class Level:
     def ratio(self) -> float:
         """Served aggregate chars/s over the raw engine's chars/s at batch ``streams``."""
         return self.served.chars_per_s / self.engine.chars_per_s
+
+    # Where the gap to the raw engine is: with L lanes stepping side by side, served / raw lanes =
+    # (busy / L) x (raw lane_us / call_us) x kept, up to the load's start and end.
+    @property
+    def busy(self) -> float:
+        """Seconds of decode calls per second of the load: how many lanes the server kept in onnxruntime."""
+        return self.decode.call_s / self.served.wall_s if self.decode and self.served.wall_s else math.nan
+
+    @property
+    def call_us(self) -> float:
+        """Microseconds of the server's decode calls per row-step (per character computed)."""
+        return self._per_row_step(self.decode.call_s * 1e6 if self.decode else math.nan)
+
+    @property
+    def kept(self) -> float:
+        """Characters served per row-step (a first character comes from its prompt's call, and a stream that ends
+        within a call of several steps leaves that call's later steps unused)."""
+        return self._per_row_step(self.served.total_chars)
+
+    def _per_row_step(self, x: float) -> float:
+        return x / self.decode.rows_stepped if self.decode and self.decode.rows_stepped else math.nan
+
+    @property
+    def lane_us(self) -> float:
+        """The raw engine's microseconds per row-step of one calling thread, at its fastest setting of the kind the
+        server stepped with: single-threaded lanes side by side when it kept more than one lane busy, else one
+        call on all threads (one lane stepping alone)."""
+        side_by_side = self.busy > 1.05
+        rates = [r for r in self.engines.values() if (r.lanes > 1) == side_by_side]
+        return min((r.lanes / r.chars_per_s * 1e6 for r in rates), default=math.nan)
 
 
 def raw_engines(runtimes: dict[str, Runtime], lanes: int, lane_runtime: Runtime,
@@ -88,12 +120,14 @@ async def run_level(server: ServerProcess, engines: dict[str, RawEngine], model:
     such pairs, of which the one with the median ratio is returned (a noisy machine moves single pairs a lot)."""
     pairs: list[Level] = []
     for _ in range(repeats):
-        cpu0, client0 = server.cpu_seconds(), time.process_time()
+        cpu0, client0, decode0 = server.cpu_seconds(), time.process_time(), server.decode_counters()
         report = await run_load(server.target, streams, chars, prompt, model=model, channels=channels,
                                 temperature=1.0, seed=0)  # fmt: skip
         server_cpu, client_cpu = server.cpu_seconds() - cpu0, time.process_time() - client0
+        decode1 = server.decode_counters()
+        decode = decode1 - decode0 if decode0 is not None and decode1 is not None else None
         rates = {name: measure(streams) for name, measure in engines.items()}
-        pairs.append(Level(streams, report, rates, server_cpu, client_cpu))
+        pairs.append(Level(streams, report, rates, server_cpu, client_cpu, decode=decode))
     pairs.sort(key=lambda lv: lv.ratio)
     return replace(pairs[len(pairs) // 2], ratios=tuple(lv.ratio for lv in pairs))
 

@@ -13,9 +13,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from prometheus_client.parser import text_string_to_metric_families
 
 
 class ServerError(RuntimeError):
@@ -23,7 +27,7 @@ class ServerError(RuntimeError):
 
 
 class ServerProcess:
-    """``python -m service`` on 127.0.0.1 with an ephemeral port; JSON logs go to a temporary file."""
+    """``python -m service`` on 127.0.0.1 with ephemeral ports (gRPC, /metrics); JSON logs go to a temporary file."""
 
     def __init__(self, model_repo: Path, extra_args: Sequence[str] = (), start_timeout: float = 60.0,
                  cwd: Path | None = None) -> None:  # fmt: skip
@@ -32,6 +36,7 @@ class ServerProcess:
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
         self.port = 0
+        self.metrics_port = 0  # the server's /metrics (0 = none: a checkout whose log does not name it)
         fd, name = tempfile.mkstemp(prefix="charlm-bench-server-", suffix=".log")
         os.close(fd)
         self._log_path = Path(name)
@@ -51,7 +56,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         """Starts the server and waits until its log says it serves (the bound port comes from that line)."""
         cmd = [sys.executable, "-m", "service", "--model-repo", str(self.model_repo), "--host", "127.0.0.1",
-               "--port", "0", "--metrics-port", "-1", "--log-format", "json", *self.extra_args]  # fmt: skip
+               "--port", "0", "--metrics-port", "0", "--log-format", "json", *self.extra_args]  # fmt: skip
         with self._log_path.open("wb") as log:  # the child keeps its own descriptor
             self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, cwd=self.cwd)
         deadline = time.monotonic() + self.start_timeout
@@ -59,9 +64,9 @@ class ServerProcess:
             if self._proc.poll() is not None:
                 raise ServerError(f"the server exited with status {self._proc.returncode}:\n{self.log_text()}")
             for line in self.log_text().splitlines():
-                port = _port_of(line)
+                port, metrics_port = _ports_of(line)
                 if port:
-                    self.port = port
+                    self.port, self.metrics_port = port, metrics_port
                     return self
             time.sleep(0.05)
         self.stop()
@@ -82,6 +87,20 @@ class ServerProcess:
         """User + system CPU time the server has used (from /proc/PID/stat)."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def decode_counters(self) -> DecodeCounters | None:
+        """The server's decode calls so far, from its /metrics (None when it serves none)."""
+        if not self.metrics_port:
+            return None
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:  # (a loopback URL of our own child)
+            text = r.read().decode()
+        sums = {"charlm_step_seconds_sum": 0.0, "charlm_batch_size_sum": 0.0}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in sums:
+                    sums[sample.name] += sample.value  # (every model's)
+        return DecodeCounters(sums["charlm_step_seconds_sum"], sums["charlm_batch_size_sum"])
 
     def stop(self) -> int | None:
         """SIGTERM (a graceful drain), then SIGKILL after 15 s; returns the exit status."""
@@ -104,11 +123,26 @@ class ServerProcess:
         self.stop()
 
 
-def _port_of(line: str) -> int:
-    """The bound port from the server's "serving ..." JSON log line; 0 for any other line."""
+@dataclass(frozen=True)
+class DecodeCounters:
+    """Totals of the server's decode calls (its metrics charlm_step_seconds and charlm_batch_size): the seconds
+    its calls took, and the rows they stepped (a row of a call of K steps counts K: one character computed)."""
+
+    call_s: float
+    rows_stepped: float
+
+    def __sub__(self, before: DecodeCounters) -> DecodeCounters:
+        return DecodeCounters(self.call_s - before.call_s, self.rows_stepped - before.rows_stepped)
+
+
+def _ports_of(line: str) -> tuple[int, int]:
+    """The bound gRPC and /metrics ports from the server's "serving ..." JSON log line; 0 for any other line."""
     try:
         record = json.loads(line)
     except ValueError:
-        return 0
-    port = record.get("port") if isinstance(record, dict) else None
-    return int(port) if isinstance(port, int) and port > 0 else 0
+        return 0, 0
+    if not isinstance(record, dict):
+        return 0, 0
+    port, metrics_port = record.get("port"), record.get("metrics_port")
+    return (int(port) if isinstance(port, int) and port > 0 else 0,
+            int(metrics_port) if isinstance(metrics_port, int) and metrics_port > 0 else 0)  # fmt: skip

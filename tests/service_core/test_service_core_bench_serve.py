@@ -39,6 +39,12 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
         assert lv["served"]["total_chars"] == 30 * lv["streams"] and not lv["served"]["errors"]
         assert set(lv["engines"]) == engines and lv["ratio"] > 0
         assert len(lv["ratios"]) == 2 and lv["ratio"] in lv["ratios"]  # two pairs, the median (upper) one kept
+        # the server's decode calls during the level, from its /metrics: every character but a stream's first
+        # (drawn by its prompt's call) was computed by a decode call, and the calls took time
+        decode = lv["decode"]
+        assert decode["rows_stepped"] >= 29 * lv["streams"] and decode["call_s"] > 0
+        assert 0 < lv["lanes_busy"] <= available_cores() + 0.05 and lv["call_us_per_char"] > 0
+        assert lv["kept"] <= 30 / 29 and lv["raw_lane_us_per_char"] > 0
     assert out["soak"]["rounds"] >= 3 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0  # 2 warm-up
     assert out["ttfc16"]["count"] == 3 and out["long_ttfc"]["count"] == 1 and out["message_us"] > 0
     assert out["ttfc16_engine"]["count"] == 3 and out["ttfc16_engine"]["p50"] > 0
