@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import dataclasses
 import os
 import sys
@@ -63,6 +64,8 @@ OPTIONS = [
     Option("--reflection", "reflection", _bool, "serve gRPC server reflection (true/false)"),
     Option("--log-format", "log_format", str, "log line format", ("logfmt", "json")),
     Option("--log-level", "log_level", str, "log level", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    Option("--malloc-arenas", "malloc_arenas", int, "glibc malloc arenas the process's threads share; a few keep "
+           "memory flat under many streams (0 = glibc's own: MALLOC_ARENA_MAX, else 8 per core)"),
     Option("--provider", "runtime.provider", str, "onnxruntime execution provider (cuda falls back to cpu)",
            ("cpu", "cuda")),
     Option("--intra-op-threads", "runtime.intra_op_threads", int, "onnxruntime threads per op (0 = all cores)"),
@@ -149,12 +152,29 @@ def build_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         parser.error(str(e))
 
 
+_M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Caps glibc's malloc arenas at ``arenas`` for threads that start from now on (0: leaves glibc's own
+    setting); False where it was left or the C library has no ``mallopt`` (not glibc)."""
+    if arenas <= 0:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_ARENA_MAX, arenas))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `charlm-serve` and `python -m service`."""
     from service.server import serve  # after parsing, so that --help stays fast
 
     config = build_config(argv)
     setup_logging(config.log_format, config.log_level)
+    limit_malloc_arenas(config.malloc_arenas)  # before the server starts its threads
     try:
         return asyncio.run(serve(config))
     except (OSError, ValueError) as e:  # no loadable model, port in use, bad default model: a clear one-liner

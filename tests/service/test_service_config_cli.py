@@ -36,6 +36,7 @@ def test_flag_beats_env_beats_default() -> None:
     (["--max-streams", "0"], {}, "max_streams"),
     ([], {"CHARLM_LANES": "-1"}, "lanes: must be >= 0"),
     (["--lane-fill", "0"], {}, "lane_fill: must be >= 1"),
+    ([], {"CHARLM_MALLOC_ARENAS": "-2"}, "malloc_arenas: must be >= 0"),
     (["--provider", "tpu"], {}, "--provider"),
     (["--ort-prefill-spinning", "maybe"], {}, "--ort-prefill-spinning: expected true/false, got 'maybe'"),
     ([], {"CHARLM_REFLECTION": "maybe"}, "CHARLM_REFLECTION='maybe': expected true/false"),
@@ -63,3 +64,34 @@ def test_structured_log_lines() -> None:
     assert as_json["msg"] == 'serving on "x y"' and as_json["port"] == 50051 and as_json["level"] == "info"
     line = LogfmtFormatter().format(record)
     assert 'msg="serving on \\"x y\\""' in line and " port=50051" in line and line.startswith("ts=")
+
+
+# Counts the process's malloc arenas (malloc_info's <heap> elements) after 6 threads, alive at once, allocated.
+_ARENAS = """
+import ctypes, sys, tempfile, threading
+from service.cli import limit_malloc_arenas
+limited = limit_malloc_arenas(int(sys.argv[1]))
+alive = threading.Barrier(6)  # all six at once: an exited thread's arena would go to the next one
+def work(): keep = [bytearray(100_000) for _ in range(20)]; alive.wait()  # malloc'd from this thread's arena
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile() as f:
+    fp = libc.fopen(f.name.encode(), b"w"); libc.malloc_info(0, fp); libc.fclose(fp)
+    print(limited, open(f.name).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_malloc_arenas_cap_the_arenas_of_new_threads() -> None:
+    def arenas(cap: int) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", _ARENAS, str(cap)], capture_output=True, text=True, timeout=60,
+                             check=True).stdout.split()  # fmt: skip
+        return out[0], int(out[1])
+
+    assert arenas(2) == ("True", 2)  # the main arena and one that the six threads share
+    limited, default = arenas(0)  # glibc's own: each new thread got an arena of its own
+    assert limited == "False" and default > 2
