@@ -64,8 +64,8 @@ OPTIONS = [
     Option("--reflection", "reflection", _bool, "serve gRPC server reflection (true/false)"),
     Option("--log-format", "log_format", str, "log line format", ("logfmt", "json")),
     Option("--log-level", "log_level", str, "log level", ("DEBUG", "INFO", "WARNING", "ERROR")),
-    Option("--malloc-arenas", "malloc_arenas", int, "glibc malloc arenas the process's threads share; a few keep "
-           "memory flat under many streams (0 = glibc's own: MALLOC_ARENA_MAX, else 8 per core)"),
+    Option("--malloc-arenas", "malloc_arenas", int, "glibc malloc arenas the process's threads share; fewer hold "
+           "less memory under many streams (0 = glibc's own: MALLOC_ARENA_MAX, else 8 per core)"),
     Option("--provider", "runtime.provider", str, "onnxruntime execution provider (cuda falls back to cpu)",
            ("cpu", "cuda")),
     Option("--intra-op-threads", "runtime.intra_op_threads", int, "onnxruntime threads per op (0 = all cores)"),

@@ -110,9 +110,9 @@ class ServiceConfig:
     reflection: bool = True
     log_format: LogFormat = "logfmt"
     log_level: str = "INFO"
-    # glibc's malloc gives each new thread an arena of its own, up to 8 per core; under 256 streams the
-    # server's threads (event loop, lanes, gRPC's, onnxruntime's) kept growing its RSS over a minute's soak
-    # (+2.7% to +6.9% after warm-up in five runs), with 2 arenas -0.8% to +2.0%, no slower (docs/performance.md)
+    # glibc's malloc gives each new thread an arena of its own, up to 8 per core. With 2 for all the server's
+    # threads (event loop, lanes, gRPC's, onnxruntime's), a 256-stream soak ended 2-16 MiB lower in six
+    # alternated pairs, no slower (docs/performance.md). 0 = glibc's own
     malloc_arenas: int = 2
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
