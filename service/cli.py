@@ -74,6 +74,8 @@ OPTIONS = [
            "lane stepping alone (true/false)"),
     Option("--ort-prefill-spinning", "runtime.prefill_spinning", _bool,
            "onnxruntime threads spin within prompt calls (true/false)"),
+    Option("--ort-arena", "runtime.cpu_mem_arena", _bool, "onnxruntime's CPU memory arena (true/false); off, "
+           "a call's scratch memory goes back to malloc instead of being kept at its largest"),
     Option("--decode-steps", "runtime.decode_steps", int, "decode steps one onnxruntime call may run while the "
            "batch's characters may wait that long (see --steps-wait-ms; 1 = one step per call)"),
     Option("--lanes", "engine.lanes", int, "decode batches per model stepped side by side, a thread each "

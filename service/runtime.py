@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,6 +44,11 @@ class RuntimeConfig:
     # Decode steps one call may run when the batch's characters may wait that long (service/multistep.py;
     # the policy, with EngineConfig.steps_wait_ms: Decoding._steps in service/decoding.py); 1 = a step per call
     decode_steps: int = 8
+    # onnxruntime's CPU memory arena. It grows in blocks to the most any call has needed and keeps them, and
+    # their pages become resident as later calls reach further in: under 256 streams the RSS crept for minutes
+    # (a 300 s soak +7.0%). Without it a call's scratch goes back to malloc: the same soak +2.3%, ~20 MiB
+    # lower, served as fast within the noise (docs/performance.md). On CUDA this is the CPU side's only.
+    cpu_mem_arena: bool = False
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -78,6 +83,7 @@ class Runtime:
         # this lock, flat from the 7th round; docs/performance.md).
         self._prompt_calls = threading.Lock()
         self._onnx_path, self._providers = str(artifact.onnx_path), providers
+        self._one_thread = replace(config, intra_op_threads=1, inter_op_threads=1)  # a lane's calls beside others'
         self.provider = "cuda" if PROVIDERS["cuda"] in self.session.get_providers() else "cpu"
         # decode steps (`bind_decoder`): the same graph with a sampling head (service/sampling_head.py)
         graph = head_graph(artifact)
@@ -107,7 +113,8 @@ class Runtime:
         while other lanes work (``run``'s ``session``); None on CUDA, where an engine has one lane."""
         if self.provider != "cpu":
             return None
-        return ort.InferenceSession(self._onnx_path, session_options(_ONE_THREAD, False), providers=self._providers)
+        opts = session_options(self._one_thread, False)
+        return ort.InferenceSession(self._onnx_path, opts, providers=self._providers)
 
     def run(self, ids: np.ndarray, states: States,
             session: ort.InferenceSession | None = None) -> tuple[np.ndarray, States]:  # fmt: skip
@@ -195,7 +202,7 @@ class Runtime:
         shared = ort.InferenceSession(data, session_options(config, config.spinning), providers=providers)
         if self.provider != "cpu":
             return shared, shared
-        return shared, ort.InferenceSession(data, session_options(_ONE_THREAD, False), providers=providers)
+        return shared, ort.InferenceSession(data, session_options(self._one_thread, False), providers=providers)
 
     def _probe_min_batch(self) -> int:
         """1, or 2 when a row's outputs differ bitwise between batch 1 and larger batches.
@@ -219,9 +226,6 @@ class Runtime:
         return 2
 
 
-_ONE_THREAD = RuntimeConfig(intra_op_threads=1, inter_op_threads=1)  # a lane's calls beside other lanes' calls
-
-
 def head_graph(artifact: Artifact) -> onnx.ModelProto:
     """The artifact's graph with the sampling head: what a decode call of one step runs."""
     info = artifact.info
@@ -243,6 +247,7 @@ def session_options(config: RuntimeConfig, spinning: bool) -> ort.SessionOptions
     # No memory plan cached per input shape: a served model meets many shapes (every batch size, every prompt
     # chunk), and each cached plan kept ~45 KB more per decode batch size with no measurable gain in speed.
     opts.enable_mem_pattern = False
+    opts.enable_cpu_mem_arena = config.cpu_mem_arena
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if not config.spin_between_calls:
         opts.add_session_config_entry("session.force_spinning_stop", "1")

@@ -61,6 +61,21 @@ def test_bound_call_equals_run(tiny_runtimes: dict[str, Runtime], arch: str) -> 
     assert all(np.array_equal(a, r) for a, r in zip(out, ref_states, strict=True))
 
 
+def test_the_arena_setting_reaches_every_session_and_changes_no_output(tiny_artifacts: dict[str, Artifact]) -> None:
+    rts = {arena: Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=1, cpu_mem_arena=arena))
+           for arena in (True, False)}  # fmt: skip
+    for arena, rt in rts.items():
+        own = rt.lane_prompts()
+        assert own is not None
+        sessions = [rt.session, rt.decoder, rt.lane_decoder, rt.steps_decoder, rt.steps_lane_decoder, own]
+        assert [s.get_session_options().enable_cpu_mem_arena for s in sessions] == [arena] * len(sessions)
+    ids = np.random.default_rng(4).integers(0, rts[True].vocab_size, (5, 9))
+    states = random_states(rts[True], 5, seed=4)
+    (on, on_states), (off, off_states) = (rt.run(ids, states) for rt in rts.values())
+    assert np.array_equal(on, off)  # where a call's scratch memory comes from changes no bit of its results
+    assert all(np.array_equal(a, b) for a, b in zip(on_states, off_states, strict=True))
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_a_lanes_own_prompt_session_equals_all_threads_bitwise(tiny_artifacts: dict[str, Artifact], arch: str) -> None:
     rt = Runtime(tiny_artifacts[arch], RuntimeConfig(intra_op_threads=2))
