@@ -192,7 +192,8 @@ def to_json(res: dict[str, Any]) -> dict[str, Any]:
                       for lv in v]  # fmt: skip
         elif k == "soak" and isinstance(v, Soak):
             out[k] = {**asdict(v), "rss_warm_kib": v.rss_warm_kib, "rss_end_kib": v.rss_end_kib, "growth": v.growth,
-                      "chars_per_s": v.chars_per_s}
+                      "rss_warm_high_kib": v.rss_warm_high_kib, "rss_settled_kib": v.rss_settled_kib,
+                      "settled_growth": v.settled_growth, "chars_per_s": v.chars_per_s}
         elif k == "baselines":
             out[k] = [asdict(b) for b in v]
         elif k == "short":

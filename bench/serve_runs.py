@@ -239,6 +239,27 @@ class Soak:
         """RSS growth after warm-up, like for like (both between rounds): (end - warm) / warm."""
         return (self.rss_end_kib - self.rss_warm_kib) / self.rss_warm_kib if self.rss_warm_kib else float("nan")
 
+    # A round's end RSS swings by a few % as malloc hands memory back to the system and takes it again, so one
+    # sample against another can read a swing as growth. The target is judged on the level the warm-up reached
+    # (its highest round) against where the memory settled (the median of the last half of the later rounds):
+    # a swing in one round moves neither; memory that keeps growing moves the median.
+    @property
+    def rss_warm_high_kib(self) -> int:
+        """The highest RSS after a warm-up round."""
+        return max(self.rss_rounds_kib[: max(self.warmup_rounds, 1)], default=0)
+
+    @property
+    def rss_settled_kib(self) -> float:
+        """The median RSS of the last half of the rounds after the warm-up (the last round when there is one)."""
+        after = self.rss_rounds_kib[self.warmup_rounds :]
+        return statistics.median(after[len(after) // 2 :]) if after else float("nan")
+
+    @property
+    def settled_growth(self) -> float:
+        """(settled - warm-up's highest) / warm-up's highest: the growth the target is judged on."""
+        high = self.rss_warm_high_kib
+        return (self.rss_settled_kib - high) / high if high else float("nan")
+
     @property
     def chars_per_s(self) -> float:
         return self.total_chars / self.wall_s if self.wall_s else float("nan")

@@ -9,7 +9,7 @@ import pytest
 
 from bench.serve import main
 from bench.serve_report import _down
-from bench.serve_runs import fit_prompt
+from bench.serve_runs import Soak, fit_prompt
 from service.engine import available_cores
 
 
@@ -24,6 +24,15 @@ def test_a_figure_just_under_its_target_never_prints_as_reaching_it() -> None:
 
 
 @pytest.mark.timeout(180)
+def test_the_soak_is_judged_on_where_memory_settled_not_on_one_round() -> None:
+    # RSS (KiB) after each round, 2 of warm-up: the warm-up ends on a round where malloc had handed memory back
+    swings = Soak(256, 2000, 60.0, rss_rounds_kib=[231, 220, 238, 228, 232, 230, 223, 221, 219, 235, 232])
+    assert swings.growth > 0.05  # the last round against the warm-up's last reads the swing as growth
+    assert swings.rss_warm_high_kib == 231 and swings.rss_settled_kib == 223 and swings.settled_growth < 0
+    creep = Soak(256, 2000, 300.0, rss_rounds_kib=[242, 244, 253, 253, 253, 255, 256, 257, 259, 260])
+    assert creep.rss_settled_kib == 258 and creep.settled_growth > 0.05  # memory that keeps growing still fails
+
+
 def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--model", str(model_repo / "tiny-lstm" / "1"), "--streams", "1,3", "--chars", "30",
             "--engine-seconds", "0.02", "--baseline-streams", "3", "--baseline-seconds", "0.05",
@@ -46,6 +55,7 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
         assert 0 < lv["lanes_busy"] <= available_cores() + 0.05 and lv["call_us_per_char"] > 0
         assert lv["kept"] <= 30 / 29 and lv["raw_lane_us_per_char"] > 0
     assert out["soak"]["rounds"] >= 3 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0  # 2 warm-up
+    assert out["soak"]["rss_warm_high_kib"] >= out["soak"]["rss_warm_kib"] and out["soak"]["rss_settled_kib"] > 0
     assert out["ttfc16"]["count"] == 3 and out["long_ttfc"]["count"] == 1 and out["message_us"] > 0
     assert out["ttfc16_engine"]["count"] == 3 and out["ttfc16_engine"]["p50"] > 0
     # the floor: 3 raw prefill calls, then 3 bare calls whose handler works as long as their median
