@@ -47,7 +47,8 @@ class RuntimeConfig:
     # onnxruntime's CPU memory arena. It grows in blocks to the most any call has needed and keeps them, and
     # their pages become resident as later calls reach further in: under 256 streams the RSS crept for minutes
     # (a 300 s soak +7.0%). Without it a call's scratch goes back to malloc: the same soak +2.3%, ~20 MiB
-    # lower, served as fast within the noise (docs/performance.md). On CUDA this is the CPU side's only.
+    # lower, as fast within the noise at 64 and 256 streams, one stream perhaps 3-9% slower (docs/performance.md).
+    # On CUDA this is the CPU side's only.
     cpu_mem_arena: bool = False
 
     def __post_init__(self) -> None:

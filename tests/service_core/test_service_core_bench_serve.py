@@ -23,7 +23,6 @@ def test_a_figure_just_under_its_target_never_prints_as_reaching_it() -> None:
     assert _down(10.0, 1) == 10.0 and _down(0.29 * 100, 0) == 29  # met, and float noise does not cost a unit
 
 
-@pytest.mark.timeout(180)
 def test_the_soak_is_judged_on_where_memory_settled_not_on_one_round() -> None:
     # RSS (KiB) after each round, 2 of warm-up: the warm-up ends on a round where malloc had handed memory back
     swings = Soak(256, 2000, 60.0, rss_rounds_kib=[231, 220, 238, 228, 232, 230, 223, 221, 219, 235, 232])
@@ -33,6 +32,7 @@ def test_the_soak_is_judged_on_where_memory_settled_not_on_one_round() -> None:
     assert creep.rss_settled_kib == 258 and creep.settled_growth > 0.05  # memory that keeps growing still fails
 
 
+@pytest.mark.timeout(180)
 def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--model", str(model_repo / "tiny-lstm" / "1"), "--streams", "1,3", "--chars", "30",
             "--engine-seconds", "0.02", "--baseline-streams", "3", "--baseline-seconds", "0.05",
