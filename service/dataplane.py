@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from typing import Protocol, TypeVar
 
 from service import errors, sampling
 from service.config import Limits
@@ -26,6 +27,7 @@ from service.requests import (
 from service.sessions import Session, SessionStore
 from service.types import Chunk, FeedResult, Finish, GenerateParams, SeqState
 
+T = TypeVar("T")
 CHAT_QUEUE = 16  # Chat turns received ahead of the one in progress
 
 
@@ -46,6 +48,7 @@ class DataPlane:
         self._cancels: set[asyncio.Event] = set()  # one per generation in progress, set when draining ends
         self._idle = asyncio.Event()
         self._idle.set()
+        self._closed = asyncio.Event()  # set when the drain's grace period ends
         self.draining = False
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[Chunk | Done]:
@@ -97,7 +100,7 @@ class DataPlane:
         self._check_text("prime", prime)
         state = m.engine.new_state()
         if prime:
-            await m.engine.feed(state, prime)
+            await m.engine.feed(state, prime, "prime")
         return self.sessions.create(m.spec, state, ttl_seconds)
 
     def get_session(self, session_id: str) -> Session:
@@ -151,7 +154,7 @@ class DataPlane:
                 r = await model.engine.feed(state, text)
                 total = FeedResult(total.chars_consumed + r.chars_consumed, total.chars_scored + r.chars_scored,
                                    total.nll_nats + r.nll_nats)
-            nxt = await anext(rest, None)
+            nxt = await self._unless_closed(anext(rest, None))
             if nxt is None:
                 return Fed(session_id, total)
             text = nxt.text
@@ -176,19 +179,26 @@ class DataPlane:
                           actions: AsyncIterator[ChatAction]) -> AsyncIterator[ChatEvent]:
         # A reader task keeps receiving while a generation streams, so that a cancel takes effect mid-generation.
         queue: asyncio.Queue[Turn] = asyncio.Queue(CHAT_QUEUE)  # bounded: a flooding client waits, memory doesn't grow
-        reader = asyncio.get_running_loop().create_task(self._chat_reader(actions, queue))
+        asked: deque[asyncio.Event] = deque()  # the cancel events of the generations asked for, oldest first
+        reader = asyncio.get_running_loop().create_task(self._chat_reader(actions, queue, asked))
         try:
-            while (action := await queue.get()) is not None:
+            while (action := await self._unless_closed(queue.get())) is not None:
+                self._refuse_if_draining()  # a new turn is new work
                 if isinstance(action, ChatOpen):
                     raise errors.InvalidArgument("open", "`open` may only be the first Chat message")
                 if isinstance(action, ChatFeed):
                     self._check_text("feed", action.text)
-                    yield Fed(session.id, await model.engine.feed(session.state, action.text))
+                    yield Fed(session.id, await model.engine.feed(session.state, action.text, "feed"))
                     continue
                 gen, cancel = action
-                self._check_generate(model, "", gen.params)
-                async for event in self._generate(model, session.state, "", gen.params, session.id, cancel):
-                    yield event
+                try:
+                    self._check_generate(model, "", gen.params)
+                    if session.state.pending is None:
+                        raise errors.InvalidArgument("generate", "the session has no text yet: feed some first")
+                    async for event in self._generate(model, session.state, "", gen.params, session.id, cancel):
+                        yield event
+                finally:
+                    asked.popleft()  # (this generation's event: turns are taken in order)
             await reader  # re-raises a receive error
         finally:
             reader.cancel()
@@ -196,16 +206,16 @@ class DataPlane:
                 await reader
 
     @staticmethod
-    async def _chat_reader(actions: AsyncIterator[ChatAction], queue: asyncio.Queue[Turn]) -> None:
-        latest: asyncio.Event | None = None  # cancels the most recently requested generation
+    async def _chat_reader(actions: AsyncIterator[ChatAction], queue: asyncio.Queue[Turn],
+                           asked: deque[asyncio.Event]) -> None:
         try:
             async for action in actions:
                 if isinstance(action, ChatCancel):
-                    if latest is not None:
-                        latest.set()
+                    if asked:  # the generation in progress, else the next one asked for
+                        asked[0].set()
                 elif isinstance(action, ChatGenerate):
-                    latest = asyncio.Event()
-                    await queue.put((action, latest))
+                    asked.append(asyncio.Event())
+                    await queue.put((action, asked[-1]))
                 else:
                     await queue.put(action)
         except Exception:
@@ -239,6 +249,20 @@ class DataPlane:
             if self._observer:
                 self._observer.streams(self._streams)
 
+    async def _unless_closed(self, next_message: Awaitable[T]) -> T:
+        """A client's next message, unless the drain's grace period ends first: then Unavailable (DRAINING), so a
+        Feed or Chat stream idle at shutdown ends with the same error as refused work."""
+        nxt = asyncio.ensure_future(next_message)
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait((nxt, closed), return_when=asyncio.FIRST_COMPLETED)
+            if nxt.done():
+                return nxt.result()
+            raise errors.Unavailable("the server is shutting down and the grace period for streams has ended")
+        finally:
+            nxt.cancel()
+            closed.cancel()
+
     def _refuse_if_draining(self) -> None:
         if self.draining:
             raise errors.Unavailable("the server is shutting down; retry on another replica")
@@ -255,3 +279,4 @@ class DataPlane:
             await asyncio.wait_for(self._idle.wait(), grace_seconds)
         for cancel in list(self._cancels):
             cancel.set()
+        self._closed.set()

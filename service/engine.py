@@ -123,21 +123,23 @@ class Engine:
         finally:
             self._reading -= 1
             if not s.finished:
-                lane.abandon(s)
+                await self._let_go(lane, s)
 
-    async def feed(self, state: SeqState, text: str) -> FeedResult:
-        """Advance ``state`` over ``text`` and score it: each character by the step that consumed the previous."""
+    async def feed(self, state: SeqState, text: str, field: str = "text") -> FeedResult:
+        """Advance ``state`` over ``text`` and score it: each character by the step that consumed the previous
+        (``field`` names the text in errors)."""
         self._check_running()
-        ids = self.vocab.encode_array(text, "text")
+        ids = self.vocab.encode_array(text, field)
         if not ids.size:
             return FeedResult()
         head = np.array([] if state.pending is None else [state.pending], np.int64)
         todo = np.concatenate((head, ids[:-1]))  # the fed ids; each one's logits score the next id
-        state.chars_consumed += int(ids.size)
         if not todo.size:  # a single character on a fresh state: consumed, nothing to score
             state.pending = int(ids[-1])
+            state.chars_consumed += 1
             return FeedResult(chars_consumed=1)
         s = Stream(state, todo, int(ids[-1]), None, None, self.runtime.vocab_size, score=True)
+        s.text_chars = int(ids.size)
         lane = self._lane()
         lane.accept(s)
         self._feeds += 1
@@ -147,7 +149,7 @@ class Engine:
         finally:
             self._feeds -= 1
             if not s.finished:
-                lane.abandon(s)
+                await self._let_go(lane, s)
         if s.error is not None:
             raise s.error
         return FeedResult(chars_consumed=int(ids.size), chars_scored=s.scored, nll_nats=s.nll)
@@ -174,8 +176,7 @@ class Engine:
         todo = np.concatenate((head, ids)) if ids.size else head[:0]
         s = Stream(state, todo, None, params, cancel, self.runtime.vocab_size)
         s.seen[ids] = True
-        s.prompt_chars = int(ids.size)
-        state.chars_consumed += int(ids.size)
+        s.prompt_chars = s.text_chars = int(ids.size)
         lane = self._lane()
         # Only a request that comes alone: while others are being read, more are arriving, and on the loop their
         # prompts would be consumed one call each, in turn with their gRPC work; a lane takes them together.
@@ -202,6 +203,15 @@ class Engine:
         s.end(reason, s.stop_sequence)
         s.on_done()
         return True
+
+    @staticmethod
+    async def _let_go(lane: Lane, s: Stream) -> None:
+        """Abandon a stream whose consumer went away, and wait until its lane has let go of the state (at its
+        next step at the latest): until then the step thread may still write the state, so a session must not
+        be handed to the next request (or forked) before."""
+        lane.abandon(s)
+        while not s.finished:
+            await s.wait()
 
     def _lane(self) -> Lane:
         """The first lane holding fewer than ``lane_fill`` generate requests, else the one holding the fewest."""

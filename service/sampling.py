@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from service.types import Sampling
 
 MAX_TEMPERATURE = 10.0
 MAX_REPETITION_PENALTY = 10.0
+# Below this a temperature samples as 0 (greedy). Already at 1e-6 a logit 1e-4 below the top one is 100 nats less
+# likely; far below, 1/T overflows the float32 sampling head (inf, then NaN) and every draw would be id 0.
+MIN_TEMPERATURE = 1e-6
 
 
 def validate(s: Sampling, vocab_size: int | None = None) -> None:
@@ -36,6 +39,11 @@ def validate(s: Sampling, vocab_size: int | None = None) -> None:
         )
     if s.seed is not None and not 0 <= s.seed < 2**64:
         raise InvalidArgument("sampling.seed", f"{s.seed} is outside [0, 2^64)")
+
+
+def effective(s: Sampling) -> Sampling:
+    """``s`` as it is sampled: a temperature in (0, MIN_TEMPERATURE) is greedy."""
+    return replace(s, temperature=0.0) if 0.0 < s.temperature < MIN_TEMPERATURE else s
 
 
 @dataclass(frozen=True)

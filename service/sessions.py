@@ -126,7 +126,11 @@ class InMemorySessionStore:
         if source.busy:  # the engine may hold its state mid-step: a copy now could be stale
             raise errors.SessionBusy(f"session {session_id!r} is in use by a stream; fork it when it is idle",
                                      session_id=session_id)
-        forked = self.create(source.model, source.state.copy(), ttl_seconds or source.ttl_seconds)
+        source.busy = True  # room for the copy must not be made by evicting its source
+        try:
+            forked = self.create(source.model, source.state.copy(), ttl_seconds or source.ttl_seconds)
+        finally:
+            source.busy = False
         self._touch(source)
         return forked
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.sampling import BatchParams, by_head, draw_one, log_softmax, sample
+from service.sampling import BatchParams, by_head, draw_one, effective, log_softmax, sample
 from service.types import Chunk, FinishReason, GenerateParams, Sampling, SeqState
 
 Where = Literal["prefill", "ready", "batch", "paused", "done"]
@@ -46,13 +46,14 @@ class Stream:
         self.done = 0  # how many of todo are fed
         self.pending_after = pending_after  # the state's pending id once todo is fed
         self.params = params if params is not None else GenerateParams()
-        self.sampling: Sampling = self.params.sampling
+        self.sampling: Sampling = effective(self.params.sampling)
         self.max_chars = self.params.max_chars
         self.cancel = cancel
         # ---- the step thread's (after submission)
         self.where: Where = "prefill" if todo.size else "ready"
         self.score = score  # a feed request: score the fed text, generate nothing
         self.prompt_chars = 0
+        self.text_chars = 0  # the request's new text (prompt or fed text): counted into the state as consumed
         self.abandoned = False  # the consumer went away
         self.error: BaseException | None = None  # set before on_done
         self.seen = np.zeros(vocab_size, bool)  # characters of this request, for the repetition penalty
@@ -152,7 +153,18 @@ class Stream:
         self.where, self.finish_reason, self.stop_sequence = "done", reason, stop
         self.t_end = time.perf_counter()
         self.sync_rng()
-        self.state.chars_consumed += self.generated
+        self.state.chars_consumed += self._text_consumed() + self.generated
+
+    def _text_consumed(self) -> int:
+        """Characters of the new text the state has consumed: all once its prefill is done; after a consumer
+        went away mid-text, those fed so far and the pending one."""
+        if self.done >= self.todo.size:
+            return self.text_chars
+        if self.done == 0:
+            return 0
+        # todo is the state's pending id (if any), then the text (a feed's without its last character)
+        head = self.todo.size - self.text_chars + (1 if self.score else 0)
+        return self.done + 1 - head
 
     def match_stop(self, char: str) -> str | None:
         """Append ``char`` to the output tail; the stop sequence the output now ends with, if any."""

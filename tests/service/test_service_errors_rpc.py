@@ -75,6 +75,7 @@ async def test_session_errors(stub) -> None:
     fresh = await stub.CreateSession(pb.CreateSessionRequest(model="tiny-rnn"))
     await fails(generate(stub, session_id=fresh.id, max_chars=1), INVALID, "INVALID_ARGUMENT", "prompt")
     await fails(stub.Feed(iter([pb.FeedRequest(session_id=s.id, text="z€")])), INVALID, "INVALID_ARGUMENT", "text")
+    await fails(stub.CreateSession(pb.CreateSessionRequest(prime="z€")), INVALID, "INVALID_ARGUMENT", "prime")
 
 
 async def test_busy_session_is_aborted(stub) -> None:

@@ -112,3 +112,36 @@ async def test_chat_must_open_first(stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await call.read()
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error_info(e.value).metadata["field"] == "open"
+
+
+async def test_chat_cancel_stops_the_reply_in_progress_not_the_next_one_asked_for(stub) -> None:
+    call = stub.Chat()
+    await call.write(pb.ChatRequest(open=pb.ChatOpen(model="tiny-lstm")))
+    await call.read()
+    await call.write(pb.ChatRequest(feed="He lit the stove"))
+    await call.read()
+    await call.write(pb.ChatRequest(generate=pb.ChatGenerate(max_chars=60000)))
+    await call.write(pb.ChatRequest(generate=pb.ChatGenerate(max_chars=5)))  # queued behind the first
+    first = await call.read()
+    assert first.generated.text
+    await call.write(pb.ChatRequest(cancel=pb.ChatCancel()))
+    _, finish = await chat_reply(call)
+    assert finish.reason == pb.FINISH_REASON_CANCELLED and finish.generated_chars < 60000
+    reply, finish = await chat_reply(call)
+    assert len(reply) == 5 and finish.reason == pb.FINISH_REASON_LENGTH
+    await call.done_writing()
+    assert await call.read() == grpc.aio.EOF  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("request_", "field"), [
+    (pb.ChatRequest(feed="caf\u00e9 \u20ac"), "feed"),  # a character outside the vocabulary
+    (pb.ChatRequest(generate=pb.ChatGenerate(max_chars=5)), "generate"),  # nothing fed yet: no context
+])
+async def test_chat_errors_name_the_chat_field(stub, request_: pb.ChatRequest, field: str) -> None:
+    call = stub.Chat()
+    await call.write(pb.ChatRequest(open=pb.ChatOpen(model="tiny-gru")))
+    await call.read()
+    await call.write(request_)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await call.read()
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error_info(e.value).metadata["field"] == field

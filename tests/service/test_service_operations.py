@@ -115,6 +115,29 @@ async def test_streams_still_running_after_the_grace_period_end_cancelled(server
         assert finish.generated_chars == len("".join(text)) < 65536
 
 
+async def test_draining_refuses_new_chat_turns_and_ends_idle_feed_and_chat_streams(server_factory) -> None:
+    srv = server_factory(grace_seconds=0.5)
+    async with grpc.aio.insecure_channel(srv.target) as channel:
+        stub = charlm_pb2_grpc.TextGenerationStub(channel)
+        chats = [stub.Chat(), stub.Chat()]
+        for chat in chats:
+            await chat.write(pb.ChatRequest(open=pb.ChatOpen(model="tiny-lstm")))
+            await chat.read()
+            await chat.write(pb.ChatRequest(feed="The "))
+            await chat.read()
+        feed = stub.Feed()
+        await feed.write(pb.FeedRequest(model="tiny-lstm", text="The keeper"))
+        drained = srv.drain()
+        await asyncio.sleep(0.1)
+        await chats[0].write(pb.ChatRequest(generate=pb.ChatGenerate(max_chars=5)))  # a new turn is new work
+        ended = [chats[0].read(), chats[1].read(), feed]  # the other two wait idle until the grace period ends
+        for call in ended:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE and error_info(e.value).reason == "DRAINING"
+        await asyncio.wrap_future(drained)
+
+
 def test_sigterm_drains_and_exits_zero(model_repo: Path, tmp_path: Path) -> None:
     env = {**os.environ, "CHARLM_LOG_FORMAT": "json", "CHARLM_METRICS_PORT": "-1", "CHARLM_GRACE_SECONDS": "5"}
     log = (tmp_path / "server.log").open("w+")

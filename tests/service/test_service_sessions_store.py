@@ -157,6 +157,25 @@ def test_fork_is_independent() -> None:
     assert a.state.rng.random() != f.state.rng.random()
 
 
+def test_a_fork_in_a_full_store_evicts_another_session_never_its_source() -> None:
+    clock = Clock()
+    s = store(clock)
+    a, b, c = (s.create("m:1", state()) for _ in range(3))  # a is the least recently used
+    f = s.fork(a.id)
+    assert reason_of(s, b.id) == "SESSION_EVICTED"
+    assert {x.id for x in s.list()} == {a.id, c.id, f.id}
+    assert not s.get(a.id).busy
+
+
+async def test_a_fork_with_only_its_source_idle_in_a_full_store_is_exhausted() -> None:
+    s = store(Clock(), max_sessions=2)
+    a, b = s.create("m:1", state()), s.create("m:1", state())
+    async with s.lease(b.id):
+        with pytest.raises(errors.ResourceExhausted):
+            s.fork(a.id)
+    assert s.get(a.id).id == a.id and not s.get(a.id).busy and len(s.list()) == 2
+
+
 def test_a_copy_continues_the_random_stream_where_it_is() -> None:
     drawn = state(seed=4)
     drawn.rng.random(5)

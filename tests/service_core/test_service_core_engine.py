@@ -27,6 +27,14 @@ async def test_greedy_equals_single_stream_reference(make_engine: EngineFactory,
     assert finish.reason == "length" and finish.generated_chars == 60 and finish.prompt_chars == len(PROMPT)
 
 
+@pytest.mark.parametrize("temperature", [1e-7, 1e-38, 1e-45])
+async def test_a_vanishing_temperature_samples_as_greedy(make_engine: EngineFactory, tiny_runtimes: dict[str, Runtime],
+                                                         temperature: float) -> None:  # fmt: skip
+    engine = make_engine("lstm")  # (1/T overflows the sampling head's float32 below ~3e-39: every id was 0)
+    text, _ = await collect(engine, engine.new_state(), PROMPT, GenerateParams(Sampling(temperature, seed=7), 40))
+    assert text == reference_greedy(tiny_runtimes["lstm"], PROMPT, 40)
+
+
 @pytest.mark.parametrize(("arch", "lanes"), [(arch, 1) for arch in ARCHS] + [(arch, 2) for arch in ARCHS])
 async def test_seeded_streams_give_the_same_text_alone_and_among_64(make_engine: EngineFactory, arch: str,
                                                                     lanes: int) -> None:  # fmt: skip
