@@ -16,6 +16,7 @@ from client import convert
 from client.connection import ConnectOptions, aio_channel, call_metadata
 from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error
 from client.generation import AsyncGeneration
+from client.streams import feed_async
 from client.sync import build_options
 from client.types import FeedResult, ModelInfo, ModelList, Sampling, SessionInfo
 
@@ -30,11 +31,13 @@ class AsyncClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = call_metadata(self.options)
 
-    async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    async def _unary(self, rpc: str, request: Any, timeout: float | None) -> Any:
+        # rpc: a TextGeneration method's name, or "Health.Check"; errors name it when the server gives no message
+        method = self._health.Check if rpc == "Health.Check" else getattr(self._stub, rpc)
         try:
             return await method(request, timeout=timeout or self.options.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise from_rpc_error(e, rpc) from None
 
     def generate(
         self,
@@ -60,53 +63,59 @@ class AsyncClient:
 
     async def feed(self, text: str | Iterable[str], *, session_id: str = "", model: str = "",
                    timeout: float | None = None) -> FeedResult:
-        """Streams text (a string or an iterable of chunks) into a session, or scores it on a fresh state."""
+        """Streams text (a string or an iterable of chunks) into a session, or scores it on a fresh state.
+
+        The deadline is ``timeout``, else ``options.stream_timeout`` (none by default); an exception raised by
+        the iterable is raised here as it is.
+        """
         requests = convert.feed_stream(convert.text_chunks(text), session_id, model)
-        response = await self._unary(self._stub.Feed, requests, timeout or self.options.stream_timeout)
-        return convert.feed_result(response)
+        timeout = timeout or self.options.stream_timeout
+        return convert.feed_result(await feed_async(self._stub.Feed, requests, timeout, self._metadata))
 
-    async def create_session(self, model: str = "", prime: str = "", ttl_seconds: int = 0) -> AsyncSession:
+    async def create_session(self, model: str = "", prime: str = "", ttl_seconds: int = 0,
+                             timeout: float | None = None) -> AsyncSession:
         """Creates a session; ``async with await client.create_session() as s:`` deletes it on exit."""
-        request = pb.CreateSessionRequest(model=model, prime=prime, ttl_seconds=ttl_seconds)
-        return AsyncSession(self, convert.session(await self._unary(self._stub.CreateSession, request)))
+        request = convert.create_session_request(model, prime, ttl_seconds)
+        return AsyncSession(self, convert.session(await self._unary("CreateSession", request, timeout)))
 
-    async def get_session(self, session_id: str) -> SessionInfo:
+    async def get_session(self, session_id: str, timeout: float | None = None) -> SessionInfo:
         """Describes a session."""
-        return convert.session(await self._unary(self._stub.GetSession, pb.GetSessionRequest(session_id=session_id)))
+        return convert.session(await self._unary("GetSession", pb.GetSessionRequest(session_id=session_id), timeout))
 
-    async def list_sessions(self, model: str = "") -> list[SessionInfo]:
+    async def list_sessions(self, model: str = "", timeout: float | None = None) -> list[SessionInfo]:
         """Live sessions, optionally only those of one model."""
-        response = await self._unary(self._stub.ListSessions, pb.ListSessionsRequest(model=model))
+        response = await self._unary("ListSessions", pb.ListSessionsRequest(model=model), timeout)
         return [convert.session(s) for s in response.sessions]
 
-    async def delete_session(self, session_id: str) -> None:
+    async def delete_session(self, session_id: str, timeout: float | None = None) -> None:
         """Deletes a session and frees its state."""
-        await self._unary(self._stub.DeleteSession, pb.DeleteSessionRequest(session_id=session_id))
+        await self._unary("DeleteSession", pb.DeleteSessionRequest(session_id=session_id), timeout)
 
-    async def fork_session(self, session_id: str, ttl_seconds: int = 0) -> AsyncSession:
+    async def fork_session(self, session_id: str, ttl_seconds: int = 0, timeout: float | None = None) -> AsyncSession:
         """A new session holding a copy of ``session_id``'s state."""
-        request = pb.ForkSessionRequest(session_id=session_id, ttl_seconds=ttl_seconds)
-        return AsyncSession(self, convert.session(await self._unary(self._stub.ForkSession, request)))
+        request = convert.fork_session_request(session_id, ttl_seconds)
+        return AsyncSession(self, convert.session(await self._unary("ForkSession", request, timeout)))
 
     async def chat(self, session_id: str = "", model: str = "", ttl_seconds: int = 0,
                    timeout: float | None = None) -> AsyncChat:
         """Opens a bidirectional Chat on a session (a new one of ``model`` when no id is given)."""
+        opening = convert.chat_open(session_id, model, ttl_seconds)  # checked before the stream starts
         call = self._stub.Chat(timeout=timeout or self.options.stream_timeout, metadata=self._metadata)
         chat = AsyncChat(call)
-        await chat._open(pb.ChatOpen(session_id=session_id, model=model, ttl_seconds=ttl_seconds))
+        await chat._open(opening)
         return chat
 
-    async def models(self) -> ModelList:
+    async def models(self, timeout: float | None = None) -> ModelList:
         """Every served model and the default one."""
-        return convert.model_list(await self._unary(self._stub.ListModels, pb.ListModelsRequest()))
+        return convert.model_list(await self._unary("ListModels", pb.ListModelsRequest(), timeout))
 
-    async def model(self, name: str = "") -> ModelInfo:
+    async def model(self, name: str = "", timeout: float | None = None) -> ModelInfo:
         """One model (``"name"`` or ``"name:version"``; empty = the default)."""
-        return convert.model_info(await self._unary(self._stub.GetModel, pb.GetModelRequest(model=name)))
+        return convert.model_info(await self._unary("GetModel", pb.GetModelRequest(model=name), timeout))
 
-    async def health(self, service: str = "") -> str:
+    async def health(self, service: str = "", timeout: float | None = None) -> str:
         """The standard health status: "SERVING", "NOT_SERVING", ... ("" = the whole server)."""
-        response = await self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service))
+        response = await self._unary("Health.Check", health_pb2.HealthCheckRequest(service=service), timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
@@ -144,27 +153,27 @@ class AsyncSession:
         """``AsyncClient.generate`` continuing this session."""
         return self.client.generate(prompt, session_id=self.id, **kwargs)
 
-    async def feed(self, text: str | Iterable[str]) -> FeedResult:
+    async def feed(self, text: str | Iterable[str], timeout: float | None = None) -> FeedResult:
         """Advances this session over text and scores it."""
-        return await self.client.feed(text, session_id=self.id)
+        return await self.client.feed(text, session_id=self.id, timeout=timeout)
 
-    async def chat(self) -> AsyncChat:
+    async def chat(self, timeout: float | None = None) -> AsyncChat:
         """A Chat stream on this session."""
-        return await self.client.chat(session_id=self.id)
+        return await self.client.chat(session_id=self.id, timeout=timeout)
 
-    async def fork(self, ttl_seconds: int = 0) -> AsyncSession:
+    async def fork(self, ttl_seconds: int = 0, timeout: float | None = None) -> AsyncSession:
         """A new session with a copy of this one's state."""
-        return await self.client.fork_session(self.id, ttl_seconds)
+        return await self.client.fork_session(self.id, ttl_seconds, timeout)
 
-    async def refresh(self) -> SessionInfo:
+    async def refresh(self, timeout: float | None = None) -> SessionInfo:
         """Fetches the session's current description."""
-        self.info = await self.client.get_session(self.id)
+        self.info = await self.client.get_session(self.id, timeout)
         return self.info
 
-    async def delete(self) -> None:
+    async def delete(self, timeout: float | None = None) -> None:
         """Deletes the session; already gone is fine."""
         try:
-            await self.client.delete_session(self.id)
+            await self.client.delete_session(self.id, timeout)
         except CharlmError as e:
             if e.code != grpc.StatusCode.NOT_FOUND:
                 raise
@@ -181,6 +190,7 @@ class AsyncChat:
 
     def __init__(self, call: Any) -> None:
         self._call = call
+        self._reply: AsyncGeneration | None = None  # the latest reply, perhaps not read to its end
         self.session: SessionInfo | None = None
 
     async def _open(self, opening: pb.ChatOpen) -> None:
@@ -191,13 +201,13 @@ class AsyncChat:
         try:
             await self._call.write(request)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise from_rpc_error(e, "Chat") from None
 
     async def _expect(self, event: str) -> pb.ChatResponse:
         try:
             response = await self._call.read()
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise from_rpc_error(e, "Chat") from None
         if response is grpc.aio.EOF:  # type: ignore[attr-defined]
             raise ServerError("the chat stream ended unexpectedly", grpc.StatusCode.INTERNAL)
         if response.WhichOneof("event") != event:
@@ -212,18 +222,29 @@ class AsyncChat:
             if generated.HasField("finish"):
                 return
 
+    async def _finish_reply(self) -> None:
+        # As Chat._finish_reply: what is left of an unfinished reply is read before the next turn.
+        reply, self._reply = self._reply, None
+        if reply is not None and reply.finish is None:
+            async for _ in reply.chunks():
+                pass
+
     async def feed(self, text: str) -> FeedResult:
         """Feeds text (the user's turn) and returns the server's acknowledgement with its score."""
+        await self._finish_reply()
         await self._write(pb.ChatRequest(feed=text))
         return convert.feed_result((await self._expect("fed")).fed)
 
     async def generate(self, *, max_chars: int = 200, temperature: float | None = None, top_k: int = 0,
                        top_p: float = 0.0, repetition_penalty: float = 0.0, seed: int | None = None,
                        stop: Sequence[str] = (), logprobs: bool = False) -> AsyncGeneration:
-        """Asks for a reply; iterate the result to its end before the next turn."""
+        """Asks for a reply; iterate the result for its chunks (the next turn first reads what is left of it)."""
         sampling = Sampling(temperature, top_k, top_p, repetition_penalty, seed)
-        await self._write(convert.chat_generate(sampling, max_chars, stop, logprobs))
-        return AsyncGeneration(self._replies(), self.cancel)
+        request = convert.chat_generate(sampling, max_chars, stop, logprobs)
+        await self._finish_reply()
+        await self._write(request)
+        self._reply = AsyncGeneration(self._replies(), self.cancel)
+        return self._reply
 
     async def cancel(self) -> None:
         """Stops the reply in progress; it finishes with reason "cancelled" and the chat goes on."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,24 +26,41 @@ _CODE_HINTS: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.INVALID_ARGUMENT: "fix the value named above (see `--help` for the ranges)",
     grpc.StatusCode.OUT_OF_RANGE: "fix the value named above (see `--help` for the ranges)",
     grpc.StatusCode.NOT_FOUND: "check the name or id (`charlm models`, `charlm sessions list`)",
-    grpc.StatusCode.ABORTED: "another stream is using this session; wait, or fork it with `charlm sessions fork ID`",
+    grpc.StatusCode.ABORTED: "another stream is using this session; wait until it ends (or stop it), then retry",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "the server is at a limit; retry later or ask for less",
     grpc.StatusCode.FAILED_PRECONDITION: "the session or model is not in a state that allows this",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the server did not answer in time; raise --timeout or check the server",
     grpc.StatusCode.UNAUTHENTICATED: "pass a valid --token (or set CHARLM_TOKEN)",
     grpc.StatusCode.PERMISSION_DENIED: "pass a token that is allowed this call (--token / CHARLM_TOKEN)",
 }
+# Hints of one command that replace the generic ones: health knows nothing of models and sessions.
+_COMMAND_HINTS: dict[tuple[str, grpc.StatusCode], str] = {
+    ("health", grpc.StatusCode.NOT_FOUND): "the server has no health status for that --service name; "
+                                           "leave --service out to check the whole server",
+}
+# The command-line option behind each request field that InvalidArgument names.
+_OPTIONS = {"max_chars": "-n/--max-chars", "sampling.temperature": "-t/--temperature", "sampling.top_k": "--top-k",
+            "sampling.top_p": "--top-p", "sampling.repetition_penalty": "--repetition-penalty",
+            "sampling.seed": "--seed", "ttl_seconds": "--ttl", "stop": "--stop"}
 
 
-def explain(err: CharlmError, target: str) -> str:
+def explain(err: CharlmError, target: str, command: str = "") -> str:
     """One line: what failed, the status (and reason), and what to try."""
     message = " ".join(err.message.split())
     tag = err.status + (f", {err.reason}" if err.reason and err.reason != err.status else "")
     if err.code == grpc.StatusCode.UNAVAILABLE and err.reason != "DRAINING":
         hint = f"is a server running at {target}? start one with `charlm-serve`, or pass --target / set CHARLM_TARGET"
         return f"cannot reach the server at {target} ({tag}: {message}); {hint}"
-    hint = _HINTS.get(err.reason) or (_CODE_HINTS.get(err.code) if err.code else None) or "see the server's log"
-    return f"{message} ({tag}); {hint}"
+    option = _OPTIONS.get(err.field or "")
+    if option and err.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
+        return f"{message} ({tag}); fix {option} (see `--help` for the ranges)"
+    return f"{message} ({tag}); {_hint(err, command)}"
+
+
+def _hint(err: CharlmError, command: str) -> str:
+    if err.code is not None and (command, err.code) in _COMMAND_HINTS:
+        return _COMMAND_HINTS[(command, err.code)]
+    return _HINTS.get(err.reason) or (_CODE_HINTS.get(err.code) if err.code else None) or "see the server's log"
 
 
 def options_from_args(args: argparse.Namespace) -> ConnectOptions:
@@ -107,8 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = options_from_args(args)
         return int(args.func(args, opts) or 0)
     except CharlmError as e:
-        print(f"charlm {name}: {explain(e, args.target)}", file=sys.stderr)
+        print(f"charlm {name}: {explain(e, args.target, args.command)}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`charlm generate ... | head`): exit quietly, as other tools do on SIGPIPE. Python
+        # would flush stdout again at exit and complain, so point it at /dev/null (the Python docs' recipe).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (OSError, ValueError) as e:  # unreadable files, bad TLS setup: local problems, no gRPC status
         print(f"charlm {name}: {e}", file=sys.stderr)
         return 1

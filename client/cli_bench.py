@@ -10,6 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from client.commands import at_least
 from client.connection import ConnectOptions
 from client.loadgen import LoadReport, Percentiles, run_load
 
@@ -20,7 +21,7 @@ def format_report(r: LoadReport) -> str:
     def row(name: str, p: Percentiles) -> str:
         return f"  {name:<22} {p.p50:>9.2f} {p.p90:>9.2f} {p.p99:>9.2f} {p.mean:>9.2f}"
 
-    errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "none"
+    errors = "; ".join(f"{k}: {v} (first: {r.error_messages.get(k, '?')})" for k, v in sorted(r.errors.items()))
     lines = [
         f"target {r.target}: {r.streams} streams x {r.requests_per_stream} request(s) x {r.chars_per_stream} chars "
         f"over {r.channels} channel(s)",
@@ -31,7 +32,7 @@ def format_report(r: LoadReport) -> str:
         row("time to first chunk", r.ttfc_ms),
         row("inter-chunk", r.inter_chunk_ms),
         row("inter-character", r.inter_char_ms),
-        f"  completed              {r.completed}/{r.requests}; errors: {errors}",
+        f"  completed              {r.completed}/{r.requests}; errors: {errors or 'none'}",
     ]
     return "\n".join(lines)
 
@@ -58,16 +59,6 @@ def cmd_bench(args: argparse.Namespace, opts: ConnectOptions) -> int:
     return 0 if not report.errors else 1
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Adds the bench subcommand."""
     p = sub.add_parser("bench", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -79,13 +70,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                        epilog="example:\n  charlm bench -c 64 -n 2000 --prompt 'ROMEO:'\n"
                               "  charlm bench -c 64 -n 1 -r 20 --prompt 'The quick brown '   # many short requests\n"
                               "  charlm bench -c 8 -n 500 --json > bench.json")
-    p.add_argument("-c", "--streams", type=_positive, default=8, help="concurrent streams (default %(default)s)")
-    p.add_argument("-n", "--chars", type=_positive, default=500, help="characters per request (default %(default)s)")
-    p.add_argument("-r", "--requests", type=_positive, default=1,
+    p.add_argument("-c", "--streams", type=at_least(1), default=8, help="concurrent streams (default %(default)s)")
+    p.add_argument("-n", "--chars", type=at_least(1), default=500, help="characters per request (default %(default)s)")
+    p.add_argument("-r", "--requests", type=at_least(1), default=1,
                    help="requests per stream, one after another (default %(default)s)")
     p.add_argument("--prompt", default="\n", help="prompt of every stream (default a newline)")
     p.add_argument("-m", "--model", default="", help="model name or name:version (default: the server's)")
-    p.add_argument("--channels", type=_positive, default=1, help="gRPC channels to spread streams over")
+    p.add_argument("--channels", type=at_least(1), default=1, help="gRPC channels to spread streams over")
     p.add_argument("-t", "--temperature", type=float, help="sampling temperature (default 1)")
     p.add_argument("--seed", type=int, default=0,
                    help="request j of stream i uses seed SEED+i+j*STREAMS (default %(default)s)")

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from client.commands import at_least, between
 from client.connection import ConnectOptions
 from client.errors import CharlmError, SessionBusy
 from client.sync import Chat, Client
@@ -203,11 +204,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                        epilog="example:\n  charlm chat -m shakespeare -t 0.7 --max-chars 400")
     p.add_argument("-m", "--model", default="", help="model of the new session (default: the server's)")
     p.add_argument("--session", default="", metavar="ID", help="attach to an existing session (kept on exit)")
-    p.add_argument("-n", "--max-chars", type=int, default=300, help="longest answer (default %(default)s)")
+    p.add_argument("-n", "--max-chars", type=at_least(1), default=300, help="longest answer (default %(default)s)")
     p.add_argument("--stop", action="append", metavar="TEXT",
                    help="end an answer after this text (repeatable; default a blank line)")
-    p.add_argument("-t", "--temperature", type=float, default=0.8, help="sampling temperature (default %(default)s)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely characters (0 = off)")
-    p.add_argument("--seed", type=int, help="seed of the first answer")
+    p.add_argument("-t", "--temperature", type=between(0.0, 10.0), default=0.8,
+                   help="sampling temperature in [0, 10] (default %(default)s)")
+    p.add_argument("--top-k", type=at_least(0), default=0, help="keep the k most likely characters (0 = off)")
+    p.add_argument("--seed", type=at_least(0), help="seed of the first answer")
     p.add_argument("--keep", action="store_true", help="keep the sessions made here when leaving")
     p.set_defaults(func=cmd_chat)

@@ -4,22 +4,62 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from client.connection import ConnectOptions
 from client.sync import Client
-from client.types import ModelInfo, SessionInfo
+from client.types import Finish, ModelInfo, SessionInfo
 
 Raw = argparse.RawDescriptionHelpFormatter
 
 
 def _json(obj: Any) -> None:
     print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low`` (anything else is a usage error, exit status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def between(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], got {text}")
+        return value
+
+    return parse
+
+
+def _cut_short(finish: Finish) -> int:
+    """Exit status 1, with a note on stderr, when the server ended the generation early (Ctrl-C exits 130)."""
+    if finish.reason != "cancelled":
+        return 0
+    print(f"charlm generate: the server stopped the generation after {finish.generated_chars} characters "
+          "(finish reason 'cancelled'; it may be shutting down): the text is incomplete", file=sys.stderr)
+    return 1
 
 
 def cmd_generate(args: argparse.Namespace, opts: ConnectOptions) -> int:
@@ -33,8 +73,9 @@ def cmd_generate(args: argparse.Namespace, opts: ConnectOptions) -> int:
         if args.json:
             for chunk in gen.chunks():
                 _json({"event": "chunk", "text": chunk.text, **({"logprobs": chunk.logprobs} if args.logprobs else {})})
-            _json({"event": "finish", **dataclasses.asdict(gen.result())})
-            return 0
+            finish = gen.result()
+            _json({"event": "finish", **dataclasses.asdict(finish)})
+            return _cut_short(finish)
         out = sys.stdout
         pending = args.prompt if args.echo else ""  # echoed with the first chunk, so a failed call prints nothing
         for text in gen:
@@ -49,7 +90,7 @@ def cmd_generate(args: argparse.Namespace, opts: ConnectOptions) -> int:
         if args.verbose:
             print(f"[{finish.reason}: {finish.generated_chars} chars in {finish.total_ms:.1f} ms, first after "
                   f"{finish.time_to_first_char_ms:.1f} ms; model {finish.model}, seed {finish.seed}]", file=sys.stderr)
-    return 0
+    return _cut_short(finish)
 
 
 def _age(t: float) -> str:
@@ -138,10 +179,17 @@ def cmd_health(args: argparse.Namespace, opts: ConnectOptions) -> int:
 
 
 def _read_chunks(path: Path, size: int) -> Iterator[str]:
-    stream = sys.stdin if str(path) == "-" else path.open(encoding="utf-8")
+    stdin = str(path) == "-"
+    if stdin and isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(encoding="utf-8")  # the input is UTF-8 whatever the locale says
+    stream = sys.stdin if stdin else path.open(encoding="utf-8")
     with stream:
-        while chunk := stream.read(size):
-            yield chunk
+        try:
+            while chunk := stream.read(size):
+                yield chunk
+        except UnicodeDecodeError as e:  # feed() gives this exception back to cmd_score as it is
+            name = "standard input" if stdin else str(path)
+            raise ValueError(f"{name} is not UTF-8 text (byte 0x{e.object[e.start]:02x}: {e.reason})") from None
 
 
 def cmd_score(args: argparse.Namespace, opts: ConnectOptions) -> int:
@@ -150,6 +198,11 @@ def cmd_score(args: argparse.Namespace, opts: ConnectOptions) -> int:
         raise ValueError(f"{args.file}: no such file")
     with Client(options=opts) as client:
         result = client.feed(_read_chunks(args.file, args.chunk_size), session_id=args.session, model=args.model)
+    if result.chars_scored == 0:  # 0.0000 bits/char over nothing would read as a result
+        why = "it is empty"
+        if result.chars_consumed:
+            why = f"{result.chars_consumed} character(s): the first of a fresh state has no context to score it on"
+        raise ValueError(f"{args.file}: nothing to score ({why})")
     if args.json:
         _json({"file": str(args.file), **dataclasses.asdict(result)})
     else:
@@ -180,7 +233,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("-v", "--verbose", action="store_true", help="print the finish summary to stderr")
     g.set_defaults(func=cmd_generate)
 
-    s = sub.add_parser("sessions", formatter_class=Raw, help="list, show, create, fork or delete sessions",
+    s = sub.add_parser("sessions", parents=[common], formatter_class=Raw,
+                       help="list, show, create, fork or delete sessions",
                        description="Manage server-side sessions (hidden states kept between calls).",
                        epilog="example:\n  ID=$(charlm sessions create --prime 'ROMEO:')\n"
                               "  charlm generate --session $ID -n 50\n  charlm sessions fork $ID\n"
@@ -226,6 +280,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sc.add_argument("file", type=Path, help="UTF-8 text file ('-' = stdin)")
     sc.add_argument("-m", "--model", default="", help="model name or name:version (default: the server's)")
     sc.add_argument("--session", default="", metavar="ID", help="feed into this session instead of a fresh state")
-    sc.add_argument("--chunk-size", type=int, default=4096, help="characters per Feed message (default %(default)s)")
+    sc.add_argument("--chunk-size", type=at_least(1), default=4096,
+                    help="characters per Feed message, at least 1 (default %(default)s)")
     sc.add_argument("--json", action="store_true", help="machine-readable output")
     sc.set_defaults(func=cmd_score)

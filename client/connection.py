@@ -16,11 +16,16 @@ _SERVICE = "charlm.v1.TextGeneration"
 IDEMPOTENT_METHODS = ("GetModel", "ListModels", "GetSession", "ListSessions")
 
 
+def target_from_env(default: str = DEFAULT_TARGET) -> str:
+    """``CHARLM_TARGET`` if set, else the default."""
+    return os.environ.get("CHARLM_TARGET") or default
+
+
 @dataclass(frozen=True)
 class ConnectOptions:
     """How to reach the server: target, TLS, bearer token, default deadlines, keepalive and retries."""
 
-    target: str = DEFAULT_TARGET
+    target: str = field(default_factory=target_from_env)  # read when the options are made: $CHARLM_TARGET or default
     tls: bool = False  # implied by ca_file / cert_file
     ca_file: Path | None = None  # PEM roots; None uses the system roots
     cert_file: Path | None = None  # PEM client certificate (mutual TLS), with key_file
@@ -101,8 +106,15 @@ def call_metadata(opts: ConnectOptions) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {opts.token}"),) if opts.token else ()
 
 
+def _check_target(target: str) -> None:
+    # gRPC would log C-core errors to stderr for an empty target and then fail with an obscure message.
+    if not target.strip():
+        raise ValueError("the target is empty: pass host:port")
+
+
 def sync_channel(opts: ConnectOptions) -> grpc.Channel:
     """A blocking channel for ``Client``."""
+    _check_target(opts.target)
     if opts.secure:
         return grpc.secure_channel(opts.target, credentials(opts), channel_options(opts))
     return grpc.insecure_channel(opts.target, channel_options(opts))
@@ -110,11 +122,7 @@ def sync_channel(opts: ConnectOptions) -> grpc.Channel:
 
 def aio_channel(opts: ConnectOptions) -> grpc.aio.Channel:
     """An asyncio channel for ``AsyncClient`` (create it inside the running event loop)."""
+    _check_target(opts.target)
     if opts.secure:
         return grpc.aio.secure_channel(opts.target, credentials(opts), channel_options(opts))
     return grpc.aio.insecure_channel(opts.target, channel_options(opts))
-
-
-def target_from_env(default: str = DEFAULT_TARGET) -> str:
-    """``CHARLM_TARGET`` if set, else the default."""
-    return os.environ.get("CHARLM_TARGET") or default

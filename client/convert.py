@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from charlm.v1 import charlm_pb2 as pb
 
+from client.errors import invalid_argument
 from client.types import Chunk, FeedResult, Finish, FinishReason, ModelInfo, ModelList, Sampling, SessionInfo
 
 _REASONS: dict[int, FinishReason] = {
@@ -15,13 +16,28 @@ _REASONS: dict[int, FinishReason] = {
 }
 
 
+UINT32 = 2**32 - 1
+UINT64 = 2**64 - 1
+
+
+def unsigned(field: str, value: int, high: int = UINT32) -> int:
+    """``value`` if it fits an unsigned protobuf field; else InvalidArgument naming the field, as the server's
+    errors do (protobuf itself raises a bare ValueError that does not say which field)."""
+    if value < 0:
+        raise invalid_argument(field, f"must not be negative, got {value}")
+    if value > high:
+        raise invalid_argument(field, f"must be at most {high}, got {value}")
+    return value
+
+
 def sampling_pb(s: Sampling) -> pb.SamplingParams:
     """SamplingParams with only the fields the caller set (unset optional fields keep server defaults)."""
-    msg = pb.SamplingParams(top_k=s.top_k, top_p=s.top_p, repetition_penalty=s.repetition_penalty)
+    msg = pb.SamplingParams(top_k=unsigned("sampling.top_k", s.top_k), top_p=s.top_p,
+                            repetition_penalty=s.repetition_penalty)
     if s.temperature is not None:
         msg.temperature = s.temperature
     if s.seed is not None:
-        msg.seed = s.seed
+        msg.seed = unsigned("sampling.seed", s.seed, UINT64)
     return msg
 
 
@@ -39,7 +55,7 @@ def generate_request(
         model=model,
         prompt=prompt,
         sampling=sampling_pb(sampling),
-        max_chars=max_chars,
+        max_chars=unsigned("max_chars", max_chars),
         stop=list(stop),
         session_id=session_id,
         logprobs=logprobs,
@@ -48,8 +64,24 @@ def generate_request(
 
 def chat_generate(sampling: Sampling, max_chars: int, stop: Sequence[str], logprobs: bool) -> pb.ChatRequest:
     """A ChatRequest asking for a reply."""
-    gen = pb.ChatGenerate(sampling=sampling_pb(sampling), max_chars=max_chars, stop=list(stop), logprobs=logprobs)
+    gen = pb.ChatGenerate(sampling=sampling_pb(sampling), max_chars=unsigned("max_chars", max_chars), stop=list(stop),
+                          logprobs=logprobs)
     return pb.ChatRequest(generate=gen)
+
+
+def create_session_request(model: str, prime: str, ttl_seconds: int) -> pb.CreateSessionRequest:
+    """A CreateSessionRequest (ttl_seconds checked)."""
+    return pb.CreateSessionRequest(model=model, prime=prime, ttl_seconds=unsigned("ttl_seconds", ttl_seconds))
+
+
+def fork_session_request(session_id: str, ttl_seconds: int) -> pb.ForkSessionRequest:
+    """A ForkSessionRequest (ttl_seconds checked)."""
+    return pb.ForkSessionRequest(session_id=session_id, ttl_seconds=unsigned("ttl_seconds", ttl_seconds))
+
+
+def chat_open(session_id: str, model: str, ttl_seconds: int) -> pb.ChatOpen:
+    """The ChatOpen that starts a Chat stream (ttl_seconds checked)."""
+    return pb.ChatOpen(session_id=session_id, model=model, ttl_seconds=unsigned("ttl_seconds", ttl_seconds))
 
 
 def chunk(msg: pb.GenerateResponse) -> Chunk:

@@ -109,11 +109,20 @@ def _error_info(trailing: object) -> tuple[str, dict[str, str]]:
     return "", {}
 
 
-def from_rpc_error(err: grpc.RpcError) -> CharlmError:
-    """Converts a sync or asyncio gRPC error to the matching CharlmError subclass."""
+def from_rpc_error(err: grpc.RpcError, rpc: str = "") -> CharlmError:
+    """Converts a sync or asyncio gRPC error to the matching CharlmError subclass; ``rpc`` names the call."""
     code: grpc.StatusCode | None = err.code() if hasattr(err, "code") else None
-    message = (err.details() if hasattr(err, "details") else None) or str(err)
+    # Some servicers (the standard health one) set only a code; str(err) would be the call object's repr.
+    message = err.details() if hasattr(err, "details") else None
+    if not message:
+        message = f"{rpc or 'the call'} failed with {code.name if code else 'an unknown status'} and no message"
     trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
     reason, metadata = _error_info(trailing)
     cls = _BY_CODE.get(code, ServerError) if code is not None else ServerError
     return cls(message, code, reason, metadata)
+
+
+def invalid_argument(field: str, message: str) -> InvalidArgument:
+    """The error the server would send for a bad ``field``, raised locally before a request is sent."""
+    return InvalidArgument(f"{field}: {message}", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+                           {"field": field})

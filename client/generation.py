@@ -88,12 +88,12 @@ class Generation(_Record):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.finish is None:
+        if self.finish is None:  # left unfinished: stop it (a Chat reads the rest before its next turn)
             self.cancel()
 
 
 class AsyncGeneration(_Record):
-    """The asyncio twin of ``Generation``: ``async for text in gen``; ``await gen.result()``."""
+    """The asyncio twin of ``Generation``: ``async for text in gen``; ``await gen.result()``; ``async with``."""
 
     def __init__(self, responses: AsyncIterator[pb.GenerateResponse], cancel: Callable[[], Any]) -> None:
         super().__init__()
@@ -132,3 +132,10 @@ class AsyncGeneration(_Record):
         outcome = self._cancel()
         if hasattr(outcome, "__await__"):
             await outcome
+
+    async def __aenter__(self) -> AsyncGeneration:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.finish is None:  # left unfinished: stop it (a Chat reads the rest before its next turn)
+            await self.cancel()

@@ -69,6 +69,7 @@ class LoadReport:
     completed: int  # requests that finished without error
     errors: dict[str, int] = field(default_factory=dict)  # status name -> count
     requests_per_stream: int = 1  # requests each stream made, one after another
+    error_messages: dict[str, str] = field(default_factory=dict)  # status name -> the first such error's message
 
     @property
     def requests(self) -> int:
@@ -98,7 +99,7 @@ class _StreamStats:
     chunk_gaps_ms: list[float] = field(default_factory=list)
     char_gaps_ms: list[float] = field(default_factory=list)
     completed: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (status name, message) of each failed request
 
 
 async def _one_request(client: AsyncClient, prompt: str, chars: int, model: str, temperature: float | None,
@@ -123,7 +124,15 @@ async def _one_request(client: AsyncClient, prompt: str, chars: int, model: str,
                 progress(len(text))
         stats.completed += 1
     except CharlmError as e:
-        stats.errors.append(e.status)
+        stats.errors.append((e.status, " ".join(e.message.split())))
+
+
+def _first_messages(errors: list[tuple[str, str]]) -> dict[str, str]:
+    """The first message of each status, to say what failed and not only how often."""
+    first: dict[str, str] = {}
+    for status, message in errors:
+        first.setdefault(status, message)
+    return first
 
 
 async def run_load(
@@ -176,6 +185,7 @@ async def run_load(
         inter_chunk_ms=summarize([g for r in results for g in r.chunk_gaps_ms]),
         inter_char_ms=summarize([g for r in results for g in r.char_gaps_ms]),
         completed=sum(r.completed for r in results),
-        errors=dict(Counter(e for r in results for e in r.errors)),
+        errors=dict(Counter(status for r in results for status, _ in r.errors)),
         requests_per_stream=requests,
+        error_messages=_first_messages([e for r in results for e in r.errors]),
     )

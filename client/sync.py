@@ -13,15 +13,16 @@ from charlm.v1 import charlm_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import convert
-from client.connection import ConnectOptions, call_metadata, sync_channel, target_from_env
+from client.connection import ConnectOptions, call_metadata, sync_channel
 from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error
 from client.generation import Generation
+from client.streams import feed_blocking
 from client.types import FeedResult, ModelInfo, ModelList, Sampling, SessionInfo
 
 
 def build_options(target: str | None, options: ConnectOptions | None, overrides: dict[str, Any]) -> ConnectOptions:
     """Options from an explicit object, a target and field overrides; target defaults to CHARLM_TARGET."""
-    opts = options or ConnectOptions(target=target_from_env())
+    opts = options or ConnectOptions()
     if target is not None:
         overrides = {**overrides, "target": target}
     return dataclasses.replace(opts, **overrides)
@@ -37,11 +38,13 @@ class Client:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = call_metadata(self.options)
 
-    def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+    def _unary(self, rpc: str, request: Any, timeout: float | None) -> Any:
+        # rpc: a TextGeneration method's name, or "Health.Check"; errors name it when the server gives no message
+        method = self._health.Check if rpc == "Health.Check" else getattr(self._stub, rpc)
         try:
             return method(request, timeout=timeout or self.options.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise from_rpc_error(e, rpc) from None
 
     def generate(
         self,
@@ -69,55 +72,60 @@ class Client:
 
     def feed(self, text: str | Iterable[str], *, session_id: str = "", model: str = "",
              timeout: float | None = None) -> FeedResult:
-        """Streams text (a string or an iterable of chunks) into a session, or scores it on a fresh state."""
+        """Streams text (a string or an iterable of chunks) into a session, or scores it on a fresh state.
+
+        The deadline is ``timeout``, else ``options.stream_timeout`` (none by default): a long text takes long.
+        An exception raised by the iterable is raised here as it is.
+        """
         requests = convert.feed_stream(convert.text_chunks(text), session_id, model)
-        timeout = timeout or self.options.stream_timeout
-        return convert.feed_result(self._unary(self._stub.Feed, requests, timeout))
+        response = feed_blocking(self._stub.Feed, requests, timeout or self.options.stream_timeout, self._metadata)
+        return convert.feed_result(response)
 
-    def create_session(self, model: str = "", prime: str = "", ttl_seconds: int = 0) -> Session:
+    def create_session(self, model: str = "", prime: str = "", ttl_seconds: int = 0,
+                       timeout: float | None = None) -> Session:
         """Creates a session (optionally primed with text); ``with client.create_session() as s:`` deletes it."""
-        request = pb.CreateSessionRequest(model=model, prime=prime, ttl_seconds=ttl_seconds)
-        return Session(self, convert.session(self._unary(self._stub.CreateSession, request, None)))
+        request = convert.create_session_request(model, prime, ttl_seconds)
+        return Session(self, convert.session(self._unary("CreateSession", request, timeout)))
 
-    def get_session(self, session_id: str) -> SessionInfo:
+    def get_session(self, session_id: str, timeout: float | None = None) -> SessionInfo:
         """Describes a session."""
         request = pb.GetSessionRequest(session_id=session_id)
-        return convert.session(self._unary(self._stub.GetSession, request, None))
+        return convert.session(self._unary("GetSession", request, timeout))
 
-    def list_sessions(self, model: str = "") -> list[SessionInfo]:
+    def list_sessions(self, model: str = "", timeout: float | None = None) -> list[SessionInfo]:
         """Live sessions, optionally only those of one model."""
-        response = self._unary(self._stub.ListSessions, pb.ListSessionsRequest(model=model), None)
+        response = self._unary("ListSessions", pb.ListSessionsRequest(model=model), timeout)
         return [convert.session(s) for s in response.sessions]
 
-    def delete_session(self, session_id: str) -> None:
+    def delete_session(self, session_id: str, timeout: float | None = None) -> None:
         """Deletes a session and frees its state."""
-        self._unary(self._stub.DeleteSession, pb.DeleteSessionRequest(session_id=session_id), None)
+        self._unary("DeleteSession", pb.DeleteSessionRequest(session_id=session_id), timeout)
 
-    def fork_session(self, session_id: str, ttl_seconds: int = 0) -> Session:
+    def fork_session(self, session_id: str, ttl_seconds: int = 0, timeout: float | None = None) -> Session:
         """A new session holding a copy of ``session_id``'s state."""
-        request = pb.ForkSessionRequest(session_id=session_id, ttl_seconds=ttl_seconds)
-        return Session(self, convert.session(self._unary(self._stub.ForkSession, request, None)))
+        request = convert.fork_session_request(session_id, ttl_seconds)
+        return Session(self, convert.session(self._unary("ForkSession", request, timeout)))
 
-    def session(self, session_id: str) -> Session:
+    def session(self, session_id: str, timeout: float | None = None) -> Session:
         """A handle on an existing session (fetches its description)."""
-        return Session(self, self.get_session(session_id))
+        return Session(self, self.get_session(session_id, timeout))
 
     def chat(self, session_id: str = "", model: str = "", ttl_seconds: int = 0, timeout: float | None = None) -> Chat:
         """Opens a bidirectional Chat on a session (a new one of ``model`` when no id is given)."""
-        opening = pb.ChatOpen(session_id=session_id, model=model, ttl_seconds=ttl_seconds)
+        opening = convert.chat_open(session_id, model, ttl_seconds)
         return Chat(self._stub, opening, self._metadata, timeout or self.options.stream_timeout)
 
-    def models(self) -> ModelList:
+    def models(self, timeout: float | None = None) -> ModelList:
         """Every served model and the default one."""
-        return convert.model_list(self._unary(self._stub.ListModels, pb.ListModelsRequest(), None))
+        return convert.model_list(self._unary("ListModels", pb.ListModelsRequest(), timeout))
 
-    def model(self, name: str = "") -> ModelInfo:
+    def model(self, name: str = "", timeout: float | None = None) -> ModelInfo:
         """One model (``"name"`` or ``"name:version"``; empty = the default)."""
-        return convert.model_info(self._unary(self._stub.GetModel, pb.GetModelRequest(model=name), None))
+        return convert.model_info(self._unary("GetModel", pb.GetModelRequest(model=name), timeout))
 
-    def health(self, service: str = "") -> str:
+    def health(self, service: str = "", timeout: float | None = None) -> str:
         """The standard health status: "SERVING", "NOT_SERVING", ... ("" = the whole server)."""
-        response = self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), None)
+        response = self._unary("Health.Check", health_pb2.HealthCheckRequest(service=service), timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     def wait_ready(self, timeout: float = 10.0) -> None:
@@ -155,27 +163,27 @@ class Session:
         """``Client.generate`` continuing this session."""
         return self.client.generate(prompt, session_id=self.id, **kwargs)
 
-    def feed(self, text: str | Iterable[str]) -> FeedResult:
+    def feed(self, text: str | Iterable[str], timeout: float | None = None) -> FeedResult:
         """Advances this session over text and scores it."""
-        return self.client.feed(text, session_id=self.id)
+        return self.client.feed(text, session_id=self.id, timeout=timeout)
 
-    def chat(self) -> Chat:
+    def chat(self, timeout: float | None = None) -> Chat:
         """A Chat stream on this session."""
-        return self.client.chat(session_id=self.id)
+        return self.client.chat(session_id=self.id, timeout=timeout)
 
-    def fork(self, ttl_seconds: int = 0) -> Session:
+    def fork(self, ttl_seconds: int = 0, timeout: float | None = None) -> Session:
         """A new session with a copy of this one's state."""
-        return self.client.fork_session(self.id, ttl_seconds)
+        return self.client.fork_session(self.id, ttl_seconds, timeout)
 
-    def refresh(self) -> SessionInfo:
+    def refresh(self, timeout: float | None = None) -> SessionInfo:
         """Fetches the session's current description."""
-        self.info = self.client.get_session(self.id)
+        self.info = self.client.get_session(self.id, timeout)
         return self.info
 
-    def delete(self) -> None:
+    def delete(self, timeout: float | None = None) -> None:
         """Deletes the session; already gone (expired, evicted, deleted) is fine."""
         try:
-            self.client.delete_session(self.id)
+            self.client.delete_session(self.id, timeout)
         except CharlmError as e:
             if e.code != grpc.StatusCode.NOT_FOUND:
                 raise
@@ -195,6 +203,7 @@ class Chat:
         self._requests: queue.SimpleQueue[pb.ChatRequest | None] = queue.SimpleQueue()
         self._requests.put(pb.ChatRequest(open=opening))
         self._call = stub.Chat(iter(self._requests.get, None), timeout=timeout, metadata=metadata)
+        self._reply: Generation | None = None  # the latest reply, perhaps not read to its end
         self.session = convert.session(self._expect("opened").opened)
 
     def _next(self) -> pb.ChatResponse:
@@ -203,7 +212,7 @@ class Chat:
         except StopIteration:
             raise ServerError("the chat stream ended unexpectedly", grpc.StatusCode.INTERNAL) from None
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise from_rpc_error(e, "Chat") from None
 
     def _expect(self, event: str) -> pb.ChatResponse:
         response = self._next()
@@ -219,18 +228,30 @@ class Chat:
             if generated.HasField("finish"):
                 return
 
+    def _finish_reply(self) -> None:
+        # A reply left unfinished (a `with` block or a loop left early) still has messages on the way, up to its
+        # finish (soon after a cancel): read them here, or the next turn would take them for its own answer.
+        reply, self._reply = self._reply, None
+        if reply is not None and reply.finish is None:
+            for _ in reply.chunks():
+                pass
+
     def feed(self, text: str) -> FeedResult:
         """Feeds text (the user's turn) and waits for the server's acknowledgement with its score."""
+        self._finish_reply()
         self._requests.put(pb.ChatRequest(feed=text))
         return convert.feed_result(self._expect("fed").fed)
 
     def generate(self, *, max_chars: int = 200, temperature: float | None = None, top_k: int = 0,
                  top_p: float = 0.0, repetition_penalty: float = 0.0, seed: int | None = None,
                  stop: Sequence[str] = (), logprobs: bool = False) -> Generation:
-        """Asks for a reply; iterate the result for its chunks (read it to the end before the next turn)."""
+        """Asks for a reply; iterate the result for its chunks (the next turn first reads what is left of it)."""
         sampling = Sampling(temperature, top_k, top_p, repetition_penalty, seed)
-        self._requests.put(convert.chat_generate(sampling, max_chars, stop, logprobs))
-        return Generation(self._replies(), self.cancel)
+        request = convert.chat_generate(sampling, max_chars, stop, logprobs)
+        self._finish_reply()
+        self._requests.put(request)
+        self._reply = Generation(self._replies(), self.cancel)
+        return self._reply
 
     def cancel(self) -> None:
         """Stops the reply in progress; its stream ends with finish reason "cancelled" and the chat goes on."""

@@ -119,3 +119,38 @@ def test_bench_small(charlm: CliRunner) -> None:
         assert needle in table.stdout
     short = json.loads(charlm("bench", "-c", "2", "-n", "1", "-r", "4", "--prompt", PROMPT, "--json").stdout)
     assert short["completed"] == 8 == short["total_chars"] == short["ttfc_ms"]["count"] and short["requests_per_s"] > 0
+
+
+def test_generate_cut_short_by_the_server_says_so(server_factory: Callable[..., RunningServer]) -> None:
+    server = server_factory(limits=Limits(max_chars=5_000_000), grace_seconds=0.2)
+    proc = subprocess.Popen(cli_command("generate", PROMPT, "-n", "5000000", "--no-echo"), env=cli_env(server.target),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.read(20)  # streaming
+        server.drain().result(30)  # the grace period passes and the server cancels the generation
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and out, err
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and "the server stopped the generation" in lines[0] and "cancelled" in lines[0]
+
+
+def test_generate_into_a_closed_pipe_exits_quietly(charlm: CliRunner, server: RunningServer) -> None:
+    proc = subprocess.Popen(cli_command("generate", PROMPT, "-n", "20000", "--no-echo"), env=cli_env(server.target),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        assert len(proc.stdout.read(10)) == 10
+        proc.stdout.close()  # as `| head -c 10` does
+        err = proc.stderr.read()
+        proc.wait(30)
+    finally:
+        proc.kill()
+    assert proc.returncode in (0, 141) and err == b""
+
+
+def test_sessions_takes_connection_flags_before_its_action(charlm: CliRunner, server: RunningServer) -> None:
+    proc = charlm("sessions", "--target", server.target, "list", target="127.0.0.1:1")
+    assert proc.returncode == 0 and proc.stdout.startswith("ID"), proc.stderr

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 from fixtures.charlm_client import PROMPT
 from fixtures.server import RunningServer
 
-from client import AsyncClient, InvalidArgument, NotFound, Unavailable
+from client import AsyncClient, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 
 
 async def test_generate_and_concurrent_streams(server: RunningServer) -> None:
@@ -84,3 +87,63 @@ async def test_generate_cancel_ends_the_stream_quietly(server: RunningServer) ->
             await gen.cancel()
         assert gen.finish is None and 0 < len(gen.text) < 60000
         assert await client.health() == "SERVING"  # the channel is fine after a cancelled call
+
+
+async def test_feed_deadline_and_the_iterables_own_exception(server: RunningServer) -> None:
+    def slow() -> Iterator[str]:
+        yield PROMPT
+        time.sleep(0.8)  # blocks the loop, as a slow sync iterable does; the deadline runs on regardless
+        yield " and"
+
+    def failing() -> Iterator[str]:
+        yield PROMPT
+        raise RuntimeError("the disk is on fire")
+
+    async with AsyncClient(server.target, timeout=0.3) as client:
+        assert (await client.feed(slow())).chars_consumed == len(PROMPT) + 4  # no deadline by default
+        with pytest.raises(DeadlineExceeded):
+            await client.feed(slow(), timeout=0.3)
+        with pytest.raises(RuntimeError, match="the disk is on fire"):  # not asyncio.CancelledError
+            await client.feed(failing())
+        assert await client.health() == "SERVING"
+
+
+async def test_chat_next_turn_reads_what_is_left_and_async_with_cancels(server: RunningServer) -> None:
+    async with AsyncClient(server.target) as client:
+        chat = await client.chat(model="tiny-rnn")
+        async with chat:
+            await chat.feed(PROMPT)
+            async with await chat.generate(max_chars=5000) as first:
+                await anext(aiter(first))
+            assert (await chat.feed("x\n")).chars_consumed == 2
+            assert first.finish is not None and first.finish.reason == "cancelled"
+            second = await chat.generate(max_chars=300)
+            async for _ in second:
+                break
+            assert (await chat.feed("y\n")).chars_consumed == 2
+            assert second.finish is not None and second.finish.reason == "length"
+        await client.delete_session(chat.session.id)
+        async with client.generate(PROMPT, max_chars=60000) as gen:
+            await anext(aiter(gen))
+        assert gen.finish is None and 0 < len(gen.text) < 60000  # cancelled on leaving the block
+
+
+async def test_every_unary_method_takes_a_timeout_and_ranges_are_checked(silent_target: str) -> None:
+    calls: list[Callable[[AsyncClient], Awaitable[Any]]] = [
+        lambda c: c.create_session(timeout=0.2), lambda c: c.get_session("s", timeout=0.2),
+        lambda c: c.list_sessions(timeout=0.2), lambda c: c.delete_session("s", timeout=0.2),
+        lambda c: c.fork_session("s", timeout=0.2), lambda c: c.models(timeout=0.2),
+        lambda c: c.model("m", timeout=0.2), lambda c: c.health(timeout=0.2),
+    ]
+    async with AsyncClient(silent_target, retries=1, timeout=60) as client:
+        for call in calls:
+            start = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                await call(client)
+            assert time.monotonic() - start < 10  # the call's 0.2 s, not the client's 60 s
+        with pytest.raises(InvalidArgument) as bad:
+            await client.generate(PROMPT, max_chars=-5).result()
+        assert bad.value.field == "max_chars"
+        with pytest.raises(InvalidArgument) as bad:
+            await client.chat(ttl_seconds=-1)
+        assert bad.value.field == "ttl_seconds"

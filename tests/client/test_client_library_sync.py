@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import grpc
 import pytest
 from fixtures.charlm_client import PROMPT
+from fixtures.server import RunningServer
 
 from client import (
     CharlmError,
     Client,
+    ConnectOptions,
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
@@ -150,3 +157,90 @@ def test_feed_splits_a_long_string_under_the_message_limit(client: Client, tiny_
     text = (tiny_text * (70000 // len(tiny_text) + 1))[:70000]  # over the server's 65536 chars per message
     result = client.feed(text, model="tiny-rnn")
     assert result.chars_consumed == 70000 and result.chars_scored == 69999
+
+
+def slow_chunks(pause_s: float) -> Iterator[str]:
+    """Two chunks of text with a pause between them (a slow reader of a file, say)."""
+    yield PROMPT
+    time.sleep(pause_s)
+    yield " and"
+
+
+def test_feed_has_no_deadline_unless_asked(server: RunningServer) -> None:
+    with Client(server.target, timeout=0.3) as c:  # the unary deadline must not apply to Feed
+        assert c.feed(slow_chunks(0.8)).chars_consumed == len(PROMPT) + 4
+        with pytest.raises(DeadlineExceeded):
+            c.feed(slow_chunks(0.8), timeout=0.3)
+
+
+def test_feed_gives_back_the_iterables_own_exception(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    def failing() -> Iterator[str]:
+        yield PROMPT
+        raise RuntimeError("the disk is on fire")
+
+    with caplog.at_level(logging.DEBUG, logger="grpc"), pytest.raises(RuntimeError, match="the disk is on fire"):
+        client.feed(failing())
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # no "Exception iterating requests!"
+    assert client.feed(PROMPT).chars_consumed == len(PROMPT)  # the channel is fine
+
+
+def test_chat_next_turn_reads_what_is_left_of_the_reply(client: Client) -> None:
+    with client.chat(model="tiny-lstm") as chat:
+        chat.feed(PROMPT)
+        with chat.generate(max_chars=5000) as first:
+            next(iter(first))  # `with` cancels the rest; its last messages are still on the way
+        assert chat.feed("x\n").chars_consumed == 2
+        assert first.finish is not None and first.finish.reason == "cancelled"
+        second = chat.generate(max_chars=300)
+        for _ in second:
+            break  # a loop left early: the reply goes on to its end
+        assert chat.feed("y\n").chars_consumed == 2
+        assert second.finish is not None and second.finish.reason == "length" and len(second.text) == 300
+        chat.generate(max_chars=5)  # never read at all
+        assert chat.generate(max_chars=7).result().generated_chars == 7
+    client.delete_session(chat.session.id)
+
+
+@pytest.mark.parametrize(("call", "field"), [
+    (lambda c: c.generate(PROMPT, max_chars=-5), "max_chars"),
+    (lambda c: c.generate(PROMPT, seed=-1), "sampling.seed"),
+    (lambda c: c.generate(PROMPT, seed=2**64), "sampling.seed"),
+    (lambda c: c.generate(PROMPT, top_k=-1), "sampling.top_k"),
+    (lambda c: c.create_session(ttl_seconds=-1), "ttl_seconds"),
+    (lambda c: c.fork_session("any", ttl_seconds=-1), "ttl_seconds"),
+    (lambda c: c.chat(ttl_seconds=2**32), "ttl_seconds"),
+])
+def test_out_of_range_integers_are_invalid_argument(client: Client, call: Callable[[Client], Any],
+                                                    field: str) -> None:
+    with pytest.raises(InvalidArgument) as bad:
+        call(client)
+    assert bad.value.field == field and bad.value.status == "INVALID_ARGUMENT" and field in str(bad.value)
+
+
+def test_every_unary_method_takes_a_timeout(silent_target: str) -> None:
+    calls: list[Callable[[Client], Any]] = [
+        lambda c: c.create_session(timeout=0.2), lambda c: c.get_session("s", timeout=0.2),
+        lambda c: c.list_sessions(timeout=0.2), lambda c: c.delete_session("s", timeout=0.2),
+        lambda c: c.fork_session("s", timeout=0.2), lambda c: c.models(timeout=0.2),
+        lambda c: c.model("m", timeout=0.2), lambda c: c.health(timeout=0.2), lambda c: c.session("s", timeout=0.2),
+    ]
+    with Client(silent_target, retries=1, timeout=60) as c:
+        for call in calls:
+            start = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                call(c)
+            assert time.monotonic() - start < 10  # the call's 0.2 s, not the client's 60 s
+
+
+def test_options_without_a_target_use_charlm_target(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARLM_TARGET", server.target)
+    with Client(options=ConnectOptions(timeout=5)) as c:
+        assert c.options.target == server.target and c.health() == "SERVING"
+    with pytest.raises(ValueError, match="target is empty"):
+        Client(" ")
+
+
+def test_an_error_without_a_message_names_the_call(client: Client) -> None:
+    with pytest.raises(NotFound) as missing:
+        client.health("no-such-service")
+    assert missing.value.message == "Health.Check failed with NOT_FOUND and no message"

@@ -46,3 +46,4 @@ async def test_run_load_reports_errors_by_status(server: RunningServer) -> None:
     report = await run_load(server.target, streams=3, chars=10, prompt=PROMPT, model="no-such-model", requests=2)
     assert report.errors == {"NOT_FOUND": 6} and report.completed == 0 and report.total_chars == 0
     assert report.to_dict()["errors"] == {"NOT_FOUND": 6} and report.requests_per_s == 0
+    assert "no-such-model" in report.error_messages["NOT_FOUND"]
