@@ -44,11 +44,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror})") from None
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile):
+        # torch's own message runs to many lines and suggests loading untrusted pickles; the file is simply not ours
+        raise CheckpointError(f"{path}: not a charlm checkpoint (torch.load cannot read it as one)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path}: format is {got!r}, expected {FORMAT!r}")
+        raise CheckpointError(f"{path}: not a charlm checkpoint (format {got!r}, expected {FORMAT!r})")
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.config import TrainConfig
 from training.corpus import CorpusError
+from training.trainer import DivergedError
 
 _D = TrainConfig()  # the one source of defaults, shown in --help
 _RESUMABLE = {"max_steps", "max_seconds", "eval_interval", "checkpoint_interval", "log_interval", "threads",
@@ -31,7 +33,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "into --out-dir.",
         epilog="examples:\n  charlm-train train --corpus shakespeare --max-seconds 1800 --out-dir runs/shakespeare\n"
         "  charlm-train train --corpus my_texts/ --arch gru --layers 1 --max-steps 2000 --out-dir runs/gru\n"
-        "  charlm-train train --resume --out-dir runs/shakespeare   # continue a killed run")
+        "  charlm-train train --resume --out-dir runs/shakespeare   # continue a killed or interrupted run\n\n"
+        "Ctrl-C (or SIGTERM) stops between two steps and saves last.pt; the result JSON then says\n"
+        '"interrupted": true and the exit status is 130 (143 for SIGTERM). A second Ctrl-C aborts at once.')
     p.add_argument("--corpus", help=_help("'shakespeare' (built in, fetched once) or a UTF-8 file/folder", "corpus"))
     p.add_argument("--out-dir", dest="out_dir", help=_help("run folder", "out_dir"))
     p.add_argument("--arch", choices=["rnn", "lstm", "gru"], help=_help("cell type", "arch"))
@@ -51,7 +55,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         field = flag.replace("-", "_")
         p.add_argument(f"--{flag}", dest=field, type=kind, help=_help(text, field))
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help=_help("where to train", "device"))
-    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    again.add_argument("--overwrite", action="store_true", help="replace the run already in --out-dir (its "
+                       "last.pt, best.pt, metrics.jsonl and curves.png); without it such a folder is refused")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -76,19 +83,23 @@ def build_train_config(given: dict[str, Any]) -> TrainConfig:
 def _train(args: argparse.Namespace) -> int:
     from training.trainer import Trainer
 
-    result = Trainer(build_train_config(vars(args))).run()
+    result = Trainer(build_train_config(vars(args)), overwrite=getattr(args, "overwrite", False)).run()
     print(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "seconds": round(result.seconds, 1),
-                      "val_loss": result.val_loss, "best_val_loss": result.best_val_loss}))
-    return 0
+                      "val_loss": result.val_loss, "best_val_loss": result.best_val_loss,
+                      "interrupted": result.stopped_by is not None}))
+    return 0 if result.stopped_by is None else 128 + result.stopped_by  # the shell's code for death by signal
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="loss and bits/char of a checkpoint on a text",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="example:\n  charlm-train eval runs/shakespeare/best.pt "
-                       "../shared/data/tinyshakespeare.txt")
+                       "../shared/data/tinyshakespeare.txt --skip-unknown")
     p.add_argument("checkpoint", help="a .pt file written by train")
-    p.add_argument("text", help="UTF-8 file or folder, or 'shakespeare'; every character must be in the vocabulary")
+    p.add_argument("text", help="UTF-8 file or folder, or 'shakespeare'; every character must be in the vocabulary "
+                   "unless --skip-unknown")
+    p.add_argument("--skip-unknown", action="store_true", help="leave out characters the model's vocabulary lacks "
+                   "(counted in the result as skipped_chars) instead of refusing the text")
     p.add_argument("--streams", type=int, default=64, help="parallel pieces the text is read in (default: 64)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default")
     p.set_defaults(func=_eval)
@@ -102,14 +113,25 @@ def _eval(args: argparse.Namespace) -> int:
     from training.data import Vocab
     from training.evaluate import bits, evaluate
 
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.checkpoint)
     corpus = load_corpus(args.text)
-    ids = Vocab(ckpt["vocab"]).encode(corpus.text, corpus.name)
+    text = corpus.text
+    if args.skip_unknown:
+        text = text.translate({ord(c): None for c in set(text) - set(ckpt["vocab"])})
+    try:
+        ids = Vocab(ckpt["vocab"]).encode(text, corpus.name)
+    except ValueError as e:
+        raise ValueError(f"{e} (--skip-unknown leaves such characters out)") from None
     loss = evaluate(model_from_checkpoint(ckpt), ids, args.streams)
+    if not math.isfinite(loss):
+        raise ValueError(f"{args.checkpoint}: the model's loss on {corpus.name} is {loss} (broken weights?)")
     print(json.dumps({"checkpoint": args.checkpoint, "text": corpus.name, "chars": len(ids),
-                      "loss_nats_per_char": round(loss, 4), "bits_per_char": round(bits(loss), 4)}))
+                      "skipped_chars": len(corpus.text) - len(text), "loss_nats_per_char": round(loss, 4),
+                      "bits_per_char": round(bits(loss), 4)}))
     return 0
 
 
@@ -161,8 +183,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (CorpusError, CheckpointError, ValueError) as e:
-        print(f"charlm-train {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(e), 2)
+    except OSError as e:  # a path that is not what it should be (a file given as --repo, no permission, ...)
+        return _fail(args.command, f"{e.filename}: {e.strerror}" if e.filename else str(e), 2)
+    except DivergedError as e:
+        return _fail(args.command, str(e), 1)
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it
+        return _fail(args.command, "interrupted", 130)
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    print(f"charlm-train {command}: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

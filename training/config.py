@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -53,15 +54,23 @@ class TrainConfig:
                      "checkpoint_interval", "log_interval", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if (self.max_steps is not None and self.max_steps < 1) or (self.max_seconds is not None
-                                                                   and self.max_seconds <= 0):
-            raise ValueError("max_steps must be >= 1 and max_seconds > 0 (or None for no limit of that kind)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or None for no step limit), got {self.max_steps}")
+        if self.max_seconds is not None and not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
+            raise ValueError(f"max_seconds must be finite and > 0 (or None for no time limit), got {self.max_seconds}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.lr <= 0 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise ValueError("lr must be > 0, grad_clip and warmup_steps >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("weight_decay", "grad_clip"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.threads < 0:
+            raise ValueError("warmup_steps must be >= 0 and threads >= 0 (0 = torch's default)")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         """The model shape this run trains, for a vocabulary of ``vocab_size`` characters."""

@@ -45,12 +45,16 @@ def cache_dir() -> Path:
 
 
 def load_corpus(spec: str) -> Corpus:
-    """A built-in corpus by name, or a UTF-8 text file, or a folder of them (read recursively, sorted)."""
+    """A built-in corpus by name, or a UTF-8 text file, or a folder of them (read recursively, sorted).
+
+    Hidden files and folders (.git/, .DS_Store, ...) inside a folder are skipped.
+    """
     if spec in BUILTIN:
         return Corpus(spec, shakespeare_text(cache_dir()))
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in path.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
             raise CorpusError(f"{path}: folder holds no files")
         return Corpus(str(path), "".join(read_text_file(p) for p in files))
@@ -60,10 +64,12 @@ def load_corpus(spec: str) -> Corpus:
 
 
 def read_text_file(path: Path) -> str:
-    """The file's text with newlines normalised; CorpusError naming the file if empty, binary or not UTF-8."""
+    """The file's text with newlines normalised; CorpusError naming the file if empty, blank, binary or not UTF-8."""
     data = path.read_bytes()
-    if not data.strip():
+    if not data:
         raise CorpusError(f"{path}: file is empty")
+    if not data.strip():
+        raise CorpusError(f"{path}: file holds only whitespace")
     if b"\x00" in data:
         raise CorpusError(f"{path}: file looks binary (it holds NUL bytes), expected UTF-8 text")
     try:

@@ -33,6 +33,15 @@ class DiagnoseConfig:
     seed: int = 1337
     threads: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "layers", "train_steps", "windows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.distance < 2:  # the near/far ratio compares distance 1 with the farthest
+            raise ValueError(f"distance must be >= 2, got {self.distance}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
+
 
 def gradient_norms(model: CharRNN, ids: torch.Tensor, distance: int, windows: int) -> list[float]:
     """Mean over ``windows`` windows of ‖∂L_T/∂h_{T-k}‖ (all layers' h), k = 0..distance-1.
@@ -67,6 +76,9 @@ def run(cfg: DiagnoseConfig, corpus: Corpus | None = None) -> dict[str, list[flo
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     corpus = corpus or load_corpus(cfg.corpus)
+    if len(corpus.text) < cfg.distance + 2:  # each window is `distance` characters plus the one predicted
+        raise ValueError(f"distance {cfg.distance} needs a corpus of at least {cfg.distance + 2} characters, "
+                         f"{corpus.name} has {len(corpus.text)}")
     out = Path(cfg.out_dir)
     base = TrainConfig(corpus=corpus.name, hidden_size=cfg.hidden_size, layers=cfg.layers, embedding_size=32,
                        batch_size=16, seq_len=64, lr=3e-3, warmup_steps=10, max_steps=cfg.train_steps,
@@ -75,8 +87,9 @@ def run(cfg: DiagnoseConfig, corpus: Corpus | None = None) -> dict[str, list[flo
     ids = Vocab.from_text(corpus.text).encode(corpus.text, corpus.name)
     norms = {}
     for arch in ("rnn", "lstm"):
-        trainer = Trainer(replace(base, arch=arch, out_dir=str(out / arch)), corpus)
-        trainer.run()
+        trainer = Trainer(replace(base, arch=arch, out_dir=str(out / arch)), corpus, overwrite=True)  # scratch runs
+        if trainer.run().stopped_by is not None:
+            raise KeyboardInterrupt  # Ctrl-C stopped the brief training: there is nothing to measure
         norms[arch] = gradient_norms(trainer.model, ids, cfg.distance, cfg.windows)
     write_report(norms, out)
     return norms

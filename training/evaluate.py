@@ -18,6 +18,8 @@ def evaluate(model: CharRNN, ids: torch.Tensor, streams: int = 64, chunk: int = 
     The text is read as ``streams`` contiguous pieces in parallel; each piece starts from a zero state and
     carries it to its end, so only the first few characters of each piece lack context.
     """
+    if len(ids) < 2:  # one character predicts nothing: there would be no loss to average
+        raise ValueError(f"text of {len(ids)} character(s): at least 2 are needed to score a prediction")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -44,8 +46,10 @@ def bits(nats: float) -> float:
 def sample(model: CharRNN, vocab: Vocab, prime: str, length: int, temperature: float = 1.0, top_k: int = 0,
            seed: int | None = None) -> str:
     """``length`` characters continuing ``prime`` (temperature 0 = greedy; top_k 0 = all characters)."""
-    if temperature < 0 or top_k < 0 or length < 0:
-        raise ValueError("temperature, top_k and length must be >= 0")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if top_k < 0 or length < 0:
+        raise ValueError("top_k and length must be >= 0")
     if not prime:
         raise ValueError("prime: needs at least one character (the model has no start-of-text symbol)")
     model.eval()

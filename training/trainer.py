@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -20,6 +23,12 @@ from training.evaluate import bits, evaluate
 from training.metrics import MetricsLog, plot_curves, read_metrics
 from training.models import CharRNN, State, detach_state
 
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "curves.png")  # what a run writes into its folder
+
+
+class DivergedError(RuntimeError):
+    """A loss or weight became NaN or infinite: training cannot continue."""
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -31,6 +40,7 @@ class TrainResult:
     val_loss: float | None
     best_val_loss: float | None
     chars_per_second: float
+    stopped_by: int | None = None  # the signal (SIGINT/SIGTERM) that ended the run early; None if it finished
 
 
 def pick_device(name: str) -> torch.device:
@@ -67,12 +77,43 @@ def make_optimizer(model: CharRNN, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
 
 
+class StopSignals:
+    """While active, SIGINT and SIGTERM only record ``signum``, so the loop can stop between two steps.
+
+    The first signal restores the previous handlers: a second Ctrl-C aborts at once, as it usually does.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # Python sets handlers in the main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. nohup or a background job: keep ignoring
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        self._previous = {}
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+
 class Trainer:
     """One run: holds the model, optimizer, data streams and counters; ``run()`` trains to the budget."""
 
-    def __init__(self, cfg: TrainConfig, corpus: Corpus | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, corpus: Corpus | None = None, overwrite: bool = False) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.out_dir)
+        stale = self._earlier_run(overwrite)
         self.device = pick_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -90,7 +131,19 @@ class Trainer:
         self.best_val_loss: float | None = None
         if ckpt:
             self._restore(ckpt)
+        for name in stale:  # only now that the new run is set up; a stale best.pt must not outlive its run
+            (self.run_dir / name).unlink()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step if ckpt else None)
+
+    def _earlier_run(self, overwrite: bool) -> list[str]:
+        """The files of an earlier run that a new run would replace; ValueError unless ``overwrite``."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"{self.run_dir}: --out-dir must be a folder, not a file")
+        found = [] if self.cfg.resume else [name for name in RUN_FILES if (self.run_dir / name).exists()]
+        if found and not overwrite:
+            raise ValueError(f"{self.run_dir} already holds a run ({', '.join(found)}); pass --resume to "
+                             "continue it, --overwrite to replace it, or choose another --out-dir")
+        return found
 
     def _resume_checkpoint(self) -> dict[str, Any] | None:
         last = self.run_dir / "last.pt"
@@ -141,6 +194,9 @@ class Trainer:
             group["lr"] = lr
         logits, state = self.model(x, self.state)  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        value = loss.item()
+        if not math.isfinite(value):  # checked before the update, which would spread it to every weight
+            raise self._diverged(f"step {self.step + 1}: training loss is {value}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
@@ -148,18 +204,32 @@ class Trainer:
         self.optimizer.step()
         self.state = detach_state(state)  # keep the value, cut the graph: the next window continues from here
         self.step += 1
-        return loss.item()
+        return value
+
+    def _diverged(self, what: str) -> DivergedError:
+        return DivergedError(f"{what}: the run diverged (try a lower --lr); nothing after the last checkpoint "
+                             f"in {self.run_dir} was saved")
+
+    def save(self, name: str) -> None:
+        """Saves the run as ``name`` in the run folder; DivergedError instead if a weight is NaN or infinite."""
+        # AdamW's update can overflow with a finite loss; such weights must never replace a good checkpoint
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise self._diverged(f"step {self.step}: a weight is NaN or infinite")
+        save_checkpoint(self.run_dir / name, self.checkpoint())
 
     def validate(self) -> float:
         """Validation loss over the whole split; logs it and saves best.pt on improvement."""
-        self.val_loss = evaluate(self.model, self.val_ids, self.cfg.eval_batch_size)
+        val_loss = evaluate(self.model, self.val_ids, self.cfg.eval_batch_size)
+        if not math.isfinite(val_loss):
+            raise self._diverged(f"step {self.step}: validation loss is {val_loss}")
+        self.val_loss = val_loss
         improved = self.best_val_loss is None or self.val_loss < self.best_val_loss
         if improved:
             self.best_val_loss = self.val_loss
         self.log.write({"step": self.step, "seconds": round(self.seconds, 3), "val_loss": self.val_loss,
                         "val_bits_per_char": bits(self.val_loss)})
         if improved:
-            save_checkpoint(self.run_dir / "best.pt", self.checkpoint())
+            self.save("best.pt")
         return self.val_loss
 
     def done(self) -> bool:
@@ -167,36 +237,51 @@ class Trainer:
         return progress(self.cfg, self.step, self.seconds) >= 1.0
 
     def run(self) -> TrainResult:
-        """Trains until the budget is spent (or Ctrl-C), validating and checkpointing along the way."""
-        cfg, chars = self.cfg, self.cfg.batch_size * self.cfg.seq_len
+        """Trains until the budget is spent or SIGINT/SIGTERM arrives, validating and checkpointing on the way.
+
+        A signal is acted on between steps, so last.pt always holds a whole step and resuming it reproduces
+        an uninterrupted run.
+        """
+        cfg, first_step = self.cfg, self.step
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not cfg.progress, dynamic_ncols=True)
-        window_loss, window_time, window_steps, cps = 0.0, 0.0, 0, 0.0
-        try:
-            while not self.done():
-                t0 = time.perf_counter()
-                loss = self.train_step()
-                dt = time.perf_counter() - t0
-                self.seconds += dt
-                window_loss, window_time, window_steps = window_loss + loss, window_time + dt, window_steps + 1
-                bar.update(1)
-                if self.step % cfg.log_interval == 0 or self.done():
-                    cps = chars * window_steps / window_time
-                    self.log.write({"step": self.step, "seconds": round(self.seconds, 3),
-                                    "lr": self.optimizer.param_groups[0]["lr"],
-                                    "train_loss": window_loss / window_steps, "chars_per_s": round(cps)})
-                    bar.set_postfix(loss=f"{window_loss / window_steps:.3f}", chars_s=f"{cps:,.0f}")
-                    window_loss, window_time, window_steps = 0.0, 0.0, 0
-                if self.step % cfg.eval_interval == 0 and not self.done():
+        with StopSignals() as stop:
+            try:
+                cps = self._train(bar, stop)
+                stopped_by = None if self.done() else stop.signum
+                if stopped_by is not None:
+                    print(f"\n{signal.Signals(stopped_by).name}: stopped after step {self.step}; saving "
+                          f"{self.run_dir / 'last.pt'} (continue with --resume)")
+                elif self.step > first_step:  # a finished run that is resumed has validated at its end already
                     self.validate()
-                if self.step % cfg.checkpoint_interval == 0 and not self.done():
-                    save_checkpoint(self.run_dir / "last.pt", self.checkpoint())
-            self.validate()
-        except KeyboardInterrupt:
-            print(f"\ninterrupted at step {self.step}; saving {self.run_dir / 'last.pt'} (continue with --resume)")
-        finally:
-            bar.close()
-        save_checkpoint(self.run_dir / "last.pt", self.checkpoint())
-        self.log.close()
+                self.save("last.pt")
+            finally:
+                bar.close()
+                self.log.close()
         plot_curves(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "curves.png",
                     f"{cfg.arch} {cfg.layers}x{cfg.hidden_size} on {self.corpus.name}")
-        return TrainResult(self.run_dir, self.step, self.seconds, self.val_loss, self.best_val_loss, cps)
+        return TrainResult(self.run_dir, self.step, self.seconds, self.val_loss, self.best_val_loss, cps, stopped_by)
+
+    def _train(self, bar: tqdm, stop: StopSignals) -> float:
+        """The step loop, until the budget is spent or a signal asks to stop; returns the last chars/s."""
+        cfg, chars = self.cfg, self.cfg.batch_size * self.cfg.seq_len
+        window_loss, window_time, window_steps, cps = 0.0, 0.0, 0, 0.0
+        while not self.done() and stop.signum is None:
+            t0 = time.perf_counter()
+            loss = self.train_step()
+            dt = time.perf_counter() - t0
+            self.seconds += dt
+            window_loss, window_time, window_steps = window_loss + loss, window_time + dt, window_steps + 1
+            bar.update(1)
+            # on a stop, the partial window is logged too: the resumed run starts a fresh one
+            if self.step % cfg.log_interval == 0 or self.done() or stop.signum is not None:
+                cps = chars * window_steps / window_time
+                self.log.write({"step": self.step, "seconds": round(self.seconds, 3),
+                                "lr": self.optimizer.param_groups[0]["lr"],
+                                "train_loss": window_loss / window_steps, "chars_per_s": round(cps)})
+                bar.set_postfix(loss=f"{window_loss / window_steps:.3f}", chars_s=f"{cps:,.0f}")
+                window_loss, window_time, window_steps = 0.0, 0.0, 0
+            if self.step % cfg.eval_interval == 0 and not self.done():
+                self.validate()
+            if self.step % cfg.checkpoint_interval == 0 and not self.done():
+                self.save("last.pt")
+        return cps

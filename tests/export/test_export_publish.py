@@ -141,3 +141,7 @@ def test_cli_fails_cleanly(tmp_path: Path, tiny_text: str, capsys: pytest.Captur
     assert train_cli(args) == 0
     assert train_cli(args) != 0
     assert "already exists" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("", encoding="utf-8")
+    assert train_cli(["export", str(tmp_path / "best.pt"), "--repo", str(tmp_path / "a_file"), "--name", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "a_file/x: Not a directory" in err and "Traceback" not in err

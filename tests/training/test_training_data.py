@@ -13,7 +13,7 @@ from training.data import Streams, Vocab, eval_streams, split
 
 @pytest.mark.parametrize(
     ("content", "problem"),
-    [(b"", "empty"), (b"  \n\n", "empty"), (b"abc\x00\x01\x02", "binary"), (b"caf\xe9 au lait", "UTF-8")],
+    [(b"", "empty"), (b"  \n\n", "only whitespace"), (b"abc\x00\x01\x02", "binary"), (b"caf\xe9 au lait", "UTF-8")],
 )
 def test_bad_file_is_named_in_the_error(tmp_path: Path, content: bytes, problem: str) -> None:
     path = tmp_path / "corpus.txt"
