@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXTRAS ?= dev
 
-.PHONY: help install proto proto-check lint test test-fast test-training default-model
+.PHONY: help install proto proto-check server-env lint test test-fast test-training default-model
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ proto: install  ## regenerate the gRPC/protobuf stubs from proto/
 
 proto-check: install  ## fail if the committed stubs drift from proto/
 	$(PY) scripts/gen_proto.py --check
+
+server-env: install  ## rewrite docker/server.env (the compose servers' settings) from charlm-serve's options
+	$(PY) scripts/server_env.py
 
 lint: install  ## ruff and mypy on our code (generated stubs excluded)
 	$(VENV)/bin/ruff check .

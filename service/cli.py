@@ -56,6 +56,8 @@ OPTIONS = [
     Option("--model-repo", "model_repo", Path, "model repository: <repo>/<name>/<version>/{model.onnx,meta.json}"),
     Option("--default-model", "default_model", str, "model served when a request names none (\"\" = shakespeare, "
            "else the first)"),
+    Option("--versions", "versions", int, "the newest versions of each model name to serve (0 = all); each "
+           "served version holds its own runtime and threads"),
     Option("--host", "host", str, "address to listen on"),
     Option("--port", "port", int, "gRPC port (0 = any free port)"),
     Option("--metrics-host", "metrics_host", str, "address of the Prometheus /metrics endpoint"),

@@ -102,6 +102,7 @@ class ServiceConfig:
 
     model_repo: Path = Path("models")
     default_model: str = ""  # "" = "shakespeare" when served, else the first model
+    versions: int = 1  # the newest versions of each model name to serve (0 = all), as TF Serving and Triton do
     host: str = "127.0.0.1"
     port: int = 50051  # 0 = an ephemeral port
     metrics_host: str = "127.0.0.1"
@@ -120,5 +121,7 @@ class ServiceConfig:
     sessions: SessionConfig = field(default_factory=SessionConfig)
 
     def __post_init__(self) -> None:
+        if self.versions < 0:
+            raise ValueError(f"versions: must be >= 0, got {self.versions}")
         if self.malloc_arenas < 0:
             raise ValueError(f"malloc_arenas: must be >= 0, got {self.malloc_arenas}")

@@ -1,4 +1,5 @@
-"""The served models: every version in the model repository, each with its own runtime and batching engine."""
+"""The served models: the newest versions of each name in the model repository, each with its own runtime and
+batching engine."""
 
 from __future__ import annotations
 
@@ -56,13 +57,14 @@ class Registry:
 
     @classmethod
     def load(cls, repo: Path, runtime: RuntimeConfig, engine: EngineConfig, default_name: str = "",
-             observer: EngineObserver | None = None) -> Registry:
-        """Loads every version under ``repo``; broken artifacts are logged and skipped."""
+             observer: EngineObserver | None = None, versions: int = 0) -> Registry:
+        """Loads the newest ``versions`` versions of each name under ``repo`` (0 = all); broken artifacts are
+        logged and skipped."""
         artifacts, broken = scan_repository(repo)
         for err in broken:
             log.error("skipping a model that failed to load: %s", err)
         models = []
-        for art in sorted(artifacts, key=lambda a: (a.info.name, a.info.version)):
+        for art in newest(artifacts, versions):
             try:
                 vocab = Vocab(art.info.vocabulary)
                 rt = Runtime(art, runtime)
@@ -73,7 +75,12 @@ class Registry:
             log.info("loaded model %s from %s (provider %s)", art.spec, art.path, rt.provider)
         if not models:
             raise FileNotFoundError(f"{repo}: no loadable model version (expected {repo}/<name>/<version>/meta.json)")
-        return cls(models, default_name)
+        try:
+            return cls(models, default_name)
+        except ValueError as e:
+            if versions:  # the default may name a version left out
+                raise ValueError(f"{e} (--versions {versions} serves the newest of each name)") from None
+            raise
 
     def resolve(self, spec: str) -> Model:
         """The model named by "name" (its latest version), "name:version", or "" (the default)."""
@@ -99,3 +106,19 @@ class Registry:
         """Stops every engine."""
         for m in self._ordered:
             await m.engine.close()
+
+
+def newest(artifacts: list[Artifact], versions: int) -> list[Artifact]:
+    """The newest ``versions`` versions of each name (0 = all), by name then version. Each served version holds
+    its own runtime, engine and threads (~100 MB for the shipped model), so a repository that a trainer keeps
+    adding to would otherwise grow the server with every run."""
+    ordered = sorted(artifacts, key=lambda a: (a.info.name, a.info.version))
+    if versions <= 0:
+        return ordered
+    kept = []
+    for name in dict.fromkeys(a.info.name for a in ordered):
+        of_name = [a for a in ordered if a.info.name == name]
+        for art in of_name[:-versions]:
+            log.info("not serving %s: a newer version is served (--versions %d)", art.spec, versions)
+        kept += of_name[-versions:]
+    return kept

@@ -40,7 +40,8 @@ class Server:
     async def start(self) -> None:
         """Loads the models, binds the ports and starts serving."""
         cfg = self.config
-        self._registry = Registry.load(cfg.model_repo, cfg.runtime, cfg.engine, cfg.default_model, self.metrics)
+        self._registry = Registry.load(cfg.model_repo, cfg.runtime, cfg.engine, cfg.default_model, self.metrics,
+                                       cfg.versions)
         await self._registry.start()
         self._sessions = InMemorySessionStore(cfg.sessions, self.metrics)
         self._sessions.start()

@@ -99,3 +99,11 @@ def test_malloc_arenas_cap_the_arenas_of_new_threads() -> None:
     assert arenas(2) == ("True", 2)  # the main arena and one that the six threads share
     limited, default = arenas(0)  # glibc's own: each new thread got an arena of its own
     assert limited == "False" and default > 2
+
+
+def test_the_compose_settings_file_lists_every_option() -> None:
+    from scripts.server_env import OUT, render  # (the script writes it: `python scripts/server_env.py`)
+
+    text = OUT.read_text()
+    assert text == render(), "docker/server.env is stale: run python scripts/server_env.py"
+    assert all(f"# {o.env}=" in text for o in OPTIONS)

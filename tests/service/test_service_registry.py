@@ -62,6 +62,18 @@ def test_default_model_is_configured_else_shakespeare(repo: Path) -> None:
             load(repo, bad)
 
 
+def test_versions_serves_the_newest_of_each_name(repo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    copy_version(repo, "tiny-gru/1", "tiny-gru", 3)
+    with caplog.at_level(logging.INFO):
+        reg = Registry.load(repo, RuntimeConfig(), EngineConfig(), versions=2)
+    assert [m.spec for m in reg.models] == ["tiny-gru:2", "tiny-gru:3", "tiny-lstm:1", "tiny-rnn:1"]
+    assert "not serving tiny-gru:1" in caplog.text
+    latest = Registry.load(repo, RuntimeConfig(), EngineConfig(), versions=1)
+    assert [m.spec for m in latest.models] == ["tiny-gru:3", "tiny-lstm:1", "tiny-rnn:1"]
+    with pytest.raises(ValueError, match="tiny-gru:2.*--versions 1"):
+        Registry.load(repo, RuntimeConfig(), EngineConfig(), "tiny-gru:2", versions=1)
+
+
 def test_no_loadable_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no loadable model"):
         load(tmp_path)
