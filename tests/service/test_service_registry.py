@@ -70,7 +70,7 @@ def test_versions_serves_the_newest_of_each_name(repo: Path, caplog: pytest.LogC
     assert "not serving tiny-gru:1" in caplog.text
     latest = Registry.load(repo, RuntimeConfig(), EngineConfig(), versions=1)
     assert [m.spec for m in latest.models] == ["tiny-gru:3", "tiny-lstm:1", "tiny-rnn:1"]
-    with pytest.raises(ValueError, match="tiny-gru:2.*--versions 1"):
+    with pytest.raises(ValueError, match=r"tiny-gru:2.*--versions 1"):
         Registry.load(repo, RuntimeConfig(), EngineConfig(), "tiny-gru:2", versions=1)
 
 
