@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from service.config import ServiceConfig
 from service.logs import setup_logging
@@ -52,6 +52,14 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def _upper(text: str) -> str:  # log levels in any case: CHARLM_LOG_LEVEL=info
+    return text.upper()
+
+
+def _lower(text: str) -> str:
+    return text.lower()
+
+
 OPTIONS = [
     Option("--model-repo", "model_repo", Path, "model repository: <repo>/<name>/<version>/{model.onnx,meta.json}"),
     Option("--default-model", "default_model", str, "model served when a request names none (\"\" = shakespeare, "
@@ -64,8 +72,8 @@ OPTIONS = [
     Option("--metrics-port", "metrics_port", int, "port of /metrics (0 = any free port, -1 = off)"),
     Option("--grace-seconds", "grace_seconds", float, "on SIGTERM, how long in-flight streams may still run"),
     Option("--reflection", "reflection", _bool, "serve gRPC server reflection (true/false)"),
-    Option("--log-format", "log_format", str, "log line format", ("logfmt", "json")),
-    Option("--log-level", "log_level", str, "log level", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    Option("--log-format", "log_format", _lower, "log line format", ("logfmt", "json")),
+    Option("--log-level", "log_level", _upper, "log level, any case", ("DEBUG", "INFO", "WARNING", "ERROR")),
     Option("--malloc-arenas", "malloc_arenas", int, "glibc malloc arenas the process's threads share; fewer hold "
            "less memory under many streams (0 = glibc's own: MALLOC_ARENA_MAX, else 8 per core)"),
     Option("--provider", "runtime.provider", str, "onnxruntime execution provider (cuda falls back to cpu)",
@@ -107,6 +115,19 @@ OPTIONS = [
     Option("--max-sessions", "sessions.max_sessions", int, "sessions kept; beyond, the least recently used "
            "idle one is evicted"),
     Option("--session-sweep-seconds", "sessions.sweep_seconds", float, "how often expired sessions are removed"),
+    Option("--auth-token", "security.auth_token", str, "bearer token every charlm.v1 call must send (health and "
+           "reflection stay open; prefer the variable or --auth-token-file: a flag shows in ps)", metavar="TOKEN"),
+    Option("--auth-token-file", "security.auth_token_file", Path, "file of accepted bearer tokens, one per line, "
+           "re-read when it changes (so tokens can rotate)", metavar="FILE"),
+    Option("--tls-cert", "security.tls_cert", Path, "PEM certificate chain: serve gRPC over TLS (with --tls-key)",
+           metavar="PEM"),
+    Option("--tls-key", "security.tls_key", Path, "PEM private key of --tls-cert", metavar="PEM"),
+    Option("--tls-client-ca", "security.tls_client_ca", Path, "PEM CA certificate(s): require and verify client "
+           "certificates signed by them (mutual TLS)", metavar="PEM"),
+    Option("--max-connection-age-seconds", "max_connection_age_seconds", float, "close each client connection "
+           "(GOAWAY) after about this long so that clients reconnect and spread over new replicas (0 = never)"),
+    Option("--max-connection-age-grace-seconds", "max_connection_age_grace_seconds", float, "how long calls in "
+           "flight on such a connection may still run (0 = until they end)"),
 ]
 
 _METAVARS: dict[Callable[[str], Any], str] = {Path: "DIR", int: "N", float: "SECONDS", _bool: "BOOL"}
@@ -117,9 +138,15 @@ EXAMPLE = """example:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """Exits 2 with one line: no usage (30 lines, in which a container's log would bury the error)."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser; every flag defaults to None so that env and defaults can fill in."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="charlm-serve", description="Serve character-level language models over gRPC (charlm.v1).",
         epilog=EXAMPLE + "\nEach flag can also be set by its CHARLM_* variable; a flag wins over the variable.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,9 +164,13 @@ def build_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
     args = parser.parse_args(argv)
     environ = os.environ if environ is None else environ
     groups: dict[str, dict[str, Any]] = {"": {}}
+    sources: dict[str, str] = {}  # flag -> what set it, to name it in an error: "--port" or "CHARLM_PORT='1'"
     for o in OPTIONS:
         value = getattr(args, o.flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            sources[o.flag] = o.flag
         if value is None and o.env in environ:
+            sources[o.flag] = f"{o.env}={environ[o.env]!r}"
             try:
                 value = o.type(environ[o.env])
             except (ValueError, argparse.ArgumentTypeError) as e:
@@ -153,7 +184,16 @@ def build_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         nested = {g: dataclasses.replace(getattr(_DEFAULT, g), **kv) for g, kv in groups.items() if g}
         return dataclasses.replace(_DEFAULT, **groups[""], **nested)
     except ValueError as e:
-        parser.error(str(e))
+        parser.error(_named(str(e), sources))
+
+
+def _named(message: str, sources: Mapping[str, str]) -> str:
+    """A config error ("port: must be ...") led by the flag or variable that set the field it names."""
+    name = message.split(":", 1)[0]
+    option = next((o for o in OPTIONS if o.field.rpartition(".")[2] == name), None)
+    if option is None:
+        return message
+    return f"{sources.get(option.flag, f'{option.flag} / {option.env}')}: {message}"
 
 
 _M_ARENA_MAX = -8  # glibc's malloc.h
@@ -181,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_malloc_arenas(config.malloc_arenas)  # before the server starts its threads
     try:
         return asyncio.run(serve(config))
-    except (OSError, ValueError) as e:  # no loadable model, port in use, bad default model: a clear one-liner
+    except (OSError, ValueError) as e:  # no loadable model, port in use, bad TLS files: a clear one-liner
         print(f"charlm-serve: error: {e}", file=sys.stderr)
         return 2
 

@@ -96,6 +96,36 @@ class SessionConfig:
         _positive(self)
 
 
+def _visible_ascii(text: str) -> bool:
+    """True for a non-empty string of printable ASCII without spaces (what a bearer token may hold)."""
+    return bool(text) and all(33 <= ord(c) <= 126 for c in text)
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Who may call charlm.v1 (bearer tokens) and how the port is served (plaintext, TLS or mutual TLS)."""
+
+    auth_token: str = field(default="", repr=False)  # "" = none; kept out of the repr, so out of any log line
+    auth_token_file: Path | None = None  # one token per line, re-read when it changes (rotation)
+    tls_cert: Path | None = None  # PEM certificate chain served on the gRPC port (with tls_key)
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # PEM CA(s): clients must present a certificate they signed (mutual TLS)
+
+    def __post_init__(self) -> None:
+        if self.auth_token and not _visible_ascii(self.auth_token):
+            raise ValueError("auth_token: must be printable ASCII without spaces")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_cert"
+            raise ValueError(f"{missing}: TLS needs both a certificate (tls_cert) and its private key (tls_key)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_cert: client certificates (tls_client_ca) need the server's own TLS certificate")
+
+    @property
+    def auth(self) -> bool:
+        """True when calls need a bearer token."""
+        return bool(self.auth_token) or self.auth_token_file is not None
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Everything `charlm-serve` needs: network, models, runtime, engine, limits, sessions, logging."""
@@ -119,9 +149,22 @@ class ServiceConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: Limits = field(default_factory=Limits)
     sessions: SessionConfig = field(default_factory=SessionConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    # An HTTP/2 connection lives this long (gRPC adds +-10% jitter), then is told to go away (GOAWAY) and the
+    # client reconnects: behind an L4 load balancer, connections otherwise never move to new replicas. 0 = off
+    max_connection_age_seconds: float = 0.0
+    # How long the calls in flight on such a connection may still run; 0 = until they end (Chat may run long)
+    max_connection_age_grace_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.versions < 0:
             raise ValueError(f"versions: must be >= 0, got {self.versions}")
         if self.malloc_arenas < 0:
             raise ValueError(f"malloc_arenas: must be >= 0, got {self.malloc_arenas}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port: must be 0..65535 (0 = any free port), got {self.port}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port: must be 0..65535 (0 = any free port) or -1 (off), got {self.metrics_port}")
+        for name in ("grace_seconds", "max_connection_age_seconds", "max_connection_age_grace_seconds"):
+            if not 0 <= getattr(self, name) < float("inf"):  # (also refuses nan)
+                raise ValueError(f"{name}: must be a finite number >= 0, got {getattr(self, name)}")

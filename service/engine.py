@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import numpy as np
 
 from service.config import EngineConfig
+from service.cores import available_cores, quota_cores
 from service.errors import InvalidArgument, Unavailable
 from service.lane import Lane
 from service.runtime import Runtime
@@ -238,23 +237,3 @@ class Engine:
             seed=s.state.seed or 0,
         )
 
-
-def available_cores() -> int:
-    """CPU cores this process may use: its CPU affinity, bounded by a cgroup v2 CPU quota (as in a container)."""
-    cores = len(os.sched_getaffinity(0))
-    try:
-        quota = quota_cores(Path("/sys/fs/cgroup/cpu.max").read_text())
-    except OSError:  # no cgroup v2 CPU controller here
-        quota = None
-    return cores if quota is None else min(cores, quota)
-
-
-def quota_cores(cpu_max: str) -> int | None:
-    """The cores a cgroup v2 ``cpu.max`` ("<quota> <period>" or "max <period>") allows, rounded, at least 1."""
-    fields = cpu_max.split()
-    if len(fields) != 2 or fields[0] == "max":
-        return None
-    try:
-        return max(1, round(int(fields[0]) / int(fields[1])))
-    except (ValueError, ZeroDivisionError):
-        return None

@@ -55,3 +55,9 @@ class Unavailable(CharlmError):
     """The server is draining and takes no new work (UNAVAILABLE)."""
 
     reason = "DRAINING"
+
+
+class Unauthenticated(CharlmError):
+    """The call carries no bearer token, or one the server does not accept (UNAUTHENTICATED)."""
+
+    reason = "UNAUTHENTICATED"

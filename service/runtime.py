@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from service import cores
 from service.multistep import STEP_IDS, step_state_name, unroll_steps
 from service.sampling_head import INV_TEMPERATURE, NEXT_IDS, UNIFORMS, add_sampling_head
 
@@ -29,7 +30,9 @@ class RuntimeConfig:
     """How onnxruntime runs a model."""
 
     provider: str = "cpu"  # "cpu" | "cuda" (falls back to CPU with a warning when CUDA is missing)
-    intra_op_threads: int = 0  # threads inside one operator; 0 = onnxruntime's default (one per core)
+    # Threads inside one operator; 0 = the cores this process may use (service/cores.py). onnxruntime's own 0
+    # counts the host's cores and ignores a container's CPU quota: 2 allowed of 64 would start 64 threads.
+    intra_op_threads: int = 0
     inter_op_threads: int = 1  # threads across operators (the graph is a chain: 1 is enough)
     # Whether onnxruntime's idle intra-op threads spin, within a call, waiting for the next operator or
     # time step (they stop spinning when the call returns: session.force_spinning_stop). Spinning saves a
@@ -56,8 +59,9 @@ class RuntimeConfig:
             raise ValueError(f"provider: {self.provider!r} is not one of {sorted(PROVIDERS)}")
         if not 1 <= self.decode_steps <= 64:
             raise ValueError(f"decode_steps: must be 1..64, got {self.decode_steps}")
-        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
-            raise ValueError("intra_op_threads and inter_op_threads must be >= 0")
+        for name in ("intra_op_threads", "inter_op_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
 
 class Runtime:
@@ -242,7 +246,7 @@ def steps_graph(artifact: Artifact, head: onnx.ModelProto, steps: int) -> onnx.M
 def session_options(config: RuntimeConfig, spinning: bool) -> ort.SessionOptions:
     """onnxruntime session options from ``config``; threads spin within calls or not at all."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = config.intra_op_threads
+    opts.intra_op_num_threads = config.intra_op_threads or cores.available_cores()
     opts.inter_op_num_threads = config.inter_op_threads
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # No memory plan cached per input shape: a served model meets many shapes (every batch size, every prompt

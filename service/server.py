@@ -5,22 +5,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 import grpc
 from charlm.v1 import charlm_pb2, charlm_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.auth import TokenAuth, Tokens
 from service.config import ServiceConfig
 from service.dataplane import DataPlane
 from service.metrics import Metrics
 from service.registry import Registry
 from service.servicer import Servicer
 from service.sessions import InMemorySessionStore
+from service.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = charlm_pb2.DESCRIPTOR.services_by_name["TextGeneration"].full_name  # "charlm.v1.TextGeneration"
+_FOREVER_MS = 2**31 - 1  # gRPC's own "infinite" for durations in ms
+
+
+def server_options(config: ServiceConfig) -> list[tuple[str, Any]]:
+    """The gRPC server's channel arguments: message sizes, no shared port, and the connection age if set."""
+    size = config.limits.max_message_bytes
+    options: list[tuple[str, Any]] = [("grpc.max_send_message_length", size),
+                                      ("grpc.max_receive_message_length", size),
+                                      ("grpc.so_reuseport", 0)]  # a second server must not share the port
+    if config.max_connection_age_seconds > 0:
+        grace = config.max_connection_age_grace_seconds
+        options += [("grpc.max_connection_age_ms", max(1, round(config.max_connection_age_seconds * 1000))),
+                    ("grpc.max_connection_age_grace_ms", min(_FOREVER_MS, round(grace * 1000)) or _FOREVER_MS)]
+    return options
 
 
 class Server:
@@ -40,35 +57,46 @@ class Server:
     async def start(self) -> None:
         """Loads the models, binds the ports and starts serving."""
         cfg = self.config
+        # Before the models load (seconds): a bad certificate or token file fails at once.
+        credentials = server_credentials(cfg.security)
+        sec = cfg.security
+        interceptors = [TokenAuth(Tokens(sec.auth_token, sec.auth_token_file), self.metrics)] if sec.auth else []
         self._registry = Registry.load(cfg.model_repo, cfg.runtime, cfg.engine, cfg.default_model, self.metrics,
                                        cfg.versions)
         await self._registry.start()
         self._sessions = InMemorySessionStore(cfg.sessions, self.metrics)
         self._sessions.start()
         self._dataplane = DataPlane(self._registry, self._sessions, cfg.limits, self.metrics)
-        size = cfg.limits.max_message_bytes
-        self._grpc = grpc.aio.server(options=[("grpc.max_send_message_length", size),
-                                              ("grpc.max_receive_message_length", size),
-                                              ("grpc.so_reuseport", 0)])  # a second server must not share the port
+        self._grpc = grpc.aio.server(interceptors=interceptors, options=server_options(cfg))
         charlm_pb2_grpc.add_TextGenerationServicer_to_server(Servicer(self._dataplane, self.metrics), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         if cfg.reflection:
             names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                      reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self._grpc)
+        address = f"{cfg.host}:{cfg.port}"
         try:
-            self.port = self._grpc.add_insecure_port(f"{cfg.host}:{cfg.port}")
+            if credentials is None:
+                self.port = self._grpc.add_insecure_port(address)
+            else:
+                self.port = self._grpc.add_secure_port(address, credentials)
         except RuntimeError as e:  # grpc says only "Failed to bind"
-            raise OSError(f"cannot listen on {cfg.host}:{cfg.port} (in use?): {e}") from None
+            raise OSError(f"--host/--port: cannot listen on {address} (in use?): {e}") from None
         if cfg.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+            try:
+                self.metrics_port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+            except OSError as e:  # "[Errno 98] Address already in use" alone names neither setting nor address
+                raise OSError(f"--metrics-host/--metrics-port: cannot serve /metrics on "
+                              f"{cfg.metrics_host}:{cfg.metrics_port}: {e.strerror or e}") from None
         await self._grpc.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s:%d (default model %s; metrics %s)", SERVICE_NAME, cfg.host, self.port,
-                 self._registry.default.spec,
+        tls = "off" if credentials is None else "mutual" if sec.tls_client_ca is not None else "on"
+        log.info("serving %s on %s:%d (default model %s; metrics %s; tls %s; auth %s)", SERVICE_NAME, cfg.host,
+                 self.port, self._registry.default.spec,
                  f"http://{cfg.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else "off",
-                 extra={"port": self.port, "metrics_port": self.metrics_port})
+                 tls, "token" if sec.auth else "off",
+                 extra={"port": self.port, "metrics_port": self.metrics_port, "tls": tls, "auth": sec.auth})
 
     async def drain(self) -> None:
         """Health NOT_SERVING, new streams refused (UNAVAILABLE); in-flight ones get the grace period, then end."""

@@ -43,6 +43,7 @@ _CODES: list[tuple[type[errors.CharlmError], grpc.StatusCode]] = [
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
 ]
 _FINISH = {"length": pb.FINISH_REASON_LENGTH, "stop": pb.FINISH_REASON_STOP, "cancelled": pb.FINISH_REASON_CANCELLED}
 
@@ -68,6 +69,11 @@ async def _abort(e: Exception, context: Any, rpc: str) -> None:  # grpc-stubs la
         log.exception("unexpected error in %s", rpc)
         status = _status(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}", "INTERNAL", {})
     await context.abort_with_status(status)
+
+
+async def abort(e: errors.CharlmError, context: Any) -> None:
+    """Aborts a call refused before it reached the servicer (service/auth.py) with the rich status for ``e``."""
+    await _abort(e, context, "")
 
 
 def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -7,4 +7,5 @@ import os
 # they can crash the child (a segfault seen once in CI before exec). Set before the plugins import grpc.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
-pytest_plugins = ["fixtures.artifacts", "fixtures.server", "fixtures.charlm_client", "fixtures.service_core"]
+pytest_plugins = ["fixtures.artifacts", "fixtures.server", "fixtures.charlm_client", "fixtures.service_core",
+                  "fixtures.tls"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from service.cli import OPTIONS, build_config
-from service.config import ServiceConfig
+from service.config import SecurityConfig, ServiceConfig
 from service.logs import JsonFormatter, LogfmtFormatter
+from service.server import server_options
 
 
 def test_defaults_listen_on_localhost_with_the_shipped_repository() -> None:
@@ -43,12 +45,69 @@ def test_flag_beats_env_beats_default() -> None:
     (["--provider", "tpu"], {}, "--provider"),
     (["--ort-prefill-spinning", "maybe"], {}, "--ort-prefill-spinning: expected true/false, got 'maybe'"),
     ([], {"CHARLM_REFLECTION": "maybe"}, "CHARLM_REFLECTION='maybe': expected true/false"),
+    ([], {"CHARLM_PORT": "99999"}, "CHARLM_PORT='99999': port: must be 0..65535"),
+    (["--port", "-1"], {}, "--port: port: must be 0..65535"),
+    ([], {"CHARLM_METRICS_PORT": "70000"}, "CHARLM_METRICS_PORT='70000': metrics_port: must be 0..65535"),
+    ([], {"CHARLM_METRICS_PORT": "-5"}, "CHARLM_METRICS_PORT='-5': metrics_port: must be 0..65535 (0 = any free "
+                                        "port) or -1 (off), got -5"),
+    ([], {"CHARLM_GRACE_SECONDS": "-1"}, "CHARLM_GRACE_SECONDS='-1': grace_seconds: must be a finite number >= 0"),
+    (["--grace-seconds", "nan"], {}, "--grace-seconds: grace_seconds: must be a finite number >= 0"),
+    ([], {"CHARLM_MAX_CONNECTION_AGE_SECONDS": "-3"}, "CHARLM_MAX_CONNECTION_AGE_SECONDS='-3'"),
+    ([], {"CHARLM_INTRA_OP_THREADS": "-1"}, "CHARLM_INTRA_OP_THREADS='-1': intra_op_threads: must be >= 0"),
+    ([], {"CHARLM_LOG_LEVEL": "verbose"}, "CHARLM_LOG_LEVEL='verbose': choose from DEBUG, INFO"),
+    (["--tls-cert", "c.pem"], {}, "--tls-key / CHARLM_TLS_KEY: tls_key: TLS needs both a certificate"),
+    ([], {"CHARLM_TLS_KEY": "k.pem"}, "--tls-cert / CHARLM_TLS_CERT: tls_cert: TLS needs both"),
+    (["--tls-client-ca", "ca.pem"], {}, "tls_cert: client certificates (tls_client_ca) need the server's own"),
+    ([], {"CHARLM_AUTH_TOKEN": "two words"}, "CHARLM_AUTH_TOKEN='two words': auth_token: must be printable ASCII"),
 ])
 def test_bad_settings_are_named(capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str],
                                 message: str) -> None:
     with pytest.raises(SystemExit) as e:
         build_config(argv, env)
-    assert e.value.code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err
+    assert len(err.strip().splitlines()) == 1, err  # no usage burying it
+
+
+def test_names_in_any_case_and_the_security_settings() -> None:
+    c = build_config(["--log-format", "JSON"], {"CHARLM_LOG_LEVEL": "info", "CHARLM_AUTH_TOKEN_FILE": "/run/tokens",
+                                                "CHARLM_TLS_CERT": "s.pem", "CHARLM_TLS_KEY": "s.key"})
+    assert (c.log_level, c.log_format) == ("INFO", "json")
+    assert c.security == SecurityConfig(auth_token_file=Path("/run/tokens"), tls_cert=Path("s.pem"),
+                                        tls_key=Path("s.key"))
+    assert build_config(["--log-level", "debug"], {}).log_level == "DEBUG"
+    secret = build_config([], {"CHARLM_AUTH_TOKEN": "s3cret"})
+    assert secret.security.auth and "s3cret" not in repr(secret)  # config reprs may be logged
+    assert build_config(["--metrics-port", "-1"], {}).metrics_port == -1  # the documented "off"
+
+
+def test_max_connection_age_reaches_the_server_options() -> None:
+    def options(*argv: str) -> dict[str, object]:
+        return dict(server_options(build_config(list(argv), {})))
+
+    off = options()
+    assert "grpc.max_connection_age_ms" not in off and off["grpc.so_reuseport"] == 0
+    aged = options("--max-connection-age-seconds", "300")
+    assert aged["grpc.max_connection_age_ms"] == 300_000
+    assert aged["grpc.max_connection_age_grace_ms"] == 2**31 - 1  # calls in flight run to their end
+    graced = build_config([], {"CHARLM_MAX_CONNECTION_AGE_SECONDS": "0.5", "CHARLM_MAX_CONNECTION_AGE_GRACE_SECONDS":
+                               "30"})
+    assert dict(server_options(graced))["grpc.max_connection_age_ms"] == 500
+    assert dict(server_options(graced))["grpc.max_connection_age_grace_ms"] == 30_000
+
+
+def test_a_metrics_port_in_use_names_the_setting(model_repo: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "CHARLM_METRICS_PORT": str(port), "CHARLM_PORT": "0", "CHARLM_MODEL_REPO": str(model_repo)}
+        out = subprocess.run([sys.executable, "-m", "service", "--log-level", "error"], capture_output=True, text=True,
+                             timeout=120, env=env)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"--metrics-host/--metrics-port: cannot serve /metrics on 127.0.0.1:{port}" in lines[0]
 
 
 def test_help_documents_every_option_with_its_env_var_and_an_example() -> None:

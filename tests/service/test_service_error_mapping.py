@@ -61,6 +61,7 @@ def error_info(status: grpc.Status) -> error_details_pb2.ErrorInfo:
     (errors.FailedPrecondition("other model", field="model"), grpc.StatusCode.FAILED_PRECONDITION,
      "FAILED_PRECONDITION"),
     (errors.Unavailable("draining"), grpc.StatusCode.UNAVAILABLE, "DRAINING"),
+    (errors.Unauthenticated("no token"), grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
     (errors.CharlmError("odd"), grpc.StatusCode.INTERNAL, "INTERNAL"),
     (ZeroDivisionError("a bug"), grpc.StatusCode.INTERNAL, "INTERNAL"),
 ])

@@ -8,7 +8,7 @@ from pathlib import Path
 from bench import engine_streams
 from bench.engine import flops_per_char, measure, measure_lanes_rate, measure_step_rate
 from service.artifact import load_artifact
-from service.engine import available_cores
+from service.cores import available_cores
 from service.runtime import Runtime, RuntimeConfig
 
 

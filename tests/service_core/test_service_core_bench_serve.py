@@ -10,7 +10,7 @@ import pytest
 from bench.serve import main
 from bench.serve_report import _down
 from bench.serve_runs import Soak, fit_prompt
-from service.engine import available_cores
+from service.cores import available_cores
 
 
 def test_fit_prompt_keeps_only_vocabulary_characters_and_the_length() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fixtures.service_core import ARCHS, EngineFactory, RecordingObserver, collect, reference_greedy
 
-from service.engine import available_cores, quota_cores
+from service.cores import available_cores, quota_cores
 from service.runtime import Runtime
 from service.sampling import log_softmax
 from service.types import GenerateParams, Sampling

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fixtures.service_core import ARCHS
 
+from service import cores
 from service.artifact import Artifact
 from service.errors import InvalidArgument
 from service.runtime import Runtime, RuntimeConfig
@@ -119,3 +122,19 @@ def test_vocab_round_trip_and_errors() -> None:
     assert "'é' (U+00E9)" in str(e.value) and "vocabulary" in str(e.value)
     with pytest.raises(ValueError):
         Vocab("aa")
+
+
+@pytest.mark.parametrize("quota", [1, 3])
+def test_zero_intra_op_threads_follow_the_container_quota(tiny_artifacts: dict[str, Artifact], quota: int,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text(f"{quota * 100000} 100000\n")  # what docker's --cpus=N writes
+    monkeypatch.setattr(cores, "CPU_MAX", cpu_max)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # a host with more cores than that
+    assert cores.available_cores() == quota
+    rt = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=0, decode_steps=2))
+    threads = [s.get_session_options().intra_op_num_threads for s in (rt.session, rt.decoder, rt.steps_decoder)]
+    assert threads == [quota] * 3
+    assert rt.lane_decoder.get_session_options().intra_op_num_threads == 1  # lanes side by side: a thread each
+    explicit = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=2, decode_steps=1))
+    assert explicit.decoder.get_session_options().intra_op_num_threads == 2  # a set number is kept as it is
