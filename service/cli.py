@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ctypes
 import dataclasses
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +17,7 @@ from service.config import ServiceConfig
 from service.logs import setup_logging
 
 _DEFAULT = ServiceConfig()
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +76,8 @@ OPTIONS = [
     Option("--reflection", "reflection", _bool, "serve gRPC server reflection (true/false)"),
     Option("--log-format", "log_format", _lower, "log line format", ("logfmt", "json")),
     Option("--log-level", "log_level", _upper, "log level, any case", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    Option("--access-log", "access_log", _bool, "log a line per finished RPC: rpc, status code, duration, model, "
+           "session (first 8 characters), characters (true/false)"),
     Option("--malloc-arenas", "malloc_arenas", int, "glibc malloc arenas the process's threads share; fewer hold "
            "less memory under many streams (0 = glibc's own: MALLOC_ARENA_MAX, else 8 per core)"),
     Option("--provider", "runtime.provider", str, "onnxruntime execution provider (cuda falls back to cpu)",
@@ -214,15 +218,18 @@ def limit_malloc_arenas(arenas: int) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `charlm-serve` and `python -m service`."""
+    config = build_config(argv)
+    setup_logging(config.log_format, config.log_level)  # before the imports below, so that their warnings are logs
     from service.server import serve  # after parsing, so that --help stays fast
 
-    config = build_config(argv)
-    setup_logging(config.log_format, config.log_level)
     limit_malloc_arenas(config.malloc_arenas)  # before the server starts its threads
     try:
         return asyncio.run(serve(config))
     except (OSError, ValueError) as e:  # no loadable model, port in use, bad TLS files: a clear one-liner
-        print(f"charlm-serve: error: {e}", file=sys.stderr)
+        if config.log_format == "json":  # stderr carries JSON lines only
+            log.error("start failed: %s", e, extra={"error": str(e)})
+        else:
+            print(f"charlm-serve: error: {e}", file=sys.stderr)
         return 2
 
 

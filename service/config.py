@@ -141,6 +141,7 @@ class ServiceConfig:
     reflection: bool = True
     log_format: LogFormat = "logfmt"
     log_level: str = "INFO"
+    access_log: bool = False  # a line per finished RPC (logger service.access)
     # glibc's malloc gives each new thread an arena of its own, up to 8 per core. With 2 for all the server's
     # threads (event loop, lanes, gRPC's, onnxruntime's), a 256-stream soak ended 2-16 MiB lower in six
     # alternated pairs, no slower (docs/performance.md). 0 = glibc's own

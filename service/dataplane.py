@@ -156,7 +156,7 @@ class DataPlane:
                                    total.nll_nats + r.nll_nats)
             nxt = await self._unless_closed(anext(rest, None))
             if nxt is None:
-                return Fed(session_id, total)
+                return Fed(session_id, total, model.spec)
             text = nxt.text
 
     async def chat(self, actions: AsyncIterator[ChatAction]) -> AsyncIterator[ChatEvent]:

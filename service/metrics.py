@@ -6,12 +6,25 @@ import threading
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
 # Engine steps of a char-level RNN take tens of microseconds; requests take milliseconds to minutes.
 _STEP_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _TTFC_BUCKETS = (5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+# A unary call takes ~1 ms; a stream up to minutes (65536 characters, slower as more streams share a lane), a Chat
+# as long as its client keeps it open: one set of buckets from 0.5 ms to 10 minutes, +Inf beyond.
+_REQUEST_BUCKETS = (5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    60.0, 120.0, 300.0, 600.0)
 
 
 class Metrics:
@@ -20,6 +33,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # What the default registry has: process_* (memory, CPU, fds), python_info, python_gc_*
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)  # (registers nothing where the interpreter lacks gc.get_stats)
         self.requests = Counter("charlm_requests", "Finished RPCs by method and status code.", ["rpc", "code"],
                                 registry=r)
         self.generated = Counter("charlm_chars_generated", "Characters generated.", ["model"], registry=r)
@@ -37,9 +54,14 @@ class Metrics:
                                          registry=r)
         self.sessions_removed = Counter("charlm_sessions_removed", "Sessions removed, by reason.", ["reason"],
                                         registry=r)
+        self.request_seconds = Histogram("charlm_request_seconds", "Duration of finished RPCs by method.", ["rpc"],
+                                         buckets=_REQUEST_BUCKETS, registry=r)
+        self.draining = Gauge("charlm_draining", "1 once the server has begun draining (SIGTERM), else 0.",
+                              registry=r)
         self._step_children: dict[str, tuple[Any, Any, Any]] = {}  # model -> batch, step, chars children
         self._ttfc_children: dict[str, Any] = {}  # model -> its time-to-first-char histogram
         self._request_children: dict[tuple[str, str], Any] = {}  # (rpc, code) -> its counter
+        self._seconds_children: dict[str, Any] = {}  # rpc -> its duration histogram
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -81,12 +103,16 @@ class Metrics:
         """``active`` streams are in progress."""
         self.active_streams.set(active)
 
-    def request(self, rpc: str, code: str) -> None:
-        """An RPC finished with status ``code`` (e.g. "OK", "NOT_FOUND")."""
+    def request(self, rpc: str, code: str, seconds: float) -> None:
+        """An RPC finished with status ``code`` (e.g. "OK", "NOT_FOUND") after ``seconds``."""
         child = self._request_children.get((rpc, code))
         if child is None:
             child = self._request_children[rpc, code] = self.requests.labels(rpc, code)
         child.inc()
+        histogram = self._seconds_children.get(rpc)
+        if histogram is None:
+            histogram = self._seconds_children[rpc] = self.request_seconds.labels(rpc)
+        histogram.observe(seconds)
 
     def serve(self, host: str, port: int) -> int:
         """Serves /metrics over HTTP on a background thread; returns the bound port (port 0 = ephemeral)."""

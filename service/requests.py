@@ -43,6 +43,7 @@ class Fed:
 
     session_id: str
     result: FeedResult
+    model: str = ""  # "name:version" (set by Feed, for its access-log line)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class Server:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.port = 0  # bound gRPC port, known after start()
+        self.started = False  # True once start() has succeeded: a failed start has nothing to drain
         self.metrics_port: int | None = None  # bound /metrics port, None when disabled
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs predate aio
@@ -68,7 +69,8 @@ class Server:
         self._sessions.start()
         self._dataplane = DataPlane(self._registry, self._sessions, cfg.limits, self.metrics)
         self._grpc = grpc.aio.server(interceptors=interceptors, options=server_options(cfg))
-        charlm_pb2_grpc.add_TextGenerationServicer_to_server(Servicer(self._dataplane, self.metrics), self._grpc)
+        servicer = Servicer(self._dataplane, self.metrics, cfg.access_log)
+        charlm_pb2_grpc.add_TextGenerationServicer_to_server(servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         if cfg.reflection:
             names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -91,6 +93,7 @@ class Server:
         await self._grpc.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.started = True
         tls = "off" if credentials is None else "mutual" if sec.tls_client_ca is not None else "on"
         log.info("serving %s on %s:%d (default model %s; metrics %s; tls %s; auth %s)", SERVICE_NAME, cfg.host,
                  self.port, self._registry.default.spec,
@@ -101,6 +104,7 @@ class Server:
     async def drain(self) -> None:
         """Health NOT_SERVING, new streams refused (UNAVAILABLE); in-flight ones get the grace period, then end."""
         await self.health.enter_graceful_shutdown()
+        self.metrics.draining.set(1)
         if self._dataplane is not None:
             log.info("draining: %d streams in flight, grace %.1fs", self._dataplane.active_streams,
                      self.config.grace_seconds)
@@ -108,7 +112,8 @@ class Server:
 
     async def shutdown(self) -> None:
         """Drains, stops the gRPC server and releases engines, sessions and the metrics endpoint."""
-        await self.drain()
+        if self.started:  # (after a failed start, "draining" and "stopped" lines would mislead: cli logs the error)
+            await self.drain()
         if self._grpc is not None:
             # Generations were cancelled at the end of the grace period; this lets their last messages flush.
             await self._grpc.stop(grace=2.0)
@@ -117,7 +122,8 @@ class Server:
         if self._registry is not None:
             await self._registry.close()
         self.metrics.close()
-        log.info("stopped")
+        if self.started:
+            log.info("stopped")
 
 
 async def serve(config: ServiceConfig) -> int:

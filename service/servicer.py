@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from charlm.v1 import charlm_pb2 as pb
@@ -17,6 +18,7 @@ from grpc_status import rpc_status
 
 from service import errors
 from service.dataplane import DataPlane
+from service.logs import Call, log_access
 from service.metrics import Metrics
 from service.requests import (
     ChatAction,
@@ -61,12 +63,21 @@ def _code(e: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL if isinstance(e, Exception) else grpc.StatusCode.CANCELLED
 
 
-async def _abort(e: Exception, context: Any, rpc: str) -> None:  # grpc-stubs lack the aio context
+def _message(e: BaseException) -> str:
+    """Why an RPC failed, in a few words, for the access log."""
+    if isinstance(e, errors.CharlmError):
+        return e.message
+    return f"{type(e).__name__}: {e}" if isinstance(e, Exception) else "cancelled"
+
+
+async def _abort(e: Exception, context: Any, call: Call) -> None:  # grpc-stubs lack the aio context
     """Aborts the RPC with the rich status for ``e`` (never UNKNOWN); unexpected errors are logged."""
     if isinstance(e, errors.CharlmError):
         status = _status(_code(e), e.message, e.reason, {k: str(v) for k, v in e.metadata.items()})
     else:
-        log.exception("unexpected error in %s", rpc)
+        fields = call.fields()  # rpc, model, session: who hit the bug
+        log.exception("unexpected error in %s (model %r, session %r)", call.rpc, fields.get("model", ""),
+                      fields.get("session", ""), extra=fields)
         status = _status(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}", "INTERNAL", {})
     await context.abort_with_status(status)
 
@@ -77,35 +88,38 @@ async def abort(e: errors.CharlmError, context: Any) -> None:
 
 
 def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Maps errors to statuses and counts the RPC by its status code; works for unary and streaming responses."""
+    """Maps errors to statuses, measures and (with --access-log) logs the finished RPC; for unary and streaming
+    responses. ``fn`` gets the RPC's Call record to fill in as a fourth argument."""
     name = fn.__name__
 
-    async def fail(self: Servicer, e: BaseException, context: Any) -> None:
+    async def fail(self: Servicer, e: BaseException, context: Any, call: Call) -> None:
         # Counted before aborting: abort sends the status, and a client may scrape /metrics right after.
-        self._metrics.request(name, _code(e).name)
+        self._finished(call, _code(e).name, _message(e))
         if isinstance(e, Exception):
-            await _abort(e, context, name)
+            await _abort(e, context, call)
 
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def stream(self: Servicer, request: Any, context: Any) -> AsyncIterator[Any]:
+            call = Call(name)
             try:
-                async for item in fn(self, request, context):
+                async for item in fn(self, request, context, call):
                     yield item
             except BaseException as e:
-                await fail(self, e, context)
+                await fail(self, e, context, call)
                 raise
-            self._metrics.request(name, "OK")
+            self._finished(call, "OK")
         return stream
 
     @functools.wraps(fn)
     async def unary(self: Servicer, request: Any, context: Any) -> Any:
+        call = Call(name)
         try:
-            response = await fn(self, request, context)
+            response = await fn(self, request, context, call)
         except BaseException as e:
-            await fail(self, e, context)
+            await fail(self, e, context, call)
             raise
-        self._metrics.request(name, "OK")
+        self._finished(call, "OK")
         return response
     return unary
 
@@ -175,68 +189,112 @@ def chat_event_to_pb(e: ChatEvent) -> pb.ChatResponse:
     return pb.ChatResponse(generated=generated_to_pb(e))
 
 
-async def _feed_chunks(requests: AsyncIterator[pb.FeedRequest]) -> AsyncIterator[FeedChunk]:
+async def _feed_chunks(requests: AsyncIterator[pb.FeedRequest], call: Call) -> AsyncIterator[FeedChunk]:
+    first = True
     async for r in requests:
+        if first:  # the first message names them
+            call.model, call.session_id, first = r.model, r.session_id, False
         yield FeedChunk(r.text, r.session_id, r.model)
 
 
-async def _chat_actions(requests: AsyncIterator[pb.ChatRequest]) -> AsyncIterator[ChatAction]:
-    async for r in requests:
+async def _chat_actions(requests: AsyncIterator[pb.ChatRequest], call: Call) -> AsyncIterator[ChatAction]:
+    first = True
+    async for r in requests:  # (a message per turn, not per generated message)
+        if first:  # `open`, naming them, unless the client errs
+            call.model, call.session_id, first = r.open.model, r.open.session_id, False
         yield chat_action_from_pb(r)
 
 
 # ---------------------------------------------------------------- the service
 
 class Servicer(charlm_pb2_grpc.TextGenerationServicer):
-    """charlm.v1.TextGeneration over a DataPlane."""
+    """charlm.v1.TextGeneration over a DataPlane. Each RPC fills in its Call once, never per message."""
 
-    def __init__(self, dataplane: DataPlane, metrics: Metrics) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, access_log: bool = False) -> None:
         self._dp = dataplane
         self._metrics = metrics
+        self._access_log = access_log
+
+    def _finished(self, call: Call, code: str, error: str = "") -> None:
+        seconds = time.perf_counter() - call.started
+        self._metrics.request(call.rpc, code, seconds)
+        if self._access_log:
+            log_access(call, code, seconds, error)
 
     @_rpc
-    async def Generate(self, request: pb.GenerateRequest, context: Any) -> AsyncIterator[pb.GenerateResponse]:
+    async def Generate(self, request: pb.GenerateRequest, context: Any,
+                       call: Call) -> AsyncIterator[pb.GenerateResponse]:
+        call.model, call.session_id = request.model, request.session_id
         params = params_from_pb(request.sampling, request.max_chars, request.stop, request.logprobs)
+        event: Chunk | Done | None = None
         async for event in self._dp.generate(GenerateRequest(request.model, request.prompt, params,
                                                              request.session_id)):
             yield generated_to_pb(event)
+        if isinstance(event, Done):  # the last event: read once the stream has ended, not per message
+            call.model, f = event.model, event.finish
+            call.chars_consumed, call.chars_generated = f.prompt_chars, f.generated_chars
 
     @_rpc
-    async def CreateSession(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
-        return session_to_pb(await self._dp.create_session(request.model, request.prime, request.ttl_seconds))
+    async def CreateSession(self, request: pb.CreateSessionRequest, context: Any, call: Call) -> pb.Session:
+        call.model = request.model
+        session = await self._dp.create_session(request.model, request.prime, request.ttl_seconds)
+        call.model, call.session_id, call.chars_consumed = session.model, session.id, session.state.chars_consumed
+        return session_to_pb(session)
 
     @_rpc
-    async def GetSession(self, request: pb.GetSessionRequest, context: Any) -> pb.Session:
-        return session_to_pb(self._dp.get_session(request.session_id))
+    async def GetSession(self, request: pb.GetSessionRequest, context: Any, call: Call) -> pb.Session:
+        call.session_id = request.session_id
+        return self._described(call, self._dp.get_session(request.session_id))
 
     @_rpc
-    async def ListSessions(self, request: pb.ListSessionsRequest, context: Any) -> pb.ListSessionsResponse:
+    async def ListSessions(self, request: pb.ListSessionsRequest, context: Any,
+                           call: Call) -> pb.ListSessionsResponse:
+        call.model = request.model
         return pb.ListSessionsResponse(sessions=[session_to_pb(s) for s in self._dp.list_sessions(request.model)])
 
     @_rpc
-    async def DeleteSession(self, request: pb.DeleteSessionRequest, context: Any) -> pb.DeleteSessionResponse:
+    async def DeleteSession(self, request: pb.DeleteSessionRequest, context: Any,
+                            call: Call) -> pb.DeleteSessionResponse:
+        call.session_id = request.session_id
         self._dp.delete_session(request.session_id)
         return pb.DeleteSessionResponse()
 
     @_rpc
-    async def ForkSession(self, request: pb.ForkSessionRequest, context: Any) -> pb.Session:
-        return session_to_pb(self._dp.fork_session(request.session_id, request.ttl_seconds))
+    async def ForkSession(self, request: pb.ForkSessionRequest, context: Any, call: Call) -> pb.Session:
+        call.session_id = request.session_id  # the source; the fork's own id is the client's to keep
+        return self._described(call, self._dp.fork_session(request.session_id, request.ttl_seconds))
+
+    @staticmethod
+    def _described(call: Call, session: Session) -> pb.Session:
+        call.model = session.model
+        return session_to_pb(session)
 
     @_rpc
-    async def Feed(self, request_iterator: AsyncIterator[pb.FeedRequest], context: Any) -> pb.FeedResponse:
-        return fed_to_pb(await self._dp.feed(_feed_chunks(request_iterator)))
+    async def Feed(self, request_iterator: AsyncIterator[pb.FeedRequest], context: Any,
+                   call: Call) -> pb.FeedResponse:
+        fed = await self._dp.feed(_feed_chunks(request_iterator, call))
+        call.model, call.session_id, call.chars_consumed = fed.model, fed.session_id, fed.result.chars_consumed
+        return fed_to_pb(fed)
 
     @_rpc
-    async def Chat(self, request_iterator: AsyncIterator[pb.ChatRequest],
-                   context: Any) -> AsyncIterator[pb.ChatResponse]:
-        async for event in self._dp.chat(_chat_actions(request_iterator)):
+    async def Chat(self, request_iterator: AsyncIterator[pb.ChatRequest], context: Any,
+                   call: Call) -> AsyncIterator[pb.ChatResponse]:
+        events = aiter(self._dp.chat(_chat_actions(request_iterator, call)))
+        opened = cast(Session, await anext(events))  # always the session first: the loop need not look
+        call.model, call.session_id, start = opened.model, opened.id, opened.state.chars_consumed
+        yield chat_event_to_pb(opened)
+        async for event in events:
             yield chat_event_to_pb(event)
+        call.chars_consumed = opened.state.chars_consumed - start  # fed and generated: what the state advanced
 
     @_rpc
-    async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
+    async def ListModels(self, request: pb.ListModelsRequest, context: Any, call: Call) -> pb.ListModelsResponse:
         models, default = self._dp.list_models()
         return pb.ListModelsResponse(models=[m.info for m in models], default_model=default.spec)
 
     @_rpc
-    async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelInfo:
-        return self._dp.get_model(request.model).info
+    async def GetModel(self, request: pb.GetModelRequest, context: Any, call: Call) -> pb.ModelInfo:
+        call.model = request.model
+        model = self._dp.get_model(request.model)
+        call.model = model.spec
+        return model.info

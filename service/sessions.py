@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -13,7 +14,10 @@ from typing import Protocol
 
 from service import errors
 from service.config import SessionConfig
+from service.logs import session_ref
 from service.types import SeqState
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
@@ -66,6 +70,9 @@ class SessionStore(Protocol):
 
     def lease(self, session_id: str) -> contextlib.AbstractAsyncContextManager[Session]:
         """Exclusive use of a session for one stream; a concurrent second user gets errors.SessionBusy."""
+
+
+_WHY = {"expired": "idle past its TTL", "evicted": "the least recently used idle one when the store was full"}
 
 
 class InMemorySessionStore:
@@ -189,7 +196,10 @@ class InMemorySessionStore:
         self._live.move_to_end(session.id)
 
     def _remove(self, session_id: str, reason: str, label: str) -> None:
-        self._bytes -= self._live.pop(session_id).state.nbytes
+        session = self._live.pop(session_id)
+        self._bytes -= session.state.nbytes
+        log.info("session %s %s (%s)", session_ref(session_id), label, _WHY[label],
+                 extra={"session": session_ref(session_id), "model": session.model, "reason": label})
         self._gone[session_id] = reason
         while len(self._gone) > self._config.remember_gone:
             self._gone.popitem(last=False)

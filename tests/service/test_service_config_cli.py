@@ -26,11 +26,12 @@ def test_defaults_listen_on_localhost_with_the_shipped_repository() -> None:
 
 def test_flag_beats_env_beats_default() -> None:
     env = {"CHARLM_PORT": "6000", "CHARLM_MAX_STREAMS": "7", "CHARLM_PROVIDER": "cuda", "CHARLM_REFLECTION": "false",
-           "CHARLM_ORT_ARENA": "true"}
+           "CHARLM_ORT_ARENA": "true", "CHARLM_ACCESS_LOG": "yes"}
     c = build_config(["--port", "7000", "--max-batch", "32", "--lanes", "3", "--session-ttl-seconds", "1.5"], env)
     assert c.port == 7000  # flag over env
     assert c.limits.max_streams == 7 and c.runtime.provider == "cuda" and c.reflection is False  # env over default
     assert c.runtime.cpu_mem_arena is True and ServiceConfig().runtime.cpu_mem_arena is False
+    assert c.access_log is True and ServiceConfig().access_log is False
     assert c.engine.max_batch == 32 and c.engine.lanes == 3 and c.sessions.ttl_seconds == 1.5
     assert c.limits.max_chars == ServiceConfig().limits.max_chars  # untouched fields keep their defaults
 

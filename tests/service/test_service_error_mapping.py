@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from service import errors
+from service.dataplane import DataPlane
+from service.logs import Call
 from service.metrics import Metrics
-from service.servicer import _rpc
+from service.servicer import Servicer, _rpc
 
 
 class Aborted(Exception):
@@ -28,18 +31,20 @@ class Context:
         raise Aborted
 
 
-class Failing:
-    """Two RPCs, unary and streaming, that raise what they are given."""
+class Failing(Servicer):
+    """Two RPCs, unary and streaming, that raise what they are given, on a session of a model."""
 
     def __init__(self) -> None:
-        self._metrics = Metrics()
+        super().__init__(cast(DataPlane, None), Metrics(), access_log=True)
 
     @_rpc
-    async def Unary(self, request: BaseException, context: Any) -> None:
+    async def Unary(self, request: BaseException, context: Any, call: Call) -> None:
+        call.model, call.session_id = "tiny-lstm:1", "0123456789abcdef" * 2
         raise request
 
     @_rpc
-    async def Streaming(self, request: BaseException, context: Any) -> AsyncIterator[int]:
+    async def Streaming(self, request: BaseException, context: Any, call: Call) -> AsyncIterator[int]:
+        call.model, call.session_id = "tiny-lstm:1", "0123456789abcdef" * 2
         yield 1
         raise request
 
@@ -68,6 +73,7 @@ def error_info(status: grpc.Status) -> error_details_pb2.ErrorInfo:
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_each_error_maps_to_its_status(error: Exception, code: grpc.StatusCode, reason: str,
                                              streaming: bool, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="service.access")
     svc, context = Failing(), Context()
     with pytest.raises(Aborted):
         if streaming:
@@ -80,7 +86,14 @@ async def test_each_error_maps_to_its_status(error: Exception, code: grpc.Status
     assert info.reason == reason and info.domain == "charlm"
     if isinstance(error, errors.InvalidArgument):
         assert info.metadata["field"] == "sampling.top_p" and "sampling.top_p" in context.status.details
+    rpc = "Streaming" if streaming else "Unary"
     if isinstance(error, ZeroDivisionError):
         assert "Traceback" in caplog.text and "ZeroDivisionError" in caplog.text  # logged for whoever debugs it
-    rpc = "Streaming" if streaming else "Unary"
+        bug = next(r for r in caplog.records if r.exc_info)
+        assert (bug.rpc, bug.model, bug.session) == (rpc, "tiny-lstm:1", "01234567")  # type: ignore[attr-defined]
+        assert "0123456789abcdef" not in caplog.text  # never the whole id: it is a bearer capability
     assert svc._metrics.requests.labels(rpc, code.name)._value.get() == 1
+    assert svc._metrics.request_seconds.labels(rpc)._sum.get() > 0
+    (line,) = [r for r in caplog.records if r.name == "service.access"]
+    assert (line.rpc, line.code, line.session) == (rpc, code.name, "01234567")  # type: ignore[attr-defined]
+    assert str(error) in line.error  # type: ignore[attr-defined]

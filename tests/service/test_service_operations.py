@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -65,6 +66,20 @@ async def test_metrics_endpoint(server, stub) -> None:
         assert "charlm_sessions_removed_total" in r.read().decode()  # declared even before any removal
 
 
+async def test_process_metrics_request_durations_and_draining(server, stub, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="service.access")
+    await stub.ListModels(pb.ListModelsRequest())
+    await generate(stub, prompt="The ", max_chars=20)
+    m = scrape(server.metrics_url)
+    assert m["process_resident_memory_bytes"] > 0 and m["process_cpu_seconds_total"] > 0
+    assert any(k.startswith("python_info{") for k in m)
+    assert m['charlm_request_seconds_count{rpc="ListModels"}'] >= 1
+    assert m['charlm_request_seconds_bucket{le="0.0005",rpc="Generate"}'] == 0  # a stream takes longer
+    assert m['charlm_request_seconds_bucket{le="600.0",rpc="Generate"}'] >= 1
+    assert m["charlm_draining"] == 0
+    assert not [r for r in caplog.records if r.name == "service.access"]  # the access log is off by default
+
+
 async def test_cancelling_a_stream_frees_its_slot(server_factory) -> None:
     srv = server_factory(limits=Limits(max_streams=1))
     async with grpc.aio.insecure_channel(srv.target) as channel:
@@ -90,6 +105,7 @@ async def test_draining_refuses_new_work_and_finishes_in_flight(server_factory) 
         drained = srv.drain()
         await asyncio.sleep(0.2)
         assert await health_of(channel, "") == NOT_SERVING and await health_of(channel, SERVICE) == NOT_SERVING
+        assert scrape(srv.metrics_url)["charlm_draining"] == 1
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await generate(stub, prompt="a", max_chars=1)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE and error_info(e.value).reason == "DRAINING"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,23 @@ def test_lru_idle_session_is_evicted_when_full() -> None:
     assert reason_of(s, b.id) == "SESSION_EVICTED"
     assert {x.id for x in s.list()} == {a.id, c.id, d.id}
     assert rec.gone == ["evicted"] and rec.active == 3 and rec.bytes == 3 * state().nbytes
+
+
+def test_expiry_and_eviction_are_logged_with_the_ids_first_8_characters(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="service.sessions")
+    clock = Clock()
+    s = store(clock, max_sessions=2)
+    expiring = s.create("m:1", state(), ttl_seconds=5)
+    clock.now += 5
+    s.sweep()
+    evicted = s.create("m:1", state())
+    s.create("m:1", state())
+    s.create("m:1", state())  # the store is full: `evicted` is the least recently used
+    lines = [(r.getMessage(), r.session, r.reason) for r in caplog.records]  # type: ignore[attr-defined]
+    assert lines == [(f"session {expiring.id[:8]} expired (idle past its TTL)", expiring.id[:8], "expired"),
+                     (f"session {evicted.id[:8]} evicted (the least recently used idle one when the store was "
+                      "full)", evicted.id[:8], "evicted")]
+    assert expiring.id not in caplog.text and evicted.id not in caplog.text  # ids are bearer capabilities
 
 
 async def test_busy_sessions_are_not_evicted_and_full_busy_store_is_exhausted() -> None:
