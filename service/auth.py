@@ -136,6 +136,6 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         else:
             e = errors.Unauthenticated("the bearer token was not accepted")
         if method in _KNOWN:
-            self._metrics.request(_KNOWN[method], "UNAUTHENTICATED")
+            self._metrics.request(_KNOWN[method], "UNAUTHENTICATED", 0.0)  # (refused at once)
         log.debug("refused %s: %s", method, e.message)
         return _refusal(e, await continuation(details))

@@ -73,18 +73,18 @@ def _message(e: BaseException) -> str:
 async def _abort(e: Exception, context: Any, call: Call) -> None:  # grpc-stubs lack the aio context
     """Aborts the RPC with the rich status for ``e`` (never UNKNOWN); unexpected errors are logged."""
     if isinstance(e, errors.CharlmError):
-        status = _status(_code(e), e.message, e.reason, {k: str(v) for k, v in e.metadata.items()})
-    else:
-        fields = call.fields()  # rpc, model, session: who hit the bug
-        log.exception("unexpected error in %s (model %r, session %r)", call.rpc, fields.get("model", ""),
-                      fields.get("session", ""), extra=fields)
-        status = _status(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}", "INTERNAL", {})
-    await context.abort_with_status(status)
+        await abort(e, context)
+        return
+    fields = call.fields()  # rpc, model, session: who hit the bug
+    log.exception("unexpected error in %s (model %r, session %r)", call.rpc, fields.get("model", ""),
+                  fields.get("session", ""), extra=fields)
+    await context.abort_with_status(
+        _status(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}", "INTERNAL", {}))
 
 
 async def abort(e: errors.CharlmError, context: Any) -> None:
-    """Aborts a call refused before it reached the servicer (service/auth.py) with the rich status for ``e``."""
-    await _abort(e, context, "")
+    """Aborts a call with the rich status for ``e`` (also for calls refused before the servicer: service/auth.py)."""
+    await context.abort_with_status(_status(_code(e), e.message, e.reason, {k: str(v) for k, v in e.metadata.items()}))
 
 
 def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
