@@ -5,10 +5,12 @@ configuration in turn serves (1) ``--ttfc-requests`` sequential one-character re
 prompt (time to first chunk, as bench/serve.py's probe) and (2) one stream of ``--chars`` characters (chars/s,
 inter-character and inter-chunk latency, as a 1-stream level). The rounds alternate the configurations, so
 the machine's drift (this VM's speed moves by 1.5-2x within minutes) hits each alike; the table shows each
-configuration's median over the rounds and its ratio to the first configuration's.
+configuration's median over the rounds and its ratio to the first configuration's. A configuration that starts
+with ``@DIR`` runs DIR's ``service/`` (another checkout: a before/after at one stream).
 
-Example:
+Examples:
     python -m bench.latency_ab --config "" --config "--inline-prompt-chars 0" --config "--steps-wait-ms 0"
+    git worktree add /tmp/before HEAD~3 && python -m bench.latency_ab --config "" --config "@/tmp/before"
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ def table(configs: list[str], results: list[dict[str, list[float]]], rounds: int
     return "\n".join(lines)
 
 
+def server(repo: Path, model: str, config: str) -> ServerProcess:
+    """A server of one configuration: its flags, after an optional ``@DIR`` (the checkout whose service/ runs)."""
+    flags = shlex.split(config)
+    cwd = Path(flags.pop(0)[1:]) if flags and flags[0].startswith("@") else None
+    return ServerProcess(repo, ["--default-model", model, *flags], cwd=cwd)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     a = parse_args(argv)
@@ -83,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         info = load_artifact(a.model).info
         model, prompt = f"{info.name}:{info.version}", fit_prompt(PROMPT16, info.vocabulary, len(PROMPT16))
         with ExitStack() as stack:
-            servers = [stack.enter_context(ServerProcess(a.model.parent.parent, ["--default-model", model,
-                                                                                 *shlex.split(c)]))
-                       for c in a.config]  # fmt: skip
+            servers = [stack.enter_context(server(a.model.parent.parent, model, c)) for c in a.config]
             results = asyncio.run(measure(servers, model, prompt, a))
     except (ArtifactError, ServerError) as e:
         print(f"bench.latency_ab: error: {e}")

@@ -263,6 +263,19 @@ def _providers(provider: str) -> list[str]:
     """Execution providers to ask for, most preferred first (CPU always last, as the fallback)."""
     if provider == "cuda":
         if PROVIDERS["cuda"] in ort.get_available_providers():
+            _preload_cuda()
             return [PROVIDERS["cuda"], PROVIDERS["cpu"]]
         log.warning("CUDAExecutionProvider is not available in this onnxruntime build; using CPU")
     return [PROVIDERS["cpu"]]
+
+
+def _preload_cuda() -> None:
+    """Load CUDA's and cuDNN's libraries from the nvidia-* wheels, where pip installed them: onnxruntime-gpu does
+    not look there by itself (unless torch was imported first). A CUDA image's system libraries need none of it."""
+    preload = getattr(ort, "preload_dlls", None)  # (onnxruntime >= 1.21)
+    if preload is None:
+        return
+    try:
+        preload()
+    except OSError as e:  # the session's creation then says what is missing
+        log.warning("could not preload CUDA libraries: %s", e)

@@ -1,0 +1,132 @@
+"""The served model on onnxruntime's CUDA provider beside its CPU provider, on a machine with a GPU.
+
+1. the provider each runtime got (a CUDA runtime falls back to the CPU when onnxruntime cannot use the GPU);
+2. agreement: a prompt's logits on CUDA against the CPU's (largest absolute difference), greedy text of an
+   engine on each, and seeded sampled text of each;
+3. batch invariance on CUDA: seeded streams alone and among 63 others give the same text (what the service
+   promises: a stream's text does not depend on its batch mates);
+4. the raw engine: single-step calls at batch 1 to 1024 on each provider (chars/s);
+5. served: a real server (`python -m service --provider ...`) on each, started side by side and measured in
+   turn with real clients: 1, 64 and 256 streams of 2,000 characters (chars/s, time to first chunk p50).
+
+Needs onnxruntime-gpu (not part of the project's installs: see docs/deployment.md, "GPU"). Example:
+    python -m bench.cuda_check --json-out cuda.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.engine import measure_step_rate
+from bench.serve_runs import PROMPT16, fit_prompt
+from bench.server_proc import ServerProcess
+from client.loadgen import run_load
+from service.artifact import load_artifact
+from service.engine import Engine
+from service.runtime import Runtime, RuntimeConfig
+from service.types import Chunk, GenerateParams, Sampling
+from service.vocab import Vocab
+
+PROVIDERS = ("cpu", "cuda")
+
+
+async def text_of(engine: Engine, prompt: str, params: GenerateParams) -> str:
+    """One generation on a fresh state, read to its end."""
+    return "".join([e.text async for e in engine.generate(engine.new_state(), prompt, params) if isinstance(e, Chunk)])
+
+
+def first_difference(a: str, b: str) -> int | None:
+    """The first index where ``a`` and ``b`` differ (None: equal)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None if len(a) == len(b)
+                else min(len(a), len(b)))  # fmt: skip
+
+
+async def engine_checks(runtimes: dict[str, Runtime], prompt: str, chars: int) -> dict[str, Any]:
+    """Greedy and seeded text on each provider, and seeded streams alone and batched on CUDA."""
+    engines = {p: Engine(rt, Vocab(rt.vocabulary), model=rt.model) for p, rt in runtimes.items()}
+    for e in engines.values():
+        await e.start()
+    try:
+        greedy = GenerateParams(Sampling(temperature=0.0), chars)
+        seeded = GenerateParams(Sampling(temperature=1.0, seed=1), chars)
+        texts = {p: (await text_of(e, prompt, greedy), await text_of(e, prompt, seeded)) for p, e in engines.items()}
+        cuda = engines["cuda"]
+        params = [GenerateParams(Sampling(temperature=1.0, seed=100 + i), chars) for i in range(64)]
+        batched = await asyncio.gather(*(text_of(cuda, prompt, p) for p in params))
+        alone = [await text_of(cuda, prompt, params[i]) for i in (0, 21, 63)]
+    finally:
+        for e in engines.values():
+            await e.close()
+    return {
+        "greedy_first_difference": first_difference(texts["cpu"][0], texts["cuda"][0]),
+        "seeded_first_difference": first_difference(texts["cpu"][1], texts["cuda"][1]),
+        "batched_equals_alone": [batched[i] == a for i, a in zip((0, 21, 63), alone, strict=True)],
+        "greedy_cuda_head": texts["cuda"][0][:80],
+    }
+
+
+def logits_difference(runtimes: dict[str, Runtime], prompt: str) -> float:
+    """The largest absolute difference of a prompt's logits, CUDA against CPU."""
+    ids = np.array([Vocab(runtimes["cpu"].vocabulary).encode_array(prompt, "prompt")])
+    out = {}
+    for p, rt in runtimes.items():
+        zero = tuple(s[:, None] for s in rt.zero_state())
+        out[p] = rt.run(ids, zero)[0]
+    return float(np.abs(out["cpu"] - out["cuda"]).max())
+
+
+async def served(repo: Path, model: str, prompt: str, levels: list[int], chars: int) -> dict[str, Any]:
+    """Each level on a CPU and a CUDA server started side by side, measured in turn."""
+    out: dict[str, Any] = {}
+    with ServerProcess(repo, ["--provider", "cpu", "--default-model", model]) as cpu, \
+            ServerProcess(repo, ["--provider", "cuda", "--default-model", model]) as cuda:  # fmt: skip
+        out["cuda_server_log_tail"] = cuda.log_text()[-1500:]
+        for streams in levels:
+            for p, srv in (("cpu", cpu), ("cuda", cuda)):
+                r = await run_load(srv.target, streams, chars, prompt, model=model)
+                out[f"{p}_{streams}"] = {"chars_per_s": round(r.chars_per_s), "ttfc_p50_ms": r.ttfc_ms.p50,
+                                         "errors": r.errors}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=Path("models/shakespeare/1"), help="artifact version folder")
+    p.add_argument("--chars", type=int, default=300, help="characters of each engine check's text")
+    p.add_argument("--batches", default="1,16,64,256,1024", help="raw engine batch sizes")
+    p.add_argument("--levels", default="1,64,256", help="served levels (concurrent streams)")
+    p.add_argument("--json-out", type=Path, default=None, help="also write the results here")
+    a = p.parse_args(argv)
+    art = load_artifact(a.model)
+    runtimes = {pr: Runtime(art, RuntimeConfig(provider=pr)) for pr in PROVIDERS}
+    result: dict[str, Any] = {"providers": {pr: rt.provider for pr, rt in runtimes.items()}}
+    print(f"providers: {result['providers']}", flush=True)
+    prompt = fit_prompt(PROMPT16, art.info.vocabulary, len(PROMPT16))
+    result["logits_max_abs_difference"] = logits_difference(runtimes, prompt * 4)
+    result.update(asyncio.run(engine_checks(runtimes, prompt, a.chars)))
+    print(json.dumps(result, indent=1), flush=True)
+    raw: dict[str, float] = {}
+    for batch in (int(b) for b in a.batches.split(",")):
+        for pr, rt in runtimes.items():
+            raw[f"{pr}_{batch}"] = round(measure_step_rate(a.model, batch, runtime=rt, seconds=0.5).chars_per_s)
+    result["raw_chars_per_s"] = raw
+    print(json.dumps(raw), flush=True)
+    model = f"{art.info.name}:{art.info.version}"
+    levels = [int(n) for n in a.levels.split(",")]
+    result["served"] = asyncio.run(served(a.model.parent.parent, model, prompt, levels, 2000))
+    print(json.dumps(result["served"], indent=1), flush=True)
+    if a.json_out is not None:
+        a.json_out.write_text(json.dumps(result, indent=1))
+    return 0 if result["providers"]["cuda"] == "cuda" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
