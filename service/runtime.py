@@ -64,6 +64,11 @@ class RuntimeConfig:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
 
+# On a GPU every call runs this many rows (EngineConfig.max_batch's default), so that a row's results do not
+# depend on how many others share its call; a batch of more rows than this may still differ (docs/service.md).
+DEVICE_ROWS = 256
+
+
 class Runtime:
     """An onnxruntime session over one artifact; ``run`` maps ids (B, T) and states to logits and states."""
 
@@ -183,8 +188,7 @@ class Runtime:
             outputs[self.logits_name] = logits_out
         return inputs, outputs
 
-    @staticmethod
-    def _bind(session: ort.InferenceSession, inputs: dict[str, np.ndarray],
+    def _bind(self, session: ort.InferenceSession, inputs: dict[str, np.ndarray],
               outputs: dict[str, np.ndarray]) -> Callable[[], None]:  # fmt: skip
         """A call of ``session`` that reads and writes the given arrays in place."""
         binding = session.io_binding()
@@ -196,7 +200,17 @@ class Runtime:
         def call(_arrays: object = (inputs, outputs)) -> None:  # holds the arrays: the binding has their addresses
             session.run_with_iobinding(binding)
 
-        return call
+        if self.provider == "cpu":
+            return call
+
+        def rebound_call(_arrays: object = (inputs, outputs)) -> None:
+            # On a device, onnxruntime copies a CPU input when it is bound, not at each run: every call would read
+            # the inputs as they were when bound (on CUDA, the same state and ids at every step), so bind again.
+            for name, a in inputs.items():
+                binding.bind_cpu_input(name, a)
+            session.run_with_iobinding(binding)
+
+        return rebound_call
 
     def _sessions(self, graph: onnx.ModelProto, config: RuntimeConfig,
                   providers: list[str]) -> tuple[ort.InferenceSession, ort.InferenceSession]:  # fmt: skip
@@ -222,6 +236,11 @@ class Runtime:
         ids = rng.integers(0, self.vocab_size, (9, 2), dtype=np.int64)
         states = tuple(rng.standard_normal((self.layers, 9, self.hidden)).astype(np.float32) for _ in self.state_inputs)
         row0 = [self.run(ids[:b], tuple(s[:, :b] for s in states))[0][0] for b in (1, 2, 9)]
+        if self.provider != "cpu" and not all(np.array_equal(row0[0], r) for r in row0[1:]):
+            # (cuBLAS and cuDNN pick their kernels by shape) one shape for every call costs a GPU little: its time
+            # per call hardly grows with the rows
+            log.info("%s: every call is padded to %d rows (batch-invariant results)", self.model, DEVICE_ROWS)
+            return DEVICE_ROWS
         if not np.array_equal(row0[1], row0[2]):
             log.warning("%s: results differ between batch sizes at float precision; seeded streams may "
                         "sample differently alone and batched", self.model)  # fmt: skip
