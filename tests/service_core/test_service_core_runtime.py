@@ -13,7 +13,7 @@ from fixtures.service_core import ARCHS
 from service import cores
 from service.artifact import Artifact
 from service.errors import InvalidArgument
-from service.runtime import Runtime, RuntimeConfig
+from service.runtime import DEVICE_ROWS, Runtime, RuntimeConfig
 from service.vocab import Vocab
 
 
@@ -138,3 +138,59 @@ def test_zero_intra_op_threads_follow_the_container_quota(tiny_artifacts: dict[s
     assert rt.lane_decoder.get_session_options().intra_op_num_threads == 1  # lanes side by side: a thread each
     explicit = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=2, decode_steps=1))
     assert explicit.decoder.get_session_options().intra_op_num_threads == 2  # a set number is kept as it is
+
+
+class _RecordingBinding:
+    """Stands in for onnxruntime's IOBinding: records which inputs were bound, and when."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def bind_cpu_input(self, name: str, _array: np.ndarray) -> None:
+        self.log.append(f"bind {name}")
+
+    def bind_output(self, name: str, *_args: object) -> None:
+        self.log.append(f"out {name}")
+
+
+class _RecordingSession:
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    def io_binding(self) -> _RecordingBinding:
+        return _RecordingBinding(self.log)
+
+    def run_with_iobinding(self, _binding: _RecordingBinding) -> None:
+        self.log.append("run")
+
+
+@pytest.mark.parametrize(("provider", "expected"), [
+    ("cpu", ["bind ids", "out y", "run", "run"]),  # onnxruntime reads a bound CPU array at every run
+    ("cuda", ["bind ids", "out y", "bind ids", "run", "bind ids", "run"]),  # ...but copies it to a device once
+])
+def test_a_prepared_call_on_a_device_binds_its_inputs_again_at_every_call(
+        tiny_artifacts: dict[str, Artifact], provider: str, expected: list[str]) -> None:  # fmt: skip
+    # Bound once, a CUDA decode call read the first step's ids and states at every step (seen on an H200: the
+    # greedy text was " C\nC\nC..."); bound again at each call, its text equals the CPU's (bench/cuda_check.py).
+    rt = Runtime(tiny_artifacts["gru"], RuntimeConfig())
+    rt.provider = provider
+    session = _RecordingSession()
+    call = rt._bind(session, {"ids": np.zeros((2, 1), np.int64)}, {"y": np.zeros(2, np.float32)})  # type: ignore[arg-type]
+    call()
+    call()
+    assert session.log == expected
+
+
+def test_a_device_whose_results_depend_on_the_batch_size_pads_every_call(tiny_artifacts: dict[str, Artifact],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = Runtime(tiny_artifacts["gru"], RuntimeConfig())
+    run = rt.run
+
+    def shape_dependent(ids: np.ndarray, states: tuple[np.ndarray, ...], session: object = None) -> object:
+        logits, new = run(ids, states)
+        return logits + np.float32(ids.shape[0] * 1e-6), new  # as kernels chosen by shape round differently
+
+    monkeypatch.setattr(rt, "run", shape_dependent)
+    assert rt._probe_min_batch() == 2  # on the CPU: only batch 1 is padded (and a warning)
+    rt.provider = "cuda"
+    assert rt._probe_min_batch() == DEVICE_ROWS
