@@ -17,6 +17,7 @@ import grpc
 from charlm.v1 import charlm_pb2
 
 from service import errors
+from service.logs import Call, log_access
 from service.metrics import Metrics
 from service.servicer import abort
 
@@ -115,9 +116,10 @@ def _refusal(e: errors.Unauthenticated, handler: grpc.RpcMethodHandler | None) -
 class TokenAuth(grpc.aio.ServerInterceptor):
     """Refuses, with UNAUTHENTICATED, every call but health and reflection that lacks an accepted bearer token."""
 
-    def __init__(self, tokens: Tokens, metrics: Metrics) -> None:
+    def __init__(self, tokens: Tokens, metrics: Metrics, access_log: bool = False) -> None:
         self._tokens = tokens
         self._metrics = metrics
+        self._access_log = access_log  # refusals are logged as any finished call is (service/logs.py)
 
     async def intercept_service(
         self,
@@ -136,6 +138,8 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         else:
             e = errors.Unauthenticated("the bearer token was not accepted")
         if method in _KNOWN:
-            self._metrics.request(_KNOWN[method], "UNAUTHENTICATED", 0.0)  # (refused at once)
+            self._metrics.request(_KNOWN[method], "UNAUTHENTICATED", None)
+        if self._access_log:
+            log_access(Call(_KNOWN.get(method, method)), "UNAUTHENTICATED", 0.0, e.message)
         log.debug("refused %s: %s", method, e.message)
         return _refusal(e, await continuation(details))

@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SECRETS = frozenset({"security.auth_token"})  # config fields whose values no message may show
+
 def build_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ServiceConfig:
     """The frozen config from flags, then CHARLM_* variables, then the dataclass defaults."""
     parser = build_parser()
@@ -174,13 +176,14 @@ def build_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         if value is not None:
             sources[o.flag] = o.flag
         if value is None and o.env in environ:
-            sources[o.flag] = f"{o.env}={environ[o.env]!r}"
+            # (a secret's value never goes into an error: it would land in the logs)
+            sources[o.flag] = o.env if o.field in SECRETS else f"{o.env}={environ[o.env]!r}"
             try:
                 value = o.type(environ[o.env])
             except (ValueError, argparse.ArgumentTypeError) as e:
-                parser.error(f"{o.env}={environ[o.env]!r}: {e}")
+                parser.error(f"{sources[o.flag]}: {e}")
             if o.choices and value not in o.choices:
-                parser.error(f"{o.env}={environ[o.env]!r}: choose from {', '.join(o.choices)}")
+                parser.error(f"{sources[o.flag]}: choose from {', '.join(o.choices)}")
         if value is not None:
             group, _, name = o.field.rpartition(".")
             groups.setdefault(group, {})[name] = value

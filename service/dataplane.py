@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Protocol, TypeVar
 
 from service import errors, sampling
@@ -51,29 +51,35 @@ class DataPlane:
         self._closed = asyncio.Event()  # set when the drain's grace period ends
         self.draining = False
 
-    async def generate(self, req: GenerateRequest) -> AsyncIterator[Chunk | Done]:
+    async def generate(self, req: GenerateRequest) -> AsyncGenerator[Chunk | Done, None]:
         """Streams a generation from the request's session or a fresh state."""
         async with self._stream():
             if not req.session_id:
                 model = self.registry.resolve(req.model)
                 self._check_generate(model, req.prompt, req.params)
                 state = model.engine.new_state(req.params.sampling.seed)
-                async for event in self._generate(model, state, req.prompt, req.params, ""):
-                    yield event
+                async with contextlib.aclosing(self._generate(model, state, req.prompt, req.params, "")) as events:
+                    async for event in events:
+                        yield event
                 return
             async with self.sessions.lease(req.session_id) as session:
                 model = self._session_model(session, req.model)
                 self._check_generate(model, req.prompt, req.params)
-                async for event in self._generate(model, session.state, req.prompt, req.params, session.id):
-                    yield event
+                # Closed here, inside the lease: a generator left to the garbage collector would close after the
+                # lease let the session go, while its lane may still write the state (Engine._let_go).
+                events = self._generate(model, session.state, req.prompt, req.params, session.id)
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        yield event
 
     async def _generate(self, model: Model, state: SeqState, prompt: str, params: GenerateParams, session_id: str,
-                        cancel: asyncio.Event | None = None) -> AsyncIterator[Chunk | Done]:
+                        cancel: asyncio.Event | None = None) -> AsyncGenerator[Chunk | Done, None]:
         cancel = cancel or asyncio.Event()
         self._cancels.add(cancel)
         try:
-            async for event in model.engine.generate(state, prompt, params, cancel):
-                yield Done(event, model.spec, session_id) if isinstance(event, Finish) else event
+            async with contextlib.aclosing(model.engine.generate(state, prompt, params, cancel)) as events:
+                async for event in events:
+                    yield Done(event, model.spec, session_id) if isinstance(event, Finish) else event
         finally:
             self._cancels.discard(cancel)
 
@@ -159,7 +165,7 @@ class DataPlane:
                 return Fed(session_id, total, model.spec)
             text = nxt.text
 
-    async def chat(self, actions: AsyncIterator[ChatAction]) -> AsyncIterator[ChatEvent]:
+    async def chat(self, actions: AsyncIterator[ChatAction]) -> AsyncGenerator[ChatEvent, None]:
         """One session, interleaving feeds and generations; a cancel stops the generation in progress."""
         async with self._stream():
             opening = await anext(actions, None)
@@ -172,11 +178,12 @@ class DataPlane:
             async with self.sessions.lease(session_id) as session:
                 model = self._session_model(session, opening.model if opening.session_id else "")
                 yield session
-                async for event in self._chat_turns(model, session, actions):
-                    yield event
+                async with contextlib.aclosing(self._chat_turns(model, session, actions)) as events:
+                    async for event in events:
+                        yield event
 
     async def _chat_turns(self, model: Model, session: Session,
-                          actions: AsyncIterator[ChatAction]) -> AsyncIterator[ChatEvent]:
+                          actions: AsyncIterator[ChatAction]) -> AsyncGenerator[ChatEvent, None]:
         # A reader task keeps receiving while a generation streams, so that a cancel takes effect mid-generation.
         queue: asyncio.Queue[Turn] = asyncio.Queue(CHAT_QUEUE)  # bounded: a flooding client waits, memory doesn't grow
         asked: deque[asyncio.Event] = deque()  # the cancel events of the generations asked for, oldest first
@@ -195,10 +202,15 @@ class DataPlane:
                     self._check_generate(model, "", gen.params)
                     if session.state.pending is None:
                         raise errors.InvalidArgument("generate", "the session has no text yet: feed some first")
-                    async for event in self._generate(model, session.state, "", gen.params, session.id, cancel):
-                        yield event
+                    events = self._generate(model, session.state, "", gen.params, session.id, cancel)
+                    async with contextlib.aclosing(events):
+                        async for event in events:
+                            if isinstance(event, Done):  # before it goes out: a cancel sent after it is the next's
+                                asked.popleft()
+                            yield event
                 finally:
-                    asked.popleft()  # (this generation's event: turns are taken in order)
+                    if asked and asked[0] is cancel:  # (it ended early: an error, or the client went away)
+                        asked.popleft()
             await reader  # re-raises a receive error
         finally:
             reader.cancel()

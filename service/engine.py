@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
 
@@ -97,7 +97,7 @@ class Engine:
 
     async def generate(
         self, state: SeqState, prompt: str, params: GenerateParams, cancel: asyncio.Event | None = None
-    ) -> AsyncIterator[Chunk | Finish]:
+    ) -> AsyncGenerator[Chunk | Finish, None]:
         """Consume ``prompt`` then stream sampled characters as chunks; the last item is the Finish.
 
         ``state`` ends advanced past the prompt and the output. Log-probabilities, when asked, are those of

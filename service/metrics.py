@@ -103,12 +103,15 @@ class Metrics:
         """``active`` streams are in progress."""
         self.active_streams.set(active)
 
-    def request(self, rpc: str, code: str, seconds: float) -> None:
-        """An RPC finished with status ``code`` (e.g. "OK", "NOT_FOUND") after ``seconds``."""
+    def request(self, rpc: str, code: str, seconds: float | None) -> None:
+        """An RPC finished with status ``code`` (e.g. "OK", "NOT_FOUND") after ``seconds`` (None: refused before
+        it ran, e.g. UNAUTHENTICATED, and not timed: a flood of them would drag the histogram to 0)."""
         child = self._request_children.get((rpc, code))
         if child is None:
             child = self._request_children[rpc, code] = self.requests.labels(rpc, code)
         child.inc()
+        if seconds is None:
+            return
         histogram = self._seconds_children.get(rpc)
         if histogram is None:
             histogram = self._seconds_children[rpc] = self.request_seconds.labels(rpc)

@@ -131,9 +131,10 @@ class Runtime:
         """ids int64 (B, T), states each (layers, B, hidden) -> logits float32 (B, T, V), new states. On all of
         onnxruntime's threads, or on ``session`` (one of ``lane_prompts``, its caller's own)."""
         b = ids.shape[0]
-        if b < self.min_batch:  # see _batch_invariant: pad so that results do not depend on the batch size
-            ids = np.repeat(ids, self.min_batch, axis=0)
-            states = tuple(np.repeat(s, self.min_batch, axis=1) for s in states)
+        if b < self.min_batch:  # see _probe_min_batch: pad so that results do not depend on the batch size
+            pad = self.min_batch - b  # (copies of the first row; every row keeps its own results)
+            ids = np.concatenate((ids, np.repeat(ids[:1], pad, axis=0)))
+            states = tuple(np.concatenate((s, np.repeat(s[:, :1], pad, axis=1)), axis=1) for s in states)
         feed = {self.input_name: np.ascontiguousarray(ids, dtype=np.int64)}
         for name, s in zip(self.state_inputs, states, strict=True):
             feed[name] = np.ascontiguousarray(s, dtype=np.float32)

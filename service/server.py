@@ -61,7 +61,8 @@ class Server:
         # Before the models load (seconds): a bad certificate or token file fails at once.
         credentials = server_credentials(cfg.security)
         sec = cfg.security
-        interceptors = [TokenAuth(Tokens(sec.auth_token, sec.auth_token_file), self.metrics)] if sec.auth else []
+        tokens = Tokens(sec.auth_token, sec.auth_token_file)
+        interceptors = [TokenAuth(tokens, self.metrics, cfg.access_log)] if sec.auth else []
         self._registry = Registry.load(cfg.model_repo, cfg.runtime, cfg.engine, cfg.default_model, self.metrics,
                                        cfg.versions)
         await self._registry.start()

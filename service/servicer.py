@@ -1,7 +1,9 @@
-"""The gRPC servicer: the only module that converts protobuf to service types and maps errors to status codes."""
+"""The gRPC servicer: with service/convert.py, the only place protobuf meets service types; errors become status
+codes here alone."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -17,23 +19,24 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service import errors
+from service.convert import (
+    chat_actions,
+    chat_event_to_pb,
+    fed_to_pb,
+    feed_chunks,
+    generated_to_pb,
+    params_from_pb,
+    session_to_pb,
+)
 from service.dataplane import DataPlane
 from service.logs import Call, log_access
 from service.metrics import Metrics
 from service.requests import (
-    ChatAction,
-    ChatCancel,
-    ChatEvent,
-    ChatFeed,
-    ChatGenerate,
-    ChatOpen,
     Done,
-    Fed,
-    FeedChunk,
     GenerateRequest,
 )
 from service.sessions import Session
-from service.types import Chunk, GenerateParams, Sampling
+from service.types import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,6 @@ _CODES: list[tuple[type[errors.CharlmError], grpc.StatusCode]] = [
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
 ]
-_FINISH = {"length": pb.FINISH_REASON_LENGTH, "stop": pb.FINISH_REASON_STOP, "cancelled": pb.FINISH_REASON_CANCELLED}
 
 
 def _status(code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]) -> grpc.Status:
@@ -103,8 +105,9 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
         async def stream(self: Servicer, request: Any, context: Any) -> AsyncIterator[Any]:
             call = Call(name)
             try:
-                async for item in fn(self, request, context, call):
-                    yield item
+                async with contextlib.aclosing(fn(self, request, context, call)) as items:  # (see DataPlane.generate)
+                    async for item in items:
+                        yield item
             except BaseException as e:
                 await fail(self, e, context, call)
                 raise
@@ -122,87 +125,6 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
         self._finished(call, "OK")
         return response
     return unary
-
-
-# ---------------------------------------------------------------- conversions
-
-def sampling_from_pb(p: pb.SamplingParams) -> Sampling:
-    """Proto defaults (unset/0) become the documented neutral values."""
-    return Sampling(temperature=p.temperature if p.HasField("temperature") else 1.0, top_k=p.top_k,
-                    top_p=p.top_p or 1.0, repetition_penalty=p.repetition_penalty or 1.0,
-                    seed=p.seed if p.HasField("seed") else None)
-
-
-def params_from_pb(p: pb.SamplingParams, max_chars: int, stop: Any, logprobs: bool) -> GenerateParams:
-    """GenerateParams from the fields GenerateRequest and ChatGenerate share."""
-    return GenerateParams(sampling_from_pb(p), max_chars, tuple(stop), logprobs)
-
-
-def generated_to_pb(event: Chunk | Done) -> pb.GenerateResponse:
-    """A chunk of text, or the final message with the finish."""
-    if isinstance(event, Chunk):  # the hot path: one call per message
-        if event.logprobs is None:
-            return pb.GenerateResponse(text=event.text)  # half the cost of passing an empty logprobs
-        return pb.GenerateResponse(text=event.text, logprobs=event.logprobs)
-    f = event.finish
-    return pb.GenerateResponse(finish=pb.Finish(
-        reason=_FINISH[f.reason], stop_sequence=f.stop_sequence, prompt_chars=f.prompt_chars,
-        generated_chars=f.generated_chars, time_to_first_char_ms=f.time_to_first_char_ms, total_ms=f.total_ms,
-        model=event.model, session_id=event.session_id, seed=f.seed))
-
-
-def session_to_pb(s: Session) -> pb.Session:
-    """A session's description."""
-    return pb.Session(id=s.id, model=s.model, chars_consumed=s.state.chars_consumed, ttl_seconds=int(s.ttl_seconds),
-                      created_at=s.created_at, last_used_at=s.last_used_at, expires_at=s.expires_at,
-                      state_bytes=s.state.nbytes, busy=s.busy)
-
-
-def fed_to_pb(f: Fed) -> pb.FeedResponse:
-    """Characters consumed and their score."""
-    r = f.result
-    return pb.FeedResponse(session_id=f.session_id, chars_consumed=r.chars_consumed, chars_scored=r.chars_scored,
-                           nll_nats=r.nll_nats, nats_per_char=r.nats_per_char, bits_per_char=r.bits_per_char)
-
-
-def chat_action_from_pb(r: pb.ChatRequest) -> ChatAction:
-    """One Chat message as a domain action."""
-    kind = r.WhichOneof("action")
-    if kind == "open":
-        return ChatOpen(r.open.session_id, r.open.model, r.open.ttl_seconds)
-    if kind == "feed":
-        return ChatFeed(r.feed)
-    if kind == "generate":
-        g = r.generate
-        return ChatGenerate(params_from_pb(g.sampling, g.max_chars, g.stop, g.logprobs))
-    if kind == "cancel":
-        return ChatCancel()
-    raise errors.InvalidArgument("action", "a ChatRequest must set one of open, feed, generate, cancel")
-
-
-def chat_event_to_pb(e: ChatEvent) -> pb.ChatResponse:
-    """One Chat event as a message."""
-    if isinstance(e, Session):
-        return pb.ChatResponse(opened=session_to_pb(e))
-    if isinstance(e, Fed):
-        return pb.ChatResponse(fed=fed_to_pb(e))
-    return pb.ChatResponse(generated=generated_to_pb(e))
-
-
-async def _feed_chunks(requests: AsyncIterator[pb.FeedRequest], call: Call) -> AsyncIterator[FeedChunk]:
-    first = True
-    async for r in requests:
-        if first:  # the first message names them
-            call.model, call.session_id, first = r.model, r.session_id, False
-        yield FeedChunk(r.text, r.session_id, r.model)
-
-
-async def _chat_actions(requests: AsyncIterator[pb.ChatRequest], call: Call) -> AsyncIterator[ChatAction]:
-    first = True
-    async for r in requests:  # (a message per turn, not per generated message)
-        if first:  # `open`, naming them, unless the client errs
-            call.model, call.session_id, first = r.open.model, r.open.session_id, False
-        yield chat_action_from_pb(r)
 
 
 # ---------------------------------------------------------------- the service
@@ -227,9 +149,10 @@ class Servicer(charlm_pb2_grpc.TextGenerationServicer):
         call.model, call.session_id = request.model, request.session_id
         params = params_from_pb(request.sampling, request.max_chars, request.stop, request.logprobs)
         event: Chunk | Done | None = None
-        async for event in self._dp.generate(GenerateRequest(request.model, request.prompt, params,
-                                                             request.session_id)):
-            yield generated_to_pb(event)
+        req = GenerateRequest(request.model, request.prompt, params, request.session_id)
+        async with contextlib.aclosing(self._dp.generate(req)) as events:
+            async for event in events:
+                yield generated_to_pb(event)
         if isinstance(event, Done):  # the last event: read once the stream has ended, not per message
             call.model, f = event.model, event.finish
             call.chars_consumed, call.chars_generated = f.prompt_chars, f.generated_chars
@@ -272,19 +195,19 @@ class Servicer(charlm_pb2_grpc.TextGenerationServicer):
     @_rpc
     async def Feed(self, request_iterator: AsyncIterator[pb.FeedRequest], context: Any,
                    call: Call) -> pb.FeedResponse:
-        fed = await self._dp.feed(_feed_chunks(request_iterator, call))
+        fed = await self._dp.feed(feed_chunks(request_iterator, call))
         call.model, call.session_id, call.chars_consumed = fed.model, fed.session_id, fed.result.chars_consumed
         return fed_to_pb(fed)
 
     @_rpc
     async def Chat(self, request_iterator: AsyncIterator[pb.ChatRequest], context: Any,
                    call: Call) -> AsyncIterator[pb.ChatResponse]:
-        events = aiter(self._dp.chat(_chat_actions(request_iterator, call)))
-        opened = cast(Session, await anext(events))  # always the session first: the loop need not look
-        call.model, call.session_id, start = opened.model, opened.id, opened.state.chars_consumed
-        yield chat_event_to_pb(opened)
-        async for event in events:
-            yield chat_event_to_pb(event)
+        async with contextlib.aclosing(self._dp.chat(chat_actions(request_iterator, call))) as events:
+            opened = cast(Session, await anext(events))  # always the session first: the loop need not look
+            call.model, call.session_id, start = opened.model, opened.id, opened.state.chars_consumed
+            yield chat_event_to_pb(opened)
+            async for event in events:
+                yield chat_event_to_pb(event)
         call.chars_consumed = opened.state.chars_consumed - start  # fed and generated: what the state advanced
 
     @_rpc

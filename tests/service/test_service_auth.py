@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.request
 from collections.abc import Callable
@@ -75,6 +76,20 @@ def test_every_kind_of_call_needs_the_token(server_factory: ServerFactory) -> No
     assert m['charlm_requests_total{code="UNAUTHENTICATED",rpc="ListModels"}'] == 3
     assert m['charlm_requests_total{code="UNAUTHENTICATED",rpc="Chat"}'] == 3
     assert not any('rpc="Nope"' in k for k in m)  # a caller's method names never become labels
+
+
+def test_a_refused_call_is_in_the_access_log_and_not_timed(server_factory: ServerFactory,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    srv = server_factory(security=SecurityConfig(auth_token="t0k3n"), access_log=True)
+    with caplog.at_level(logging.INFO, logger="service.access"), grpc.insecure_channel(srv.target) as channel:
+        stub = charlm_pb2_grpc.TextGenerationStub(channel)
+        assert refused(lambda: stub.ListModels(pb.ListModelsRequest(), metadata=bearer("wrong"))) == "UNAUTHENTICATED"
+    lines = [r for r in caplog.records if r.name == "service.access"]
+    assert len(lines) == 1 and lines[0].code == "UNAUTHENTICATED" and lines[0].rpc == "ListModels"  # type: ignore[attr-defined]
+    assert "wrong" not in caplog.text  # (the token it sent is not logged)
+    m = scrape(str(srv.metrics_url))
+    assert m['charlm_requests_total{code="UNAUTHENTICATED",rpc="ListModels"}'] == 1
+    assert m.get('charlm_request_seconds_count{rpc="ListModels"}', 0) == 0  # refusals do not drag it to 0 s
 
 
 def test_token_file_rotates_without_a_restart(server_factory: ServerFactory, tmp_path: Path) -> None:

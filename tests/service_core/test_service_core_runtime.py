@@ -194,3 +194,18 @@ def test_a_device_whose_results_depend_on_the_batch_size_pads_every_call(tiny_ar
     assert rt._probe_min_batch() == 2  # on the CPU: only batch 1 is padded (and a warning)
     rt.provider = "cuda"
     assert rt._probe_min_batch() == DEVICE_ROWS
+
+
+def test_a_padded_call_gives_every_row_its_own_results(tiny_artifacts: dict[str, Artifact]) -> None:
+    rt = Runtime(tiny_artifacts["lstm"], RuntimeConfig())
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, rt.vocab_size, (3, 6), dtype=np.int64)
+    states = tuple(rng.standard_normal((rt.layers, 3, rt.hidden)).astype(np.float32) for _ in rt.state_inputs)
+    alone = [rt.run(ids[i : i + 1], tuple(s[:, i : i + 1] for s in states)) for i in range(3)]
+    rt.min_batch = 8  # as a GPU's DEVICE_ROWS: 3 rows padded to 8
+    logits, new = rt.run(ids, states)
+    assert logits.shape[0] == 3 and all(s.shape[1] == 3 for s in new)
+    for i, (row_logits, row_states) in enumerate(alone):  # (batch sizes agree on the CPU, see _probe_min_batch)
+        np.testing.assert_allclose(logits[i], row_logits[0], rtol=1e-5, atol=1e-5)
+        for a, b in zip(new, row_states, strict=True):
+            np.testing.assert_allclose(a[:, i], b[:, 0], rtol=1e-5, atol=1e-5)
