@@ -58,9 +58,11 @@ async def engine_checks(runtimes: dict[str, Runtime], prompt: str, chars: int) -
         seeded = GenerateParams(Sampling(temperature=1.0, seed=1), chars)
         texts = {p: (await text_of(e, prompt, greedy), await text_of(e, prompt, seeded)) for p, e in engines.items()}
         cuda = engines["cuda"]
+        # each stream its own prompt (a rotation of the prompt) and seed, so rows of one call differ
+        prompts = [prompt[i % len(prompt):] + prompt[: i % len(prompt)] for i in range(64)]
         params = [GenerateParams(Sampling(temperature=1.0, seed=100 + i), chars) for i in range(64)]
-        batched = await asyncio.gather(*(text_of(cuda, prompt, p) for p in params))
-        alone = [await text_of(cuda, prompt, params[i]) for i in (0, 21, 63)]
+        batched = await asyncio.gather(*(text_of(cuda, prompts[i], p) for i, p in enumerate(params)))
+        alone = [await text_of(cuda, prompts[i], params[i]) for i in (0, 21, 63)]
     finally:
         for e in engines.values():
             await e.close()
