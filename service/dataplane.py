@@ -68,9 +68,12 @@ class DataPlane:
                 # Closed here, inside the lease: a generator left to the garbage collector would close after the
                 # lease let the session go, while its lane may still write the state (Engine._let_go).
                 events = self._generate(model, session.state, req.prompt, req.params, session.id)
-                async with contextlib.aclosing(events):
+                try:
                     async for event in events:
                         yield event
+                finally:
+                    session.ending = True  # (the next request for the session waits for this, see lease)
+                    await events.aclose()
 
     async def _generate(self, model: Model, state: SeqState, prompt: str, params: GenerateParams, session_id: str,
                         cancel: asyncio.Event | None = None) -> AsyncGenerator[Chunk | Done, None]:
@@ -178,9 +181,13 @@ class DataPlane:
             async with self.sessions.lease(session_id) as session:
                 model = self._session_model(session, opening.model if opening.session_id else "")
                 yield session
-                async with contextlib.aclosing(self._chat_turns(model, session, actions)) as events:
+                events = self._chat_turns(model, session, actions)
+                try:
                     async for event in events:
                         yield event
+                finally:
+                    session.ending = True  # (as in generate)
+                    await events.aclose()
 
     async def _chat_turns(self, model: Model, session: Session,
                           actions: AsyncIterator[ChatAction]) -> AsyncGenerator[ChatEvent, None]:

@@ -9,7 +9,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from service import errors
@@ -33,11 +33,26 @@ class Session:
     created_at: float  # unix seconds
     last_used_at: float
     busy: bool = False
+    ending: bool = False  # busy, but its stream is ending: its lease ends as soon as the engine lets go (ms)
+    _free: asyncio.Event | None = field(default=None, repr=False)
 
     @property
     def expires_at(self) -> float:
         """When the session expires if it stays idle."""
         return self.last_used_at + self.ttl_seconds
+
+    async def until_free(self) -> None:
+        """Waits until the stream holding the session has ended."""
+        if self._free is None:
+            self._free = asyncio.Event()
+        await self._free.wait()
+
+    def set_free(self) -> None:
+        """The stream holding the session ended: wake whoever waits for it."""
+        self.busy = self.ending = False
+        if self._free is not None:
+            self._free.set()
+            self._free = None
 
 
 class SessionObserver(Protocol):
@@ -143,8 +158,12 @@ class InMemorySessionStore:
 
     @contextlib.asynccontextmanager
     async def lease(self, session_id: str) -> AsyncIterator[Session]:
-        """Marks the session busy for one stream; busy sessions are neither expired nor evicted."""
+        """Marks the session busy for one stream; busy sessions are neither expired nor evicted. A request for a
+        session whose stream is ending (its client cancelled: "stop", then "go on") waits for it, not ABORTED."""
         session = self.get(session_id)
+        if session.busy and session.ending:
+            await session.until_free()
+            session = self.get(session_id)  # (it may have gone meanwhile)
         if session.busy:
             raise errors.SessionBusy(f"session {session_id!r} is in use by another stream", session_id=session_id)
         session.busy = True
@@ -152,7 +171,7 @@ class InMemorySessionStore:
         try:
             yield session
         finally:
-            session.busy = False
+            session.set_free()
             if self._live.get(session.id) is session:  # it may have been deleted while in use
                 self._touch(session)
 

@@ -10,6 +10,7 @@ import pytest
 
 from service.config import EngineConfig, Limits, SessionConfig
 from service.dataplane import DataPlane
+from service.errors import SessionBusy
 from service.registry import Registry
 from service.requests import ChatAction, ChatCancel, ChatFeed, ChatGenerate, ChatOpen, Done, GenerateRequest
 from service.runtime import RuntimeConfig
@@ -63,3 +64,26 @@ async def test_a_chat_cancel_sent_right_after_a_reply_is_for_the_next_one(datapl
             queue.put_nowait(None)
     assert [f.reason for f in finishes] == ["length", "cancelled"]
     assert finishes[1].generated_chars < LONG.max_chars
+
+
+async def test_a_request_for_a_session_whose_stream_is_ending_waits_for_it(dataplane: DataPlane) -> None:
+    session = await dataplane.create_session(prime="The ")
+    gen = dataplane.generate(GenerateRequest(params=LONG, session_id=session.id))
+    for _ in range(3):
+        await anext(gen)
+    closing = asyncio.create_task(gen.aclose())  # the client pressed "stop"...
+    await asyncio.sleep(0)
+    assert session.busy and session.ending
+    short = GenerateParams(Sampling(temperature=1.0, seed=4), max_chars=5)
+    text = [e.text async for e in dataplane.generate(GenerateRequest(params=short, session_id=session.id))
+            if isinstance(e, Chunk)]  # ...and at once "go on": served once the first has let go, not ABORTED
+    assert len("".join(text)) == 5 and closing.done()
+
+
+async def test_a_session_busy_with_a_running_stream_is_still_refused(dataplane: DataPlane) -> None:
+    session = await dataplane.create_session(prime="The ")
+    gen = dataplane.generate(GenerateRequest(params=LONG, session_id=session.id))
+    await anext(gen)
+    with pytest.raises(SessionBusy):
+        await anext(dataplane.generate(GenerateRequest(params=LONG, session_id=session.id)))
+    await gen.aclose()
