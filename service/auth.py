@@ -17,6 +17,7 @@ import grpc
 from charlm.v1 import charlm_pb2
 
 from service import errors
+from service.config import visible_ascii
 from service.logs import Call, log_access
 from service.metrics import Metrics
 from service.servicer import abort
@@ -38,7 +39,7 @@ def read_tokens(path: Path) -> tuple[bytes, ...]:
         raise ValueError(f"--auth-token-file {path}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
     tokens = [t.strip() for t in text.splitlines() if t.strip() and not t.lstrip().startswith("#")]
     for n, t in enumerate(tokens, 1):
-        if not all(33 <= ord(c) <= 126 for c in t):
+        if not visible_ascii(t):
             raise ValueError(f"--auth-token-file {path}: token {n} is not printable ASCII without spaces")
     if not tokens:
         raise ValueError(f"--auth-token-file {path}: holds no token (one per line)")

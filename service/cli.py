@@ -54,14 +54,6 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def _upper(text: str) -> str:  # log levels in any case: CHARLM_LOG_LEVEL=info
-    return text.upper()
-
-
-def _lower(text: str) -> str:
-    return text.lower()
-
-
 OPTIONS = [
     Option("--model-repo", "model_repo", Path, "model repository: <repo>/<name>/<version>/{model.onnx,meta.json}"),
     Option("--default-model", "default_model", str, "model served when a request names none (\"\" = shakespeare, "
@@ -74,8 +66,8 @@ OPTIONS = [
     Option("--metrics-port", "metrics_port", int, "port of /metrics (0 = any free port, -1 = off)"),
     Option("--grace-seconds", "grace_seconds", float, "on SIGTERM, how long in-flight streams may still run"),
     Option("--reflection", "reflection", _bool, "serve gRPC server reflection (true/false)"),
-    Option("--log-format", "log_format", _lower, "log line format", ("logfmt", "json")),
-    Option("--log-level", "log_level", _upper, "log level, any case", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    Option("--log-format", "log_format", str.lower, "log line format", ("logfmt", "json")),
+    Option("--log-level", "log_level", str.upper, "log level, any case", ("DEBUG", "INFO", "WARNING", "ERROR")),
     Option("--access-log", "access_log", _bool, "log a line per finished RPC: rpc, status code, duration, model, "
            "session (first 8 characters), characters (true/false)"),
     Option("--malloc-arenas", "malloc_arenas", int, "glibc malloc arenas the process's threads share; fewer hold "

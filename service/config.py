@@ -96,7 +96,7 @@ class SessionConfig:
         _positive(self)
 
 
-def _visible_ascii(text: str) -> bool:
+def visible_ascii(text: str) -> bool:
     """True for a non-empty string of printable ASCII without spaces (what a bearer token may hold)."""
     return bool(text) and all(33 <= ord(c) <= 126 for c in text)
 
@@ -112,7 +112,7 @@ class SecurityConfig:
     tls_client_ca: Path | None = None  # PEM CA(s): clients must present a certificate they signed (mutual TLS)
 
     def __post_init__(self) -> None:
-        if self.auth_token and not _visible_ascii(self.auth_token):
+        if self.auth_token and not visible_ascii(self.auth_token):
             raise ValueError("auth_token: must be printable ASCII without spaces")
         if (self.tls_cert is None) != (self.tls_key is None):
             missing = "tls_key" if self.tls_key is None else "tls_cert"

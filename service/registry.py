@@ -3,6 +3,7 @@ batching engine."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,9 +116,9 @@ def newest(artifacts: list[Artifact], versions: int) -> list[Artifact]:
     ordered = sorted(artifacts, key=lambda a: (a.info.name, a.info.version))
     if versions <= 0:
         return ordered
-    kept = []
-    for name in dict.fromkeys(a.info.name for a in ordered):
-        of_name = [a for a in ordered if a.info.name == name]
+    kept: list[Artifact] = []
+    for _, group in itertools.groupby(ordered, key=lambda a: a.info.name):
+        of_name = list(group)
         for art in of_name[:-versions]:
             log.info("not serving %s: a newer version is served (--versions %d)", art.spec, versions)
         kept += of_name[-versions:]

@@ -61,8 +61,9 @@ class Server:
         # Before the models load (seconds): a bad certificate or token file fails at once.
         credentials = server_credentials(cfg.security)
         sec = cfg.security
-        tokens = Tokens(sec.auth_token, sec.auth_token_file)
-        interceptors = [TokenAuth(tokens, self.metrics, cfg.access_log)] if sec.auth else []
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if sec.auth:
+            interceptors.append(TokenAuth(Tokens(sec.auth_token, sec.auth_token_file), self.metrics, cfg.access_log))
         self._registry = Registry.load(cfg.model_repo, cfg.runtime, cfg.engine, cfg.default_model, self.metrics,
                                        cfg.versions)
         await self._registry.start()
