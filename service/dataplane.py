@@ -269,8 +269,7 @@ class DataPlane:
                 self._observer.streams(self._streams)
 
     async def _unless_closed(self, next_message: Awaitable[T]) -> T:
-        """A client's next message, unless the drain's grace period ends first: then Unavailable (DRAINING), so a
-        Feed or Chat stream idle at shutdown ends with the same error as refused work."""
+        """A client's next message, unless the drain's grace period ends first: then DRAINING, as refused work."""
         nxt = asyncio.ensure_future(next_message)
         closed = asyncio.ensure_future(self._closed.wait())
         try:

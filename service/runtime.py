@@ -292,10 +292,7 @@ def _providers(provider: str) -> list[str]:
 def _preload_cuda() -> None:
     """Load CUDA's and cuDNN's libraries from the nvidia-* wheels, where pip installed them: onnxruntime-gpu does
     not look there by itself (unless torch was imported first). A CUDA image's system libraries need none of it."""
-    preload = getattr(ort, "preload_dlls", None)  # (onnxruntime >= 1.21)
-    if preload is None:
-        return
     try:
-        preload()
+        getattr(ort, "preload_dlls", lambda: None)()  # (onnxruntime >= 1.21)
     except OSError as e:  # the session's creation then says what is missing
         log.warning("could not preload CUDA libraries: %s", e)

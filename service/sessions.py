@@ -34,12 +34,19 @@ class Session:
     last_used_at: float
     busy: bool = False
     ending: bool = False  # busy, but its stream is ending: its lease ends as soon as the engine lets go (ms)
+    holder: asyncio.Task[object] | None = field(default=None, repr=False)  # the task of the stream holding it
     _free: asyncio.Event | None = field(default=None, repr=False)
 
     @property
     def expires_at(self) -> float:
         """When the session expires if it stays idle."""
         return self.last_used_at + self.ttl_seconds
+
+    @property
+    def stream_ending(self) -> bool:
+        """Busy with a stream that is ending: marked so, or its task was cancelled (gRPC cancels a handler's task
+        when its client cancels), e.g. a Feed whose engine call is waiting for its lane to let go."""
+        return self.busy and (self.ending or (self.holder is not None and self.holder.cancelling() > 0))
 
     async def until_free(self) -> None:
         """Waits until the stream holding the session has ended."""
@@ -50,6 +57,7 @@ class Session:
     def set_free(self) -> None:
         """The stream holding the session ended: wake whoever waits for it."""
         self.busy = self.ending = False
+        self.holder = None
         if self._free is not None:
             self._free.set()
             self._free = None
@@ -161,12 +169,12 @@ class InMemorySessionStore:
         """Marks the session busy for one stream; busy sessions are neither expired nor evicted. A request for a
         session whose stream is ending (its client cancelled: "stop", then "go on") waits for it, not ABORTED."""
         session = self.get(session_id)
-        if session.busy and session.ending:
+        if session.stream_ending:
             await session.until_free()
             session = self.get(session_id)  # (it may have gone meanwhile)
         if session.busy:
             raise errors.SessionBusy(f"session {session_id!r} is in use by another stream", session_id=session_id)
-        session.busy = True
+        session.busy, session.holder = True, asyncio.current_task()
         self._touch(session)
         try:
             yield session

@@ -145,3 +145,15 @@ async def test_chat_errors_name_the_chat_field(stub, request_: pb.ChatRequest, f
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await call.read()
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error_info(e.value).metadata["field"] == field
+
+
+async def test_a_feed_right_after_a_cancelled_feed_waits_for_it(stub) -> None:
+    s = await stub.CreateSession(pb.CreateSessionRequest(model="tiny-lstm", prime="The "))
+    call = stub.Feed(iter([pb.FeedRequest(session_id=s.id, text="the keeper told him to listen. " * 1000)]))
+    while not (await stub.GetSession(pb.GetSessionRequest(session_id=s.id))).busy:
+        pass
+    call.cancel()  # "stop": the server cancels the handler, whose lane lets go of the state at its next step
+    r = await stub.Feed(iter([pb.FeedRequest(session_id=s.id, text="and ")]))  # "go on": waits, not ABORTED
+    assert r.chars_consumed == 4 and call.cancelled()
+    got = await stub.GetSession(pb.GetSessionRequest(session_id=s.id))
+    assert not got.busy and got.chars_consumed < 4 + 31_000 + 4  # the cancelled Feed counts what it consumed

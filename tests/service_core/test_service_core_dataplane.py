@@ -12,7 +12,16 @@ from service.config import EngineConfig, Limits, SessionConfig
 from service.dataplane import DataPlane
 from service.errors import SessionBusy
 from service.registry import Registry
-from service.requests import ChatAction, ChatCancel, ChatFeed, ChatGenerate, ChatOpen, Done, GenerateRequest
+from service.requests import (
+    ChatAction,
+    ChatCancel,
+    ChatFeed,
+    ChatGenerate,
+    ChatOpen,
+    Done,
+    FeedChunk,
+    GenerateRequest,
+)
 from service.runtime import RuntimeConfig
 from service.sessions import InMemorySessionStore
 from service.types import Chunk, GenerateParams, Sampling
@@ -78,6 +87,26 @@ async def test_a_request_for_a_session_whose_stream_is_ending_waits_for_it(datap
     text = [e.text async for e in dataplane.generate(GenerateRequest(params=short, session_id=session.id))
             if isinstance(e, Chunk)]  # ...and at once "go on": served once the first has let go, not ABORTED
     assert len("".join(text)) == 5 and closing.done()
+
+
+async def chunks(*items: FeedChunk) -> AsyncIterator[FeedChunk]:
+    for item in items:
+        yield item
+
+
+async def test_a_request_for_a_session_whose_feed_was_cancelled_waits_for_it(dataplane: DataPlane) -> None:
+    session = await dataplane.create_session(prime="The ")
+    text = "the king is dead, long live the king. " * 500
+    feeding = asyncio.create_task(dataplane.feed(chunks(FeedChunk(text, session.id))))
+    while not session.busy:  # the Feed holds the session; its text is in a lane
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.002)
+    feeding.cancel()  # what gRPC does to a handler's task when its client cancels
+    await asyncio.sleep(0)
+    assert session.stream_ending and not feeding.done()  # its lane may still write the state
+    fed = await dataplane.feed(chunks(FeedChunk("and ", session.id)))  # waits (ms), not ABORTED
+    assert feeding.cancelled() and fed.result.chars_consumed == 4
+    assert session.state.chars_consumed < len("The ") + len(text) + 4  # the cancelled Feed was cut off
 
 
 async def test_a_session_busy_with_a_running_stream_is_still_refused(dataplane: DataPlane) -> None:
