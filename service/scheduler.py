@@ -174,7 +174,8 @@ class Scheduler:
         work, else on this lane's thread alone, as decode calls side by side do. Two lanes' prompt calls on
         the shared threads would wait for each other, and for a core: in a burst of 64 streams on 2 cores, a
         call of 15 prompts of 16 characters took 10 ms, where 16 take 2.8 ms alone (docs/performance.md)."""
-        if self._own_prompts is None or not any(p._batch.n or p._prefilling for p in self._peers if p is not self):
+        others = (p for p in self._peers if p is not self)
+        if self._own_prompts is None or not any(p._batch.n or p._prefilling or p._ready for p in others):
             return None
         return self._own_prompts
 

@@ -6,7 +6,9 @@ on the lane's own thread beside another lane's work, with the same text either w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -102,6 +104,11 @@ async def test_prompts_are_consumed_on_the_loop_only_while_the_engine_holds_and_
     assert where == [("step thread", len(PROMPT))]
 
 
+async def _drain(events: AsyncIterator[object]) -> None:
+    async for _ in events:
+        pass
+
+
 async def test_a_lanes_prompt_calls_run_on_its_own_thread_while_another_lane_holds_work(
         make_engine: EngineFactory, tiny_runtimes: dict[str, Runtime],
         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
@@ -119,11 +126,16 @@ async def test_a_lanes_prompt_calls_run_on_its_own_thread_while_another_lane_hol
     alone, _ = await collect(engine, engine.new_state(), PROMPT, params)
     first, second = engine.lanes
     assert sessions == [None] and first._own_prompts is not None and second._own_prompts is not None
-    busy = engine.generate(engine.new_state(), PROMPT, GenerateParams(max_chars=100_000))  # held by the first lane
+    busy = engine.generate(engine.new_state(), PROMPT, GenerateParams(max_chars=10**9))  # held by the first lane
     assert isinstance(await busy.__anext__(), Chunk)
+    # read all along: a stream whose reader lags leaves its batch once its buffer is full, and the lane is idle
+    reading = asyncio.create_task(_drain(busy))
     sessions.clear()
     beside, _ = await collect(engine, engine.new_state(), PROMPT, params)  # the second lane: the first is busy
     assert sessions == [second._own_prompts] and beside == alone
+    reading.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reading
     await busy.aclose()
     single = make_engine("lstm", lanes=1)
     await single.start()
