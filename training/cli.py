@@ -44,7 +44,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         ("embedding-size", int, "input embedding width"), ("dropout", float, "dropout between layers"),
         ("batch-size", int, "parallel streams B"), ("seq-len", int, "truncated-BPTT window T"),
         ("val-fraction", float, "validation split: the last fraction of the corpus"),
-        ("lr", float, "peak learning rate"), ("min-lr-ratio", float, "final lr as a fraction of --lr"),
+        ("lr", float, "peak learning rate, in (0, 1]"), ("min-lr-ratio", float, "final lr as a fraction of --lr"),
         ("warmup-steps", int, "linear warmup steps"), ("weight-decay", float, "AdamW weight decay"),
         ("grad-clip", float, "max global gradient norm, 0 = off"),
         ("max-steps", int, "step budget, 0 = none"), ("max-seconds", float, "training-time budget in s, 0 = none"),
