@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import grpc
 from charlm.v1 import charlm_pb2
 
 from service import errors
-from service.config import visible_ascii
+from service.config import file_stamp, visible_ascii
 from service.logs import Call, log_access
 from service.metrics import Metrics
 from service.servicer import abort
@@ -55,21 +54,13 @@ class Tokens:
         self._stamp: tuple[int, int, int] | None = None
         self._from_file: tuple[bytes, ...] = ()
         if path is not None:
-            self._stamp = self._stat(path)
+            self._stamp = file_stamp(path)
             self._from_file = read_tokens(path)  # a bad file at start is an error; later, the old tokens stay
-
-    @staticmethod
-    def _stat(path: Path) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(path)  # follows the symlinks of a mounted Kubernetes secret, which swap on update
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
 
     def current(self) -> tuple[bytes, ...]:
         """Every accepted token, the file re-read first if it changed (a stat per call: ~1 µs)."""
         if self._path is not None:
-            stamp = self._stat(self._path)
+            stamp = file_stamp(self._path)
             if stamp != self._stamp:
                 self._stamp = stamp
                 try:

@@ -115,8 +115,8 @@ OPTIONS = [
            "reflection stay open; prefer the variable or --auth-token-file: a flag shows in ps)", metavar="TOKEN"),
     Option("--auth-token-file", "security.auth_token_file", Path, "file of accepted bearer tokens, one per line, "
            "re-read when it changes (so tokens can rotate)", metavar="FILE"),
-    Option("--tls-cert", "security.tls_cert", Path, "PEM certificate chain: serve gRPC over TLS (with --tls-key)",
-           metavar="PEM"),
+    Option("--tls-cert", "security.tls_cert", Path, "PEM certificate chain: serve gRPC over TLS (with --tls-key); "
+           "the TLS files are re-read when they change (so certificates can rotate)", metavar="PEM"),
     Option("--tls-key", "security.tls_key", Path, "PEM private key of --tls-cert", metavar="PEM"),
     Option("--tls-client-ca", "security.tls_client_ca", Path, "PEM CA certificate(s): require and verify client "
            "certificates signed by them (mutual TLS)", metavar="PEM"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
@@ -99,6 +100,15 @@ class SessionConfig:
 def visible_ascii(text: str) -> bool:
     """True for a non-empty string of printable ASCII without spaces (what a bearer token may hold)."""
     return bool(text) and all(33 <= ord(c) <= 126 for c in text)
+
+
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(mtime_ns, size, inode) of a security file, whose change means a rotation; None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)  # follows the symlinks of a mounted Kubernetes secret, which swap on update
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 @dataclass(frozen=True)
