@@ -135,17 +135,43 @@ EXAMPLE = """example:
 
 
 class _Parser(argparse.ArgumentParser):
+    json_errors = False  # with --log-format json, an error is one JSON log record, as every other line then
+
     def error(self, message: str) -> NoReturn:
         """Exits 2 with one line: no usage (30 lines, in which a container's log would bury the error)."""
+        if self.json_errors:
+            setup_logging("json")
+            log.error("%s: error: %s", self.prog, message, extra={"error": message, "exit_status": 2})
+            self.exit(2)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _FormatParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)  # (not an exit: the full parser reports it)
+
+
+def _json_errors(argv: Sequence[str] | None, environ: Mapping[str, str]) -> bool:
+    """True when the command line asks for JSON logs (flag, else variable), read as argparse will read it."""
+    o = next(o for o in OPTIONS if o.flag == "--log-format")
+    pre = _FormatParser(add_help=False)
+    pre.add_argument(o.flag, type=o.type, choices=o.choices)
+    try:
+        value = pre.parse_known_args(argv)[0].log_format
+    except ValueError:  # the error is in --log-format itself: the format is unknown, so plain text
+        return False
+    if value is None and o.env in environ:
+        value = o.type(environ[o.env])
+    return bool(value == "json")  # (bool: the type's result is Any to mypy)
+
+
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     """The argparse parser; every flag defaults to None so that env and defaults can fill in."""
     p = _Parser(
         prog="charlm-serve", description="Serve character-level language models over gRPC (charlm.v1).",
         epilog=EXAMPLE + "\nEach flag can also be set by its CHARLM_* variable; a flag wins over the variable.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.json_errors = json_errors
     for o in OPTIONS:
         metavar = "{" + ",".join(o.choices) + "}" if o.choices else o.metavar or _METAVARS.get(o.type, "TEXT")
         default = '""' if o.default == "" else str(o.default).lower() if isinstance(o.default, bool) else o.default
@@ -158,9 +184,9 @@ SECRETS = frozenset({"security.auth_token"})  # config fields whose values no me
 
 def build_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ServiceConfig:
     """The frozen config from flags, then CHARLM_* variables, then the dataclass defaults."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
     environ = os.environ if environ is None else environ
+    parser = build_parser(_json_errors(argv, environ))
+    args = parser.parse_args(argv)
     groups: dict[str, dict[str, Any]] = {"": {}}
     sources: dict[str, str] = {}  # flag -> what set it, to name it in an error: "--port" or "CHARLM_PORT='1'"
     for o in OPTIONS:

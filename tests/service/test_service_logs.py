@@ -89,3 +89,36 @@ def test_a_failed_start_logs_neither_a_drain_nor_a_stop(model_repo: Path, caplog
             start_server(model_repo, port=busy.getsockname()[1])
     said = [r.getMessage() for r in caplog.records if r.name == "service.server"]
     assert not [m for m in said if m == "stopped" or m.startswith("draining")], said
+
+
+def serve_command_line(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m service ARGV` with only ``env``'s CHARLM_* variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CHARLM_")}
+    return subprocess.run([sys.executable, "-m", "service", *argv], cwd=REPO, env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("argv", "env", "error"), [
+    (["--log-format", "json", "--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+    (["--port", "abc"], {"CHARLM_LOG_FORMAT": "JSON"}, "argument --port: invalid int value: 'abc'"),
+    (["--log-form=json", "--max-streams", "0"], {}, "--max-streams: max_streams: must be"),
+    (["--log-format", "json"], {"CHARLM_PORT": "abc"}, "CHARLM_PORT='abc': invalid literal for int()"),
+])
+def test_json_mode_reports_a_bad_command_line_as_one_json_line(argv: list[str], env: dict[str, str],
+                                                               error: str) -> None:
+    out = serve_command_line(*argv, **env)
+    assert out.returncode == 2 and out.stdout == ""
+    [line] = [json.loads(ln) for ln in out.stderr.splitlines()]
+    assert (line["level"], line["logger"], line["exit_status"]) == ("error", "service.cli", 2)
+    assert line["error"].startswith(error) and line["msg"] == f"charlm-serve: error: {line['error']}"
+
+
+@pytest.mark.parametrize(("argv", "env", "error"), [
+    (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+    (["--log-format", "xml"], {}, "argument --log-format: invalid choice: 'xml' (choose from 'logfmt', 'json')"),
+    (["--log-format"], {"CHARLM_LOG_FORMAT": "json"}, "argument --log-format: expected one argument"),
+])
+def test_a_bad_command_line_is_plain_text_unless_the_format_is_known_to_be_json(
+        argv: list[str], env: dict[str, str], error: str) -> None:
+    out = serve_command_line(*argv, **env)
+    assert (out.returncode, out.stdout, out.stderr) == (2, "", f"charlm-serve: error: {error}\n")
