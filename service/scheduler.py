@@ -251,9 +251,13 @@ def consume(runtime: Runtime, group: list[Stream], n: int,
     """One (P, n) sequence call over the next ``n`` ids of each stream's text, from each one's own state (on
     ``session``: see Runtime.run); the states advance (``done`` is the caller's to move). Returns the logits
     (P, n, V)."""
-    ids = np.stack([s.todo[s.done : s.done + n] for s in group])
-    per_tensor = zip(*(s.state.arrays for s in group), strict=True)
-    logits, new = runtime.run(ids, tuple(np.stack(a, axis=1) for a in per_tensor), session)  # (layers, P, H)
+    if len(group) == 1:  # (views, not stacks: a request that comes alone is on its way to its first character)
+        s = group[0]
+        ids, states = s.todo[None, s.done : s.done + n], tuple(a[:, None] for a in s.state.arrays)
+    else:
+        ids = np.stack([s.todo[s.done : s.done + n] for s in group])
+        states = tuple(np.stack(a, axis=1) for a in zip(*(s.state.arrays for s in group), strict=True))
+    logits, new = runtime.run(ids, states, session)  # (layers, P, H)
     for i, s in enumerate(group):
         s.state.arrays = tuple(np.ascontiguousarray(a[:, i]) for a in new)
     return logits

@@ -78,6 +78,7 @@ class Stream:
         self._ublock: list[float] = []
         self._uk = 0
         self._usaved: Mapping[str, Any] | None = None
+        self._useed = False  # the open block starts with the state's seed draw
         # ---- the event loop's
         self.out: deque[Chunk] = deque()  # released chunks the reader has not taken
         self.taken = 0  # characters the reader took (read by the step thread for flow control)
@@ -111,22 +112,29 @@ class Stream:
         self._uk -= k
 
     def _new_block(self) -> None:
-        """Draw the next UNIFORM_BLOCK uniforms at once (the rng is rewound to those used by ``sync_rng``)."""
+        """Draw the next UNIFORM_BLOCK uniforms at once (the rng is rewound to those used by ``sync_rng``); the
+        state's seed draw first while it is unused (SeqState.first_uniform)."""
         self.sync_rng()
-        self._usaved = self.state.rng.bit_generator.state
-        self._ublock = self.state.rng.random(UNIFORM_BLOCK).tolist()
+        st = self.state
+        self._useed = st.seed_draw_next
+        head = [st.first_uniform()] if self._useed else []
+        self._usaved = st.rng.bit_generator.state
+        self._ublock = head + st.rng.random(UNIFORM_BLOCK - len(head)).tolist()
 
     def _first_uniform(self) -> float:
-        """The first character's uniform: straight from the rng while no block is open (saving and restoring the
+        """The first character's uniform: the state's own while no block is open (saving and restoring the
         generator's state for a block cost a cold request ~30 µs on its way to the first character)."""
-        return float(self.state.rng.random()) if self._usaved is None else self.next_uniform()
+        return self.state.first_uniform() if self._usaved is None else self.next_uniform()
 
     def sync_rng(self) -> None:
         """Leave the rng exactly after the uniforms used, as if they had been drawn one at a time."""
         if self._usaved is not None:
-            self.state.rng.bit_generator.state = self._usaved
-            self.state.rng.random(self._uk)
-        self._usaved, self._ublock, self._uk = None, [], 0
+            st, used = self.state, self._uk
+            if self._useed:  # the block opened with the seed's draw: unused if no uniform of the block was
+                st.seed_drawn, used = used > 0, max(used - 1, 0)
+            st.rng.bit_generator.state = self._usaved
+            st.rng.random(used)
+        self._usaved, self._ublock, self._uk, self._useed = None, [], 0, False
 
     def first_char(self, logits: np.ndarray, chars: Sequence[str]) -> FinishReason | None:
         """A prompt is consumed: draw the first character from its last logits (V,) into the buffer; the

@@ -48,6 +48,7 @@ class SeqState:
     # Built on first use: a generator takes ~20 µs to build (~80 µs on a cold request's path), and a seeded
     # request on a fresh state would otherwise build one for the state and one for its seed.
     _rng: np.random.Generator | None = field(default=None, repr=False)
+    seed_drawn: bool = False  # whether the seed's own draw (first_uniform) was used since the seed was set
 
     @property
     def rng(self) -> np.random.Generator:
@@ -56,9 +57,24 @@ class SeqState:
             self._rng = np.random.default_rng(self.seed)
         return self._rng
 
+    @property
+    def seed_draw_next(self) -> bool:
+        """Whether the state's next uniform is the seed's own draw (see first_uniform)."""
+        return not self.seed_drawn and self.seed is not None
+
+    def first_uniform(self) -> float:
+        """The state's next uniform in [0, 1). The first since the seed was set comes from the seed itself
+        (splitmix64, ~1 µs), so that a request's first character never waits for ``rng`` to be built (~20 µs,
+        ~80 µs on a cold request's path; the step thread builds it when the stream goes on); later ones from
+        ``rng``. Every consumer of the state's uniforms takes them in this order (Stream's blocks too)."""
+        if not self.seed_draw_next:
+            return float(self.rng.random())
+        self.seed_drawn = True
+        return (_splitmix64(self.seed or 0) >> 11) * 2.0**-53  # 53 bits, as numpy's random()
+
     def reseed(self, seed: int) -> None:
         """Restart the random stream from ``seed``."""
-        self.seed, self._rng = seed, None
+        self.seed, self._rng, self.seed_drawn = seed, None, False
 
     def copy(self) -> SeqState:
         """An independent copy (a fork): arrays and random stream duplicated."""
@@ -66,12 +82,24 @@ class SeqState:
         if self._rng is not None or self.seed is None:  # (with no seed, the generator is the only record)
             rng = np.random.default_rng()
             rng.bit_generator.state = self.rng.bit_generator.state
-        return SeqState(tuple(a.copy() for a in self.arrays), self.pending, self.chars_consumed, self.seed, rng)
+        return SeqState(tuple(a.copy() for a in self.arrays), self.pending, self.chars_consumed, self.seed, rng,
+                        self.seed_drawn)
 
     @property
     def nbytes(self) -> int:
         """Bytes of hidden state held."""
         return sum(a.nbytes for a in self.arrays)
+
+
+def _splitmix64(seed: int) -> int:
+    """A 64-bit integer that every bit of ``seed`` changes (Steele, Lea and Flood's SplitMix64 output function)."""
+    z = (seed + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+_MASK64 = 2**64 - 1
 
 
 @dataclass

@@ -238,3 +238,13 @@ async def test_sweeper_runs_periodically() -> None:
     await s.close()
     assert a.id not in {x.id for x in s.list()}
     assert reason_of(s, a.id) == "SESSION_EXPIRED"
+
+
+def test_a_copy_continues_the_seed_draw_and_a_reseed_restarts_it() -> None:
+    fresh, taken = state(seed=4), state(seed=4)
+    first = taken.first_uniform()
+    assert fresh.copy().first_uniform() == first  # not taken yet: the copy's first is the seed's too
+    copy = taken.copy()
+    assert copy.first_uniform() == taken.first_uniform() != first  # taken: both go on from the generator
+    taken.reseed(4)
+    assert taken.first_uniform() == first

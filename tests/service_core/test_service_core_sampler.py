@@ -139,17 +139,35 @@ def test_draw_one_is_the_batch_draw_of_one_row() -> None:
 @pytest.mark.parametrize("top_k", [0, 5])  # the first character drawn by draw_one, or by the batch sampler
 @pytest.mark.parametrize("blocks", [[], [3], [40, 40]])
 def test_a_stream_uses_its_seeds_uniforms_one_after_another(top_k: int, blocks: list[int]) -> None:
-    """The first character's uniform, then blocks of them, leave the generator exactly after the ones used."""
+    """The first character's uniform (from the seed: the generator is not built for it), then blocks of them
+    from the generator, leave the generator exactly after the ones used."""
     logits = np.random.default_rng(2).standard_normal(V).astype(np.float32)
     params = GenerateParams(Sampling(temperature=0.8, top_k=top_k), max_chars=100)
     stream = Stream(SeqState((np.zeros((1, 4), np.float32),), seed=7), np.zeros(0, np.int64), None, params, None, V)
-    by_hand = np.random.default_rng(7).random(2 + sum(blocks)).tolist()
+    by_hand = np.random.default_rng(7).random(1 + sum(blocks)).tolist()
+    first = SeqState((), seed=7).first_uniform()
+    assert 0 <= first < 1 and first != SeqState((), seed=8).first_uniform()
     assert stream.first_char(logits, "abcdefghijkl") is None
+    assert stream.state._rng is None  # (a request's first character did not wait for it)
     if top_k == 0:
-        assert stream.state.pending == draw_one(logits, 0.8, by_hand[0])
-    used = 1
+        assert stream.state.pending == draw_one(logits, 0.8, first)
+    used = 0
     for k in blocks:
         assert stream.next_uniforms(k) == by_hand[used : used + k]
         used += k
     stream.end("length")  # a session's state continues from here
     assert stream.state.rng.random() == by_hand[used]
+
+
+@pytest.mark.parametrize("used", [0, 1, 5])
+def test_a_stream_without_a_prompt_takes_the_seed_draw_first_in_its_blocks(used: int) -> None:
+    """A session's generation with no prompt draws its first character in a decode step: from the same stream
+    of uniforms (the seed's draw, then the generator's) as a prompt's first character, so primed-then-generate
+    equals a prompt; a block's unused uniforms, the seed's draw included, stay unused."""
+    params = GenerateParams(Sampling(temperature=0.8), max_chars=100)
+    stream = Stream(SeqState((np.zeros((1, 4), np.float32),), seed=7), np.zeros(0, np.int64), 3, params, None, V)
+    expected = [SeqState((), seed=7).first_uniform(), *np.random.default_rng(7).random(used + 1).tolist()]
+    assert stream.next_uniforms(used + 1) == expected[: used + 1]
+    stream.unuse_uniforms(1)  # (its step's character was not kept)
+    stream.end("length")
+    assert stream.state.first_uniform() == expected[used]  # the state goes on with the first one not used
