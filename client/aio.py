@@ -13,8 +13,8 @@ from charlm.v1 import charlm_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import convert
-from client.connection import ConnectOptions, aio_channel, call_metadata
-from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error
+from client.connection import ConnectOptions, aio_channel, call_metadata, with_request_id
+from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error, request_id_in
 from client.generation import AsyncGeneration
 from client.streams import feed_async
 from client.sync import build_options
@@ -31,11 +31,12 @@ class AsyncClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = call_metadata(self.options)
 
-    async def _unary(self, rpc: str, request: Any, timeout: float | None) -> Any:
+    async def _unary(self, rpc: str, request: Any, timeout: float | None, request_id: str | None = None) -> Any:
         # rpc: a TextGeneration method's name, or "Health.Check"; errors name it when the server gives no message
         method = self._health.Check if rpc == "Health.Check" else getattr(self._stub, rpc)
+        metadata = with_request_id(self._metadata, request_id)
         try:
-            return await method(request, timeout=timeout or self.options.timeout, metadata=self._metadata)
+            return await method(request, timeout=timeout or self.options.timeout, metadata=metadata)
         except grpc.RpcError as e:
             raise from_rpc_error(e, rpc) from None
 
@@ -54,64 +55,73 @@ class AsyncClient:
         session_id: str = "",
         logprobs: bool = False,
         timeout: float | None = None,
+        request_id: str | None = None,
     ) -> AsyncGeneration:
         """Starts sampling after ``prompt``; ``async for text in client.generate(...)``."""
         sampling = Sampling(temperature, top_k, top_p, repetition_penalty, seed)
         request = convert.generate_request(prompt, model, sampling, max_chars, stop, session_id, logprobs)
-        call = self._stub.Generate(request, timeout=timeout or self.options.stream_timeout, metadata=self._metadata)
-        return AsyncGeneration(call.__aiter__(), call.cancel)
+        metadata = with_request_id(self._metadata, request_id)
+        call = self._stub.Generate(request, timeout=timeout or self.options.stream_timeout, metadata=metadata)
+        return AsyncGeneration(call.__aiter__(), call.cancel, call)
 
     async def feed(self, text: str | Iterable[str], *, session_id: str = "", model: str = "",
-                   timeout: float | None = None) -> FeedResult:
+                   timeout: float | None = None, request_id: str | None = None) -> FeedResult:
         """Streams text (a string or an iterable of chunks) into a session, or scores it on a fresh state.
 
         The deadline is ``timeout``, else ``options.stream_timeout`` (none by default); an exception raised by
         the iterable is raised here as it is.
         """
         requests = convert.feed_stream(convert.text_chunks(text), session_id, model)
-        timeout = timeout or self.options.stream_timeout
-        return convert.feed_result(await feed_async(self._stub.Feed, requests, timeout, self._metadata))
+        timeout, metadata = timeout or self.options.stream_timeout, with_request_id(self._metadata, request_id)
+        return convert.feed_result(await feed_async(self._stub.Feed, requests, timeout, metadata))
 
     async def create_session(self, model: str = "", prime: str = "", ttl_seconds: int = 0,
-                             timeout: float | None = None) -> AsyncSession:
+                             timeout: float | None = None, *, request_id: str | None = None) -> AsyncSession:
         """Creates a session; ``async with await client.create_session() as s:`` deletes it on exit."""
         request = convert.create_session_request(model, prime, ttl_seconds)
-        return AsyncSession(self, convert.session(await self._unary("CreateSession", request, timeout)))
+        return AsyncSession(self, convert.session(await self._unary("CreateSession", request, timeout, request_id)))
 
-    async def get_session(self, session_id: str, timeout: float | None = None) -> SessionInfo:
+    async def get_session(self, session_id: str, timeout: float | None = None, *,
+                          request_id: str | None = None) -> SessionInfo:
         """Describes a session."""
-        return convert.session(await self._unary("GetSession", pb.GetSessionRequest(session_id=session_id), timeout))
+        request = pb.GetSessionRequest(session_id=session_id)
+        return convert.session(await self._unary("GetSession", request, timeout, request_id))
 
-    async def list_sessions(self, model: str = "", timeout: float | None = None) -> list[SessionInfo]:
+    async def list_sessions(self, model: str = "", timeout: float | None = None, *,
+                            request_id: str | None = None) -> list[SessionInfo]:
         """Live sessions, optionally only those of one model."""
-        response = await self._unary("ListSessions", pb.ListSessionsRequest(model=model), timeout)
+        response = await self._unary("ListSessions", pb.ListSessionsRequest(model=model), timeout, request_id)
         return [convert.session(s) for s in response.sessions]
 
-    async def delete_session(self, session_id: str, timeout: float | None = None) -> None:
+    async def delete_session(self, session_id: str, timeout: float | None = None, *,
+                             request_id: str | None = None) -> None:
         """Deletes a session and frees its state."""
-        await self._unary("DeleteSession", pb.DeleteSessionRequest(session_id=session_id), timeout)
+        await self._unary("DeleteSession", pb.DeleteSessionRequest(session_id=session_id), timeout, request_id)
 
-    async def fork_session(self, session_id: str, ttl_seconds: int = 0, timeout: float | None = None) -> AsyncSession:
+    async def fork_session(self, session_id: str, ttl_seconds: int = 0, timeout: float | None = None, *,
+                           request_id: str | None = None) -> AsyncSession:
         """A new session holding a copy of ``session_id``'s state."""
         request = convert.fork_session_request(session_id, ttl_seconds)
-        return AsyncSession(self, convert.session(await self._unary("ForkSession", request, timeout)))
+        return AsyncSession(self, convert.session(await self._unary("ForkSession", request, timeout, request_id)))
 
     async def chat(self, session_id: str = "", model: str = "", ttl_seconds: int = 0,
-                   timeout: float | None = None) -> AsyncChat:
+                   timeout: float | None = None, *, request_id: str | None = None) -> AsyncChat:
         """Opens a bidirectional Chat on a session (a new one of ``model`` when no id is given)."""
         opening = convert.chat_open(session_id, model, ttl_seconds)  # checked before the stream starts
-        call = self._stub.Chat(timeout=timeout or self.options.stream_timeout, metadata=self._metadata)
+        metadata = with_request_id(self._metadata, request_id)
+        call = self._stub.Chat(timeout=timeout or self.options.stream_timeout, metadata=metadata)
         chat = AsyncChat(call)
         await chat._open(opening)
         return chat
 
-    async def models(self, timeout: float | None = None) -> ModelList:
+    async def models(self, timeout: float | None = None, *, request_id: str | None = None) -> ModelList:
         """Every served model and the default one."""
-        return convert.model_list(await self._unary("ListModels", pb.ListModelsRequest(), timeout))
+        return convert.model_list(await self._unary("ListModels", pb.ListModelsRequest(), timeout, request_id))
 
-    async def model(self, name: str = "", timeout: float | None = None) -> ModelInfo:
+    async def model(self, name: str = "", timeout: float | None = None, *, request_id: str | None = None
+                    ) -> ModelInfo:  # fmt: skip
         """One model (``"name"`` or ``"name:version"``; empty = the default)."""
-        return convert.model_info(await self._unary("GetModel", pb.GetModelRequest(model=name), timeout))
+        return convert.model_info(await self._unary("GetModel", pb.GetModelRequest(model=name), timeout, request_id))
 
     async def health(self, service: str = "", timeout: float | None = None) -> str:
         """The standard health status: "SERVING", "NOT_SERVING", ... ("" = the whole server)."""
@@ -153,27 +163,29 @@ class AsyncSession:
         """``AsyncClient.generate`` continuing this session."""
         return self.client.generate(prompt, session_id=self.id, **kwargs)
 
-    async def feed(self, text: str | Iterable[str], timeout: float | None = None) -> FeedResult:
+    async def feed(self, text: str | Iterable[str], timeout: float | None = None, *,
+                   request_id: str | None = None) -> FeedResult:
         """Advances this session over text and scores it."""
-        return await self.client.feed(text, session_id=self.id, timeout=timeout)
+        return await self.client.feed(text, session_id=self.id, timeout=timeout, request_id=request_id)
 
-    async def chat(self, timeout: float | None = None) -> AsyncChat:
+    async def chat(self, timeout: float | None = None, *, request_id: str | None = None) -> AsyncChat:
         """A Chat stream on this session."""
-        return await self.client.chat(session_id=self.id, timeout=timeout)
+        return await self.client.chat(session_id=self.id, timeout=timeout, request_id=request_id)
 
-    async def fork(self, ttl_seconds: int = 0, timeout: float | None = None) -> AsyncSession:
+    async def fork(self, ttl_seconds: int = 0, timeout: float | None = None, *,
+                   request_id: str | None = None) -> AsyncSession:
         """A new session with a copy of this one's state."""
-        return await self.client.fork_session(self.id, ttl_seconds, timeout)
+        return await self.client.fork_session(self.id, ttl_seconds, timeout, request_id=request_id)
 
-    async def refresh(self, timeout: float | None = None) -> SessionInfo:
+    async def refresh(self, timeout: float | None = None, *, request_id: str | None = None) -> SessionInfo:
         """Fetches the session's current description."""
-        self.info = await self.client.get_session(self.id, timeout)
+        self.info = await self.client.get_session(self.id, timeout, request_id=request_id)
         return self.info
 
-    async def delete(self, timeout: float | None = None) -> None:
+    async def delete(self, timeout: float | None = None, *, request_id: str | None = None) -> None:
         """Deletes the session; already gone is fine."""
         try:
-            await self.client.delete_session(self.id, timeout)
+            await self.client.delete_session(self.id, timeout, request_id=request_id)
         except CharlmError as e:
             if e.code != grpc.StatusCode.NOT_FOUND:
                 raise
@@ -192,10 +204,12 @@ class AsyncChat:
         self._call = call
         self._reply: AsyncGeneration | None = None  # the latest reply, perhaps not read to its end
         self.session: SessionInfo | None = None
+        self.request_id: str | None = None  # the stream's id, as the server logs it (once opened)
 
     async def _open(self, opening: pb.ChatOpen) -> None:
         await self._write(pb.ChatRequest(open=opening))
         self.session = convert.session((await self._expect("opened")).opened)
+        self.request_id = request_id_in(await self._call.initial_metadata())
 
     async def _write(self, request: pb.ChatRequest) -> None:
         try:
@@ -244,6 +258,7 @@ class AsyncChat:
         await self._finish_reply()
         await self._write(request)
         self._reply = AsyncGeneration(self._replies(), self.cancel)
+        self._reply.request_id = self.request_id
         return self._reply
 
     async def cancel(self) -> None:

@@ -45,7 +45,12 @@ _OPTIONS = {"max_chars": "-n/--max-chars", "sampling.temperature": "-t/--tempera
 
 
 def explain(err: CharlmError, target: str, command: str = "") -> str:
-    """One line: what failed, the status (and reason), and what to try."""
+    """One line: what failed, the status (and reason), what to try, and the request id to give an operator."""
+    line = _explain(err, target, command)
+    return f"{line} (request id {err.request_id})" if err.request_id else line
+
+
+def _explain(err: CharlmError, target: str, command: str) -> str:
     message = " ".join(err.message.split())
     tag = err.status + (f", {err.reason}" if err.reason and err.reason != err.status else "")
     if err.code == grpc.StatusCode.UNAVAILABLE and err.reason != "DRAINING":

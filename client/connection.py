@@ -10,6 +10,8 @@ from typing import Any
 
 import grpc
 
+from client.errors import REQUEST_ID_KEY, invalid_argument
+
 DEFAULT_TARGET = "127.0.0.1:50051"
 _SERVICE = "charlm.v1.TextGeneration"
 # Only calls that change nothing may be retried: a retried Generate/Feed/Chat/Create/Fork/Delete could run twice.
@@ -104,6 +106,16 @@ def credentials(opts: ConnectOptions) -> grpc.ChannelCredentials:
 def call_metadata(opts: ConnectOptions) -> tuple[tuple[str, str], ...]:
     """Metadata sent with every call: the bearer token, if any."""
     return (("authorization", f"Bearer {opts.token}"),) if opts.token else ()
+
+
+def with_request_id(metadata: tuple[tuple[str, str], ...], request_id: str | None) -> tuple[tuple[str, str], ...]:
+    """``metadata`` plus ``x-request-id: request_id`` when one is given; InvalidArgument, before anything is sent,
+    for an id the server would not keep (gRPC itself fails a call whose metadata is not printable ASCII)."""
+    if not request_id:
+        return metadata
+    if not (len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
+        raise invalid_argument("request_id", "must be 1 to 128 printable ASCII characters")
+    return (*metadata, (REQUEST_ID_KEY, request_id))
 
 
 def _check_target(target: str) -> None:

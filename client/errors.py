@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 _DETAILS_KEY = "grpc-status-details-bin"
+REQUEST_ID_KEY = "x-request-id"  # the call's id, in the server's initial metadata (and a failure's trailers)
+
+
+def request_id_in(*metadata: Iterable[Any] | None) -> str | None:
+    """The first ``x-request-id`` value in the metadata given (initial, then trailing), or None."""
+    for entries in metadata:
+        for key, value in entries or ():
+            if key == REQUEST_ID_KEY:
+                return str(value)
+    return None
 
 
 class CharlmError(Exception):
-    """A failed call: ``code`` (grpc.StatusCode), ``message``, and the server's ErrorInfo ``reason``/``metadata``."""
+    """A failed call: ``code`` (grpc.StatusCode), ``message``, the server's ErrorInfo ``reason``/``metadata``, and
+    the call's ``request_id`` as the server logged it (None when no server answered)."""
 
     def __init__(
         self,
@@ -19,12 +31,14 @@ class CharlmError(Exception):
         code: grpc.StatusCode | None = None,
         reason: str = "",
         metadata: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.reason = reason
         self.metadata: dict[str, str] = dict(metadata or {})
+        self.request_id = request_id
 
     @property
     def status(self) -> str:
@@ -38,7 +52,7 @@ class CharlmError(Exception):
 
     def __str__(self) -> str:
         tag = f"{self.status}, {self.reason}" if self.reason and self.reason != self.status else self.status
-        return f"{self.message} ({tag})"
+        return f"{self.message} ({tag}{f'; request id {self.request_id}' if self.request_id else ''})"
 
 
 class InvalidArgument(CharlmError):
@@ -117,9 +131,10 @@ def from_rpc_error(err: grpc.RpcError, rpc: str = "") -> CharlmError:
     if not message:
         message = f"{rpc or 'the call'} failed with {code.name if code else 'an unknown status'} and no message"
     trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    initial = err.initial_metadata() if hasattr(err, "initial_metadata") else None
     reason, metadata = _error_info(trailing)
     cls = _BY_CODE.get(code, ServerError) if code is not None else ServerError
-    return cls(message, code, reason, metadata)
+    return cls(message, code, reason, metadata, request_id_in(initial, trailing))
 
 
 def invalid_argument(field: str, message: str) -> InvalidArgument:

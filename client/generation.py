@@ -10,16 +10,18 @@ import grpc
 from charlm.v1 import charlm_pb2 as pb
 
 from client import convert
-from client.errors import ServerError, from_rpc_error
+from client.errors import CharlmError, ServerError, from_rpc_error, request_id_in
 from client.types import Chunk, Finish
 
 
 class _Record:
     """What sync and asyncio generations share: the text, log-probabilities and summary received so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, call: Any = None) -> None:
         self.finish: Finish | None = None  # set by the last message
         self.logprobs: list[float] = []  # filled only when logprobs were requested
+        self.request_id: str | None = None  # the call's id (server logs), once its initial metadata has come
+        self._call = call  # a call whose initial metadata is still to read for the id, or None
         self._texts: list[str] = []
         self._cancelled = False
 
@@ -46,6 +48,11 @@ class _Record:
         # A cancel() we asked for ends the stream with CANCELLED: that is not an error for the caller.
         return self._cancelled and getattr(err, "code", lambda: None)() == grpc.StatusCode.CANCELLED
 
+    def _error(self, err: grpc.RpcError) -> CharlmError:
+        error = from_rpc_error(err)
+        self.request_id = self.request_id or error.request_id
+        return error
+
 
 class Generation(_Record):
     """Iterate for text chunks (``str``); after exhaustion ``finish`` holds the summary.
@@ -54,21 +61,24 @@ class Generation(_Record):
     objects with log-probabilities; ``gen.result()`` drains the stream and returns the ``Finish``.
     """
 
-    def __init__(self, responses: Iterator[pb.GenerateResponse], cancel: Callable[[], Any]) -> None:
-        super().__init__()
+    def __init__(self, responses: Iterator[pb.GenerateResponse], cancel: Callable[[], Any], call: Any = None) -> None:
+        super().__init__(call)
         self._responses = responses
         self._cancel = cancel
 
     def chunks(self) -> Iterator[Chunk]:
         """Chunks as they arrive; raises a CharlmError if the call fails."""
         try:
+            if self._call is not None:  # the server sends its initial metadata before the first message
+                call, self._call = self._call, None
+                self.request_id = request_id_in(call.initial_metadata())
             for msg in self._responses:
                 chunk = self._take(msg)
                 if chunk is not None:
                     yield chunk
         except grpc.RpcError as e:
             if not self._quiet(e):
-                raise from_rpc_error(e) from None
+                raise self._error(e) from None
 
     def __iter__(self) -> Iterator[str]:
         return (chunk.text for chunk in self.chunks())
@@ -95,21 +105,26 @@ class Generation(_Record):
 class AsyncGeneration(_Record):
     """The asyncio twin of ``Generation``: ``async for text in gen``; ``await gen.result()``; ``async with``."""
 
-    def __init__(self, responses: AsyncIterator[pb.GenerateResponse], cancel: Callable[[], Any]) -> None:
-        super().__init__()
+    def __init__(
+        self, responses: AsyncIterator[pb.GenerateResponse], cancel: Callable[[], Any], call: Any = None
+    ) -> None:
+        super().__init__(call)
         self._responses = responses
         self._cancel = cancel
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """Chunks as they arrive; raises a CharlmError if the call fails."""
         try:
+            if self._call is not None:  # as Generation.chunks
+                call, self._call = self._call, None
+                self.request_id = request_id_in(await call.initial_metadata())
             async for msg in self._responses:
                 chunk = self._take(msg)
                 if chunk is not None:
                     yield chunk
         except grpc.RpcError as e:
             if not self._quiet(e):
-                raise from_rpc_error(e) from None
+                raise self._error(e) from None
         except asyncio.CancelledError:
             # grpc.aio ends a call we cancelled with CancelledError; only a cancel of our own task propagates.
             task = asyncio.current_task()

@@ -13,8 +13,8 @@ from charlm.v1 import charlm_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import convert
-from client.connection import ConnectOptions, call_metadata, sync_channel
-from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error
+from client.connection import ConnectOptions, call_metadata, sync_channel, with_request_id
+from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error, request_id_in
 from client.generation import Generation
 from client.streams import feed_blocking
 from client.types import FeedResult, ModelInfo, ModelList, Sampling, SessionInfo
@@ -38,11 +38,12 @@ class Client:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = call_metadata(self.options)
 
-    def _unary(self, rpc: str, request: Any, timeout: float | None) -> Any:
+    def _unary(self, rpc: str, request: Any, timeout: float | None, request_id: str | None = None) -> Any:
         # rpc: a TextGeneration method's name, or "Health.Check"; errors name it when the server gives no message
         method = self._health.Check if rpc == "Health.Check" else getattr(self._stub, rpc)
+        metadata = with_request_id(self._metadata, request_id)
         try:
-            return method(request, timeout=timeout or self.options.timeout, metadata=self._metadata)
+            return method(request, timeout=timeout or self.options.timeout, metadata=metadata)
         except grpc.RpcError as e:
             raise from_rpc_error(e, rpc) from None
 
@@ -61,67 +62,73 @@ class Client:
         session_id: str = "",
         logprobs: bool = False,
         timeout: float | None = None,
+        request_id: str | None = None,
     ) -> Generation:
         """Starts sampling after ``prompt``; iterate the result for text chunks as they arrive."""
         sampling = Sampling(temperature, top_k, top_p, repetition_penalty, seed)
         request = convert.generate_request(prompt, model, sampling, max_chars, stop, session_id, logprobs)
-        call = self._stub.Generate(
-            request, timeout=timeout or self.options.stream_timeout, metadata=self._metadata
-        )
-        return Generation(call, call.cancel)
+        metadata = with_request_id(self._metadata, request_id)
+        call = self._stub.Generate(request, timeout=timeout or self.options.stream_timeout, metadata=metadata)
+        return Generation(call, call.cancel, call)
 
     def feed(self, text: str | Iterable[str], *, session_id: str = "", model: str = "",
-             timeout: float | None = None) -> FeedResult:
+             timeout: float | None = None, request_id: str | None = None) -> FeedResult:
         """Streams text (a string or an iterable of chunks) into a session, or scores it on a fresh state.
 
         The deadline is ``timeout``, else ``options.stream_timeout`` (none by default): a long text takes long.
         An exception raised by the iterable is raised here as it is.
         """
         requests = convert.feed_stream(convert.text_chunks(text), session_id, model)
-        response = feed_blocking(self._stub.Feed, requests, timeout or self.options.stream_timeout, self._metadata)
+        metadata = with_request_id(self._metadata, request_id)
+        response = feed_blocking(self._stub.Feed, requests, timeout or self.options.stream_timeout, metadata)
         return convert.feed_result(response)
 
     def create_session(self, model: str = "", prime: str = "", ttl_seconds: int = 0,
-                       timeout: float | None = None) -> Session:
+                       timeout: float | None = None, *, request_id: str | None = None) -> Session:
         """Creates a session (optionally primed with text); ``with client.create_session() as s:`` deletes it."""
         request = convert.create_session_request(model, prime, ttl_seconds)
-        return Session(self, convert.session(self._unary("CreateSession", request, timeout)))
+        return Session(self, convert.session(self._unary("CreateSession", request, timeout, request_id)))
 
-    def get_session(self, session_id: str, timeout: float | None = None) -> SessionInfo:
+    def get_session(self, session_id: str, timeout: float | None = None, *,
+                    request_id: str | None = None) -> SessionInfo:
         """Describes a session."""
         request = pb.GetSessionRequest(session_id=session_id)
-        return convert.session(self._unary("GetSession", request, timeout))
+        return convert.session(self._unary("GetSession", request, timeout, request_id))
 
-    def list_sessions(self, model: str = "", timeout: float | None = None) -> list[SessionInfo]:
+    def list_sessions(self, model: str = "", timeout: float | None = None, *,
+                      request_id: str | None = None) -> list[SessionInfo]:
         """Live sessions, optionally only those of one model."""
-        response = self._unary("ListSessions", pb.ListSessionsRequest(model=model), timeout)
+        response = self._unary("ListSessions", pb.ListSessionsRequest(model=model), timeout, request_id)
         return [convert.session(s) for s in response.sessions]
 
-    def delete_session(self, session_id: str, timeout: float | None = None) -> None:
+    def delete_session(self, session_id: str, timeout: float | None = None, *, request_id: str | None = None) -> None:
         """Deletes a session and frees its state."""
-        self._unary("DeleteSession", pb.DeleteSessionRequest(session_id=session_id), timeout)
+        self._unary("DeleteSession", pb.DeleteSessionRequest(session_id=session_id), timeout, request_id)
 
-    def fork_session(self, session_id: str, ttl_seconds: int = 0, timeout: float | None = None) -> Session:
+    def fork_session(self, session_id: str, ttl_seconds: int = 0, timeout: float | None = None, *,
+                     request_id: str | None = None) -> Session:
         """A new session holding a copy of ``session_id``'s state."""
         request = convert.fork_session_request(session_id, ttl_seconds)
-        return Session(self, convert.session(self._unary("ForkSession", request, timeout)))
+        return Session(self, convert.session(self._unary("ForkSession", request, timeout, request_id)))
 
-    def session(self, session_id: str, timeout: float | None = None) -> Session:
+    def session(self, session_id: str, timeout: float | None = None, *, request_id: str | None = None) -> Session:
         """A handle on an existing session (fetches its description)."""
-        return Session(self, self.get_session(session_id, timeout))
+        return Session(self, self.get_session(session_id, timeout, request_id=request_id))
 
-    def chat(self, session_id: str = "", model: str = "", ttl_seconds: int = 0, timeout: float | None = None) -> Chat:
+    def chat(self, session_id: str = "", model: str = "", ttl_seconds: int = 0, timeout: float | None = None, *,
+             request_id: str | None = None) -> Chat:
         """Opens a bidirectional Chat on a session (a new one of ``model`` when no id is given)."""
         opening = convert.chat_open(session_id, model, ttl_seconds)
-        return Chat(self._stub, opening, self._metadata, timeout or self.options.stream_timeout)
+        metadata = with_request_id(self._metadata, request_id)
+        return Chat(self._stub, opening, metadata, timeout or self.options.stream_timeout)
 
-    def models(self, timeout: float | None = None) -> ModelList:
+    def models(self, timeout: float | None = None, *, request_id: str | None = None) -> ModelList:
         """Every served model and the default one."""
-        return convert.model_list(self._unary("ListModels", pb.ListModelsRequest(), timeout))
+        return convert.model_list(self._unary("ListModels", pb.ListModelsRequest(), timeout, request_id))
 
-    def model(self, name: str = "", timeout: float | None = None) -> ModelInfo:
+    def model(self, name: str = "", timeout: float | None = None, *, request_id: str | None = None) -> ModelInfo:
         """One model (``"name"`` or ``"name:version"``; empty = the default)."""
-        return convert.model_info(self._unary("GetModel", pb.GetModelRequest(model=name), timeout))
+        return convert.model_info(self._unary("GetModel", pb.GetModelRequest(model=name), timeout, request_id))
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The standard health status: "SERVING", "NOT_SERVING", ... ("" = the whole server)."""
@@ -163,27 +170,28 @@ class Session:
         """``Client.generate`` continuing this session."""
         return self.client.generate(prompt, session_id=self.id, **kwargs)
 
-    def feed(self, text: str | Iterable[str], timeout: float | None = None) -> FeedResult:
+    def feed(self, text: str | Iterable[str], timeout: float | None = None, *,
+             request_id: str | None = None) -> FeedResult:
         """Advances this session over text and scores it."""
-        return self.client.feed(text, session_id=self.id, timeout=timeout)
+        return self.client.feed(text, session_id=self.id, timeout=timeout, request_id=request_id)
 
-    def chat(self, timeout: float | None = None) -> Chat:
+    def chat(self, timeout: float | None = None, *, request_id: str | None = None) -> Chat:
         """A Chat stream on this session."""
-        return self.client.chat(session_id=self.id, timeout=timeout)
+        return self.client.chat(session_id=self.id, timeout=timeout, request_id=request_id)
 
-    def fork(self, ttl_seconds: int = 0, timeout: float | None = None) -> Session:
+    def fork(self, ttl_seconds: int = 0, timeout: float | None = None, *, request_id: str | None = None) -> Session:
         """A new session with a copy of this one's state."""
-        return self.client.fork_session(self.id, ttl_seconds, timeout)
+        return self.client.fork_session(self.id, ttl_seconds, timeout, request_id=request_id)
 
-    def refresh(self, timeout: float | None = None) -> SessionInfo:
+    def refresh(self, timeout: float | None = None, *, request_id: str | None = None) -> SessionInfo:
         """Fetches the session's current description."""
-        self.info = self.client.get_session(self.id, timeout)
+        self.info = self.client.get_session(self.id, timeout, request_id=request_id)
         return self.info
 
-    def delete(self, timeout: float | None = None) -> None:
+    def delete(self, timeout: float | None = None, *, request_id: str | None = None) -> None:
         """Deletes the session; already gone (expired, evicted, deleted) is fine."""
         try:
-            self.client.delete_session(self.id, timeout)
+            self.client.delete_session(self.id, timeout, request_id=request_id)
         except CharlmError as e:
             if e.code != grpc.StatusCode.NOT_FOUND:
                 raise
@@ -205,6 +213,7 @@ class Chat:
         self._call = stub.Chat(iter(self._requests.get, None), timeout=timeout, metadata=metadata)
         self._reply: Generation | None = None  # the latest reply, perhaps not read to its end
         self.session = convert.session(self._expect("opened").opened)
+        self.request_id = request_id_in(self._call.initial_metadata())  # the stream's id, as the server logs it
 
     def _next(self) -> pb.ChatResponse:
         try:
@@ -251,6 +260,7 @@ class Chat:
         self._finish_reply()
         self._requests.put(request)
         self._reply = Generation(self._replies(), self.cancel)
+        self._reply.request_id = self.request_id
         return self._reply
 
     def cancel(self) -> None:

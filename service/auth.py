@@ -19,6 +19,7 @@ from service import errors
 from service.config import file_stamp, visible_ascii
 from service.logs import Call, log_access
 from service.metrics import Metrics
+from service.requestid import request_id
 from service.servicer import abort
 
 log = logging.getLogger(__name__)
@@ -86,14 +87,15 @@ def bearer(metadata: Iterable[Any] | None) -> bytes | None:
     return None
 
 
-def _refusal(e: errors.Unauthenticated, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
-    """A handler of the method's own kind (unary or streaming either way) that aborts with ``e``."""
+def _refusal(e: errors.Unauthenticated, handler: grpc.RpcMethodHandler | None, rid: str) -> grpc.RpcMethodHandler:
+    """A handler of the method's own kind (unary or streaming either way) that aborts with ``e`` (and the call's
+    request id ``rid`` in the trailers)."""
 
     async def unary(request: Any, context: Any) -> None:
-        await abort(e, context)
+        await abort(e, context, rid)
 
     async def stream(request: Any, context: Any) -> Any:
-        await abort(e, context)
+        await abort(e, context, rid)
         yield  # (an async generator, as a streaming handler must be; abort raises before this)
 
     if handler is None or not (handler.request_streaming or handler.response_streaming):
@@ -131,7 +133,8 @@ class TokenAuth(grpc.aio.ServerInterceptor):
             e = errors.Unauthenticated("the bearer token was not accepted")
         if method in _KNOWN:
             self._metrics.request(_KNOWN[method], "UNAUTHENTICATED", None)
+        rid = request_id(details.invocation_metadata)  # type: ignore[attr-defined]
         if self._access_log:
-            log_access(Call(_KNOWN.get(method, method)), "UNAUTHENTICATED", 0.0, e.message)
-        log.debug("refused %s: %s", method, e.message)
-        return _refusal(e, await continuation(details))
+            log_access(Call(_KNOWN.get(method, method), rid), "UNAUTHENTICATED", 0.0, e.message)
+        log.debug("refused %s (request id %s): %s", method, rid, e.message)
+        return _refusal(e, await continuation(details), rid)

@@ -66,10 +66,11 @@ def session_ref(session_id: str) -> str:
 class Call:
     """What one RPC did, filled in as it runs (once per RPC, never per message) and logged when it ends."""
 
-    __slots__ = ("chars_consumed", "chars_generated", "model", "rpc", "session_id", "started")
+    __slots__ = ("chars_consumed", "chars_generated", "model", "request_id", "rpc", "session_id", "started")
 
-    def __init__(self, rpc: str) -> None:
+    def __init__(self, rpc: str, request_id: str = "") -> None:
         self.rpc = rpc
+        self.request_id = request_id  # service/requestid.py: the client's x-request-id, or one made for the call
         self.started = time.perf_counter()
         self.model = ""  # as requested ("" = the default), the served "name:version" once known
         self.session_id = ""
@@ -77,8 +78,10 @@ class Call:
         self.chars_generated: int | None = None
 
     def fields(self) -> dict[str, object]:
-        """rpc, model, session (its first 8 characters) and the character counts known, as log fields."""
+        """rpc, request_id, model, session (its first 8 characters) and the character counts known, as log fields."""
         fields: dict[str, object] = {"rpc": self.rpc}
+        if self.request_id:
+            fields["request_id"] = self.request_id
         if self.model:
             fields["model"] = self.model
         if self.session_id:

@@ -31,6 +31,7 @@ from service.convert import (
 from service.dataplane import DataPlane
 from service.logs import Call, log_access
 from service.metrics import Metrics
+from service.requestid import request_id, send, with_id
 from service.requests import (
     Done,
     GenerateRequest,
@@ -75,23 +76,26 @@ def _message(e: BaseException) -> str:
 async def _abort(e: Exception, context: Any, call: Call) -> None:  # grpc-stubs lack the aio context
     """Aborts the RPC with the rich status for ``e`` (never UNKNOWN); unexpected errors are logged."""
     if isinstance(e, errors.CharlmError):
-        await abort(e, context)
+        await abort(e, context, call.request_id)
         return
-    fields = call.fields()  # rpc, model, session: who hit the bug
-    log.exception("unexpected error in %s (model %r, session %r)", call.rpc, fields.get("model", ""),
-                  fields.get("session", ""), extra=fields)
-    await context.abort_with_status(
-        _status(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}", "INTERNAL", {}))
+    fields = call.fields()  # rpc, request id, model, session: who hit the bug
+    log.exception("unexpected error in %s (request id %s, model %r, session %r)", call.rpc, call.request_id,
+                  fields.get("model", ""), fields.get("session", ""), extra=fields)
+    status = _status(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}", "INTERNAL", {})
+    await context.abort_with_status(with_id(status, call.request_id))
 
 
-async def abort(e: errors.CharlmError, context: Any) -> None:
-    """Aborts a call with the rich status for ``e`` (also for calls refused before the servicer: service/auth.py)."""
-    await context.abort_with_status(_status(_code(e), e.message, e.reason, {k: str(v) for k, v in e.metadata.items()}))
+async def abort(e: errors.CharlmError, context: Any, rid: str = "") -> None:
+    """Aborts a call with the rich status for ``e`` and its request id in the trailers (also for calls refused
+    before the servicer: service/auth.py)."""
+    status = _status(_code(e), e.message, e.reason, {k: str(v) for k, v in e.metadata.items()})
+    await context.abort_with_status(with_id(status, rid))
 
 
 def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Maps errors to statuses, measures and (with --access-log) logs the finished RPC; for unary and streaming
-    responses. ``fn`` gets the RPC's Call record to fill in as a fourth argument."""
+    responses. ``fn`` gets the RPC's Call record to fill in as a fourth argument. The call's request id goes
+    back as initial metadata, before the first message (service/requestid.py)."""
     name = fn.__name__
 
     async def fail(self: Servicer, e: BaseException, context: Any, call: Call) -> None:
@@ -103,8 +107,9 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def stream(self: Servicer, request: Any, context: Any) -> AsyncIterator[Any]:
-            call = Call(name)
+            call = Call(name, request_id(context.invocation_metadata()))
             try:
+                await send(context, call.request_id)
                 async with contextlib.aclosing(fn(self, request, context, call)) as items:  # (see DataPlane.generate)
                     async for item in items:
                         yield item
@@ -116,8 +121,9 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     async def unary(self: Servicer, request: Any, context: Any) -> Any:
-        call = Call(name)
+        call = Call(name, request_id(context.invocation_metadata()))
         try:
+            await send(context, call.request_id)
             response = await fn(self, request, context, call)
         except BaseException as e:
             await fail(self, e, context, call)

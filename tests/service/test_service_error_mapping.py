@@ -22,9 +22,16 @@ class Aborted(Exception):
 
 
 class Context:
-    """Records the status an RPC aborts with (the grpc.aio context's abort_with_status)."""
+    """Records the initial metadata an RPC sends and the status it aborts with (as a grpc.aio context would)."""
 
     status: grpc.Status | None = None
+    initial: tuple[tuple[str, str], ...] | None = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("user-agent", "test"), ("x-request-id", "req-42"))
+
+    async def send_initial_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.initial = metadata
 
     async def abort_with_status(self, status: grpc.Status) -> None:
         self.status = status
@@ -82,6 +89,8 @@ async def test_each_error_maps_to_its_status(error: Exception, code: grpc.Status
         else:
             await svc.Unary(error, context)
     assert context.status is not None and context.status.code == code
+    assert context.initial == (("x-request-id", "req-42"),)  # sent before the status, and in the trailers too
+    assert ("x-request-id", "req-42") in context.status.trailing_metadata  # type: ignore[attr-defined]
     info = error_info(context.status)
     assert info.reason == reason and info.domain == "charlm"
     if isinstance(error, errors.InvalidArgument):
@@ -91,9 +100,11 @@ async def test_each_error_maps_to_its_status(error: Exception, code: grpc.Status
         assert "Traceback" in caplog.text and "ZeroDivisionError" in caplog.text  # logged for whoever debugs it
         bug = next(r for r in caplog.records if r.exc_info)
         assert (bug.rpc, bug.model, bug.session) == (rpc, "tiny-lstm:1", "01234567")  # type: ignore[attr-defined]
+        assert bug.request_id == "req-42" and "request id req-42" in bug.getMessage()  # type: ignore[attr-defined]
         assert "0123456789abcdef" not in caplog.text  # never the whole id: it is a bearer capability
     assert svc._metrics.requests.labels(rpc, code.name)._value.get() == 1
     assert svc._metrics.request_seconds.labels(rpc)._sum.get() > 0
     (line,) = [r for r in caplog.records if r.name == "service.access"]
-    assert (line.rpc, line.code, line.session) == (rpc, code.name, "01234567")  # type: ignore[attr-defined]
+    assert (line.rpc, line.code, line.session, line.request_id) == (  # type: ignore[attr-defined]
+        rpc, code.name, "01234567", "req-42")
     assert str(error) in line.error  # type: ignore[attr-defined]

@@ -1,0 +1,101 @@
+"""Request ids through the client library and the CLI: sent on request, read back, the one the server logged."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from typing import Any
+
+import pytest
+from fixtures.charlm_client import PROMPT, assert_one_line_error, cli_command, cli_env
+from fixtures.server import RunningServer
+
+from client import AsyncClient, Client, InvalidArgument, NotFound
+
+FRESH = re.compile(r"[0-9a-f]{16}")
+
+
+def test_a_generation_knows_its_id(logged_server: RunningServer, access_line: Any) -> None:
+    with Client(logged_server.target) as client:
+        gen = client.generate(PROMPT, max_chars=10, request_id="job-7/step-1")
+        assert gen.request_id is None  # not known before the call has answered
+        gen.result()
+        assert gen.request_id == "job-7/step-1"
+        made = client.generate(PROMPT, max_chars=10)
+        next(iter(made))
+        assert made.request_id is not None and FRESH.fullmatch(made.request_id)
+        made.result()
+        with client.chat(request_id="chat-1") as chat:
+            chat.feed(PROMPT)
+            reply = chat.generate(max_chars=5)
+            reply.result()
+            assert chat.request_id == reply.request_id == "chat-1"
+    assert access_line("job-7/step-1").rpc == "Generate"
+    assert access_line(made.request_id).chars_generated == 10
+    assert access_line("chat-1").rpc == "Chat"
+
+
+def test_errors_carry_the_id_the_server_logged(logged_server: RunningServer, access_line: Any) -> None:
+    with Client(logged_server.target) as client:
+        with pytest.raises(InvalidArgument) as bad:
+            client.generate(PROMPT, temperature=50).result()
+        with pytest.raises(NotFound) as missing:
+            client.model("no-such-model", request_id="ask-42")
+        with pytest.raises(NotFound) as gone:
+            client.feed("text", session_id="f" * 32)
+    assert bad.value.request_id is not None and FRESH.fullmatch(bad.value.request_id)
+    assert f"; request id {bad.value.request_id})" in str(bad.value) and bad.value.field == "sampling.temperature"
+    assert missing.value.request_id == "ask-42" and "request id ask-42" in str(missing.value)
+    for err, rpc in ((bad, "Generate"), (missing, "GetModel"), (gone, "Feed")):
+        line = access_line(err.value.request_id)
+        assert (line.rpc, line.code) == (rpc, err.value.status)
+
+
+async def test_the_asyncio_client_too(logged_server: RunningServer, access_line: Any) -> None:
+    async with AsyncClient(logged_server.target) as client:
+        gen = client.generate(PROMPT, max_chars=10, request_id="async-1")
+        await gen.result()
+        failing = client.generate(PROMPT, model="no-such-model")
+        with pytest.raises(NotFound) as missing:
+            await failing.result()
+        with pytest.raises(NotFound) as gone:
+            await client.get_session("f" * 32, request_id="async-2")
+        chat = await client.chat(request_id="async-3")
+        async with chat:
+            await chat.feed(PROMPT)
+            reply = await chat.generate(max_chars=5)
+            await reply.result()
+    assert gen.request_id == "async-1" and gone.value.request_id == "async-2"
+    assert chat.request_id == reply.request_id == "async-3"
+    assert missing.value.request_id is not None and failing.request_id == missing.value.request_id
+    assert access_line(missing.value.request_id).code == "NOT_FOUND"
+    rpcs = [access_line(rid).rpc for rid in ("async-1", "async-2", "async-3")]
+    assert rpcs == ["Generate", "GetSession", "Chat"]
+
+
+def test_an_id_the_server_would_not_keep_is_refused_before_sending(
+    logged_server: RunningServer, access_line: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Client(logged_server.target) as client:
+        for bad in ("x" * 129, "caf\u00e9", "tab\there"):
+            with pytest.raises(InvalidArgument) as refused:
+                client.models(request_id=bad)
+            assert refused.value.field == "request_id" and refused.value.request_id is None
+        assert client.models(request_id="x" * 128).default_model  # the longest the server keeps
+    assert access_line("x" * 128).rpc == "ListModels"
+    calls = [r for r in caplog.records if r.name == "service.access"]
+    assert len(calls) == 1  # the refused ones never reached the server
+
+
+def test_the_cli_names_the_id_of_a_failed_call(logged_server: RunningServer, access_line: Any) -> None:
+    for args, rpc, code in (
+        (("generate", PROMPT, "-t", "50"), "Generate", "INVALID_ARGUMENT"),
+        (("models", "no-such-model"), "GetModel", "NOT_FOUND"),
+    ):
+        proc = subprocess.run(cli_command(*args), env=cli_env(logged_server.target), capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        line = assert_one_line_error(proc, "(request id ")
+        found = re.search(r"\(request id ([0-9a-f]{16})\)$", line)
+        assert found, line
+        logged = access_line(found.group(1))
+        assert (logged.rpc, logged.code) == (rpc, code)
