@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import convert
 from client.connection import ConnectOptions, aio_channel, call_metadata, with_request_id
-from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error, request_id_in
+from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error
 from client.generation import AsyncGeneration
 from client.streams import feed_async
 from client.sync import build_options
@@ -34,7 +34,7 @@ class AsyncClient:
     async def _unary(self, rpc: str, request: Any, timeout: float | None, request_id: str | None = None) -> Any:
         # rpc: a TextGeneration method's name, or "Health.Check"; errors name it when the server gives no message
         method = self._health.Check if rpc == "Health.Check" else getattr(self._stub, rpc)
-        metadata = with_request_id(self._metadata, request_id)
+        metadata, _ = with_request_id(self._metadata, request_id)
         try:
             return await method(request, timeout=timeout or self.options.timeout, metadata=metadata)
         except grpc.RpcError as e:
@@ -60,9 +60,9 @@ class AsyncClient:
         """Starts sampling after ``prompt``; ``async for text in client.generate(...)``."""
         sampling = Sampling(temperature, top_k, top_p, repetition_penalty, seed)
         request = convert.generate_request(prompt, model, sampling, max_chars, stop, session_id, logprobs)
-        metadata = with_request_id(self._metadata, request_id)
+        metadata, rid = with_request_id(self._metadata, request_id)
         call = self._stub.Generate(request, timeout=timeout or self.options.stream_timeout, metadata=metadata)
-        return AsyncGeneration(call.__aiter__(), call.cancel, call)
+        return AsyncGeneration(call.__aiter__(), call.cancel, rid)
 
     async def feed(self, text: str | Iterable[str], *, session_id: str = "", model: str = "",
                    timeout: float | None = None, request_id: str | None = None) -> FeedResult:
@@ -72,7 +72,7 @@ class AsyncClient:
         the iterable is raised here as it is.
         """
         requests = convert.feed_stream(convert.text_chunks(text), session_id, model)
-        timeout, metadata = timeout or self.options.stream_timeout, with_request_id(self._metadata, request_id)
+        timeout, (metadata, _) = timeout or self.options.stream_timeout, with_request_id(self._metadata, request_id)
         return convert.feed_result(await feed_async(self._stub.Feed, requests, timeout, metadata))
 
     async def create_session(self, model: str = "", prime: str = "", ttl_seconds: int = 0,
@@ -108,9 +108,9 @@ class AsyncClient:
                    timeout: float | None = None, *, request_id: str | None = None) -> AsyncChat:
         """Opens a bidirectional Chat on a session (a new one of ``model`` when no id is given)."""
         opening = convert.chat_open(session_id, model, ttl_seconds)  # checked before the stream starts
-        metadata = with_request_id(self._metadata, request_id)
+        metadata, rid = with_request_id(self._metadata, request_id)
         call = self._stub.Chat(timeout=timeout or self.options.stream_timeout, metadata=metadata)
-        chat = AsyncChat(call)
+        chat = AsyncChat(call, rid)
         await chat._open(opening)
         return chat
 
@@ -200,16 +200,15 @@ class AsyncSession:
 class AsyncChat:
     """One bidirectional Chat stream (asyncio): ``await feed(text)``, ``async for t in chat.generate(...)``."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, request_id: str) -> None:
         self._call = call
         self._reply: AsyncGeneration | None = None  # the latest reply, perhaps not read to its end
         self.session: SessionInfo | None = None
-        self.request_id: str | None = None  # the stream's id, as the server logs it (once opened)
+        self.request_id = request_id  # the stream's id, as the server logs it
 
     async def _open(self, opening: pb.ChatOpen) -> None:
         await self._write(pb.ChatRequest(open=opening))
         self.session = convert.session((await self._expect("opened")).opened)
-        self.request_id = request_id_in(await self._call.initial_metadata())
 
     async def _write(self, request: pb.ChatRequest) -> None:
         try:

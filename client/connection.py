@@ -108,14 +108,18 @@ def call_metadata(opts: ConnectOptions) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {opts.token}"),) if opts.token else ()
 
 
-def with_request_id(metadata: tuple[tuple[str, str], ...], request_id: str | None) -> tuple[tuple[str, str], ...]:
-    """``metadata`` plus ``x-request-id: request_id`` when one is given; InvalidArgument, before anything is sent,
-    for an id the server would not keep (gRPC itself fails a call whose metadata is not printable ASCII)."""
+Metadata = tuple[tuple[str, str], ...]
+
+
+def with_request_id(metadata: Metadata, request_id: str | None) -> tuple[Metadata, str]:
+    """``metadata`` plus ``x-request-id``, and the id: ``request_id``, or a fresh one (16 hex characters), so that a
+    call's id is known before it starts. InvalidArgument, before anything is sent, for an id the server would not
+    keep (gRPC itself fails a call whose metadata is not printable ASCII)."""
     if not request_id:
-        return metadata
-    if not (len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
+        request_id = os.urandom(8).hex()
+    elif not (len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
         raise invalid_argument("request_id", "must be 1 to 128 printable ASCII characters")
-    return (*metadata, (REQUEST_ID_KEY, request_id))
+    return (*metadata, (REQUEST_ID_KEY, request_id)), request_id
 
 
 def _check_target(target: str) -> None:

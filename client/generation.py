@@ -10,18 +10,17 @@ import grpc
 from charlm.v1 import charlm_pb2 as pb
 
 from client import convert
-from client.errors import CharlmError, ServerError, from_rpc_error, request_id_in
+from client.errors import CharlmError, ServerError, from_rpc_error
 from client.types import Chunk, Finish
 
 
 class _Record:
     """What sync and asyncio generations share: the text, log-probabilities and summary received so far."""
 
-    def __init__(self, call: Any = None) -> None:
+    def __init__(self, request_id: str | None = None) -> None:
         self.finish: Finish | None = None  # set by the last message
         self.logprobs: list[float] = []  # filled only when logprobs were requested
-        self.request_id: str | None = None  # the call's id (server logs), once its initial metadata has come
-        self._call = call  # a call whose initial metadata is still to read for the id, or None
+        self.request_id = request_id  # the call's id, as the server logs it (the client sends it)
         self._texts: list[str] = []
         self._cancelled = False
 
@@ -61,17 +60,15 @@ class Generation(_Record):
     objects with log-probabilities; ``gen.result()`` drains the stream and returns the ``Finish``.
     """
 
-    def __init__(self, responses: Iterator[pb.GenerateResponse], cancel: Callable[[], Any], call: Any = None) -> None:
-        super().__init__(call)
+    def __init__(self, responses: Iterator[pb.GenerateResponse], cancel: Callable[[], Any],
+                 request_id: str | None = None) -> None:  # fmt: skip
+        super().__init__(request_id)
         self._responses = responses
         self._cancel = cancel
 
     def chunks(self) -> Iterator[Chunk]:
         """Chunks as they arrive; raises a CharlmError if the call fails."""
         try:
-            if self._call is not None:  # the server sends its initial metadata before the first message
-                call, self._call = self._call, None
-                self.request_id = request_id_in(call.initial_metadata())
             for msg in self._responses:
                 chunk = self._take(msg)
                 if chunk is not None:
@@ -106,18 +103,15 @@ class AsyncGeneration(_Record):
     """The asyncio twin of ``Generation``: ``async for text in gen``; ``await gen.result()``; ``async with``."""
 
     def __init__(
-        self, responses: AsyncIterator[pb.GenerateResponse], cancel: Callable[[], Any], call: Any = None
+        self, responses: AsyncIterator[pb.GenerateResponse], cancel: Callable[[], Any], request_id: str | None = None
     ) -> None:
-        super().__init__(call)
+        super().__init__(request_id)
         self._responses = responses
         self._cancel = cancel
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """Chunks as they arrive; raises a CharlmError if the call fails."""
         try:
-            if self._call is not None:  # as Generation.chunks
-                call, self._call = self._call, None
-                self.request_id = request_id_in(await call.initial_metadata())
             async for msg in self._responses:
                 chunk = self._take(msg)
                 if chunk is not None:

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import convert
 from client.connection import ConnectOptions, call_metadata, sync_channel, with_request_id
-from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error, request_id_in
+from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error
 from client.generation import Generation
 from client.streams import feed_blocking
 from client.types import FeedResult, ModelInfo, ModelList, Sampling, SessionInfo
@@ -41,7 +41,7 @@ class Client:
     def _unary(self, rpc: str, request: Any, timeout: float | None, request_id: str | None = None) -> Any:
         # rpc: a TextGeneration method's name, or "Health.Check"; errors name it when the server gives no message
         method = self._health.Check if rpc == "Health.Check" else getattr(self._stub, rpc)
-        metadata = with_request_id(self._metadata, request_id)
+        metadata, _ = with_request_id(self._metadata, request_id)
         try:
             return method(request, timeout=timeout or self.options.timeout, metadata=metadata)
         except grpc.RpcError as e:
@@ -67,9 +67,9 @@ class Client:
         """Starts sampling after ``prompt``; iterate the result for text chunks as they arrive."""
         sampling = Sampling(temperature, top_k, top_p, repetition_penalty, seed)
         request = convert.generate_request(prompt, model, sampling, max_chars, stop, session_id, logprobs)
-        metadata = with_request_id(self._metadata, request_id)
+        metadata, rid = with_request_id(self._metadata, request_id)
         call = self._stub.Generate(request, timeout=timeout or self.options.stream_timeout, metadata=metadata)
-        return Generation(call, call.cancel, call)
+        return Generation(call, call.cancel, rid)
 
     def feed(self, text: str | Iterable[str], *, session_id: str = "", model: str = "",
              timeout: float | None = None, request_id: str | None = None) -> FeedResult:
@@ -79,7 +79,7 @@ class Client:
         An exception raised by the iterable is raised here as it is.
         """
         requests = convert.feed_stream(convert.text_chunks(text), session_id, model)
-        metadata = with_request_id(self._metadata, request_id)
+        metadata, _ = with_request_id(self._metadata, request_id)
         response = feed_blocking(self._stub.Feed, requests, timeout or self.options.stream_timeout, metadata)
         return convert.feed_result(response)
 
@@ -119,8 +119,8 @@ class Client:
              request_id: str | None = None) -> Chat:
         """Opens a bidirectional Chat on a session (a new one of ``model`` when no id is given)."""
         opening = convert.chat_open(session_id, model, ttl_seconds)
-        metadata = with_request_id(self._metadata, request_id)
-        return Chat(self._stub, opening, metadata, timeout or self.options.stream_timeout)
+        metadata, rid = with_request_id(self._metadata, request_id)
+        return Chat(self._stub, opening, metadata, timeout or self.options.stream_timeout, rid)
 
     def models(self, timeout: float | None = None, *, request_id: str | None = None) -> ModelList:
         """Every served model and the default one."""
@@ -206,14 +206,14 @@ class Session:
 class Chat:
     """One bidirectional Chat stream: ``feed(text)`` then ``generate(...)``, in turns; ``cancel()`` from anywhere."""
 
-    def __init__(self, stub: Any, opening: pb.ChatOpen, metadata: Any, timeout: float | None) -> None:
+    def __init__(self, stub: Any, opening: pb.ChatOpen, metadata: Any, timeout: float | None, request_id: str) -> None:
         # Requests flow through a queue so feed/generate/cancel can be issued while responses are read.
         self._requests: queue.SimpleQueue[pb.ChatRequest | None] = queue.SimpleQueue()
         self._requests.put(pb.ChatRequest(open=opening))
         self._call = stub.Chat(iter(self._requests.get, None), timeout=timeout, metadata=metadata)
         self._reply: Generation | None = None  # the latest reply, perhaps not read to its end
         self.session = convert.session(self._expect("opened").opened)
-        self.request_id = request_id_in(self._call.initial_metadata())  # the stream's id, as the server logs it
+        self.request_id = request_id  # the stream's id, as the server logs it
 
     def _next(self) -> pb.ChatResponse:
         try:

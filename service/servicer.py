@@ -31,7 +31,7 @@ from service.convert import (
 from service.dataplane import DataPlane
 from service.logs import Call, log_access
 from service.metrics import Metrics
-from service.requestid import request_id, send, with_id
+from service.requestid import attach, request_id, with_id
 from service.requests import (
     Done,
     GenerateRequest,
@@ -95,7 +95,7 @@ async def abort(e: errors.CharlmError, context: Any, rid: str = "") -> None:
 def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Maps errors to statuses, measures and (with --access-log) logs the finished RPC; for unary and streaming
     responses. ``fn`` gets the RPC's Call record to fill in as a fourth argument. The call's request id goes
-    back as initial metadata, before the first message (service/requestid.py)."""
+    back in its trailers (service/requestid.py)."""
     name = fn.__name__
 
     async def fail(self: Servicer, e: BaseException, context: Any, call: Call) -> None:
@@ -109,7 +109,7 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
         async def stream(self: Servicer, request: Any, context: Any) -> AsyncIterator[Any]:
             call = Call(name, request_id(context.invocation_metadata()))
             try:
-                await send(context, call.request_id)
+                attach(context, call.request_id)
                 async with contextlib.aclosing(fn(self, request, context, call)) as items:  # (see DataPlane.generate)
                     async for item in items:
                         yield item
@@ -123,7 +123,7 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     async def unary(self: Servicer, request: Any, context: Any) -> Any:
         call = Call(name, request_id(context.invocation_metadata()))
         try:
-            await send(context, call.request_id)
+            attach(context, call.request_id)
             response = await fn(self, request, context, call)
         except BaseException as e:
             await fail(self, e, context, call)

@@ -18,13 +18,13 @@ FRESH = re.compile(r"[0-9a-f]{16}")
 def test_a_generation_knows_its_id(logged_server: RunningServer, access_line: Any) -> None:
     with Client(logged_server.target) as client:
         gen = client.generate(PROMPT, max_chars=10, request_id="job-7/step-1")
-        assert gen.request_id is None  # not known before the call has answered
-        gen.result()
         assert gen.request_id == "job-7/step-1"
-        made = client.generate(PROMPT, max_chars=10)
-        next(iter(made))
+        gen.result()
+        made = client.generate(PROMPT, max_chars=10)  # the client makes one: known before the server answers
         assert made.request_id is not None and FRESH.fullmatch(made.request_id)
-        made.result()
+        again = client.generate(PROMPT, max_chars=10)
+        assert again.request_id != made.request_id
+        made.result(), again.result()
         with client.chat(request_id="chat-1") as chat:
             chat.feed(PROMPT)
             reply = chat.generate(max_chars=5)

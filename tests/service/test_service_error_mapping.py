@@ -22,16 +22,16 @@ class Aborted(Exception):
 
 
 class Context:
-    """Records the initial metadata an RPC sends and the status it aborts with (as a grpc.aio context would)."""
+    """Records the trailing metadata an RPC sets and the status it aborts with (as a grpc.aio context would)."""
 
     status: grpc.Status | None = None
-    initial: tuple[tuple[str, str], ...] | None = None
+    trailing: tuple[tuple[str, str], ...] | None = None
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("user-agent", "test"), ("x-request-id", "req-42"))
 
-    async def send_initial_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
-        self.initial = metadata
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.trailing = metadata
 
     async def abort_with_status(self, status: grpc.Status) -> None:
         self.status = status
@@ -89,7 +89,7 @@ async def test_each_error_maps_to_its_status(error: Exception, code: grpc.Status
         else:
             await svc.Unary(error, context)
     assert context.status is not None and context.status.code == code
-    assert context.initial == (("x-request-id", "req-42"),)  # sent before the status, and in the trailers too
+    assert context.trailing == (("x-request-id", "req-42"),)  # set at the start, and in the abort's trailers too
     assert ("x-request-id", "req-42") in context.status.trailing_metadata  # type: ignore[attr-defined]
     info = error_info(context.status)
     assert info.reason == reason and info.domain == "charlm"
