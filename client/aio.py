@@ -34,11 +34,11 @@ class AsyncClient:
     async def _unary(self, rpc: str, request: Any, timeout: float | None, request_id: str | None = None) -> Any:
         # rpc: a TextGeneration method's name, or "Health.Check"; errors name it when the server gives no message
         method = self._health.Check if rpc == "Health.Check" else getattr(self._stub, rpc)
-        metadata, _ = with_request_id(self._metadata, request_id)
+        metadata, rid = with_request_id(self._metadata, request_id)
         try:
             return await method(request, timeout=timeout or self.options.timeout, metadata=metadata)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e, rpc) from None
+        except grpc.RpcError as e:  # the health service logs no ids
+            raise from_rpc_error(e, rpc, None if rpc == "Health.Check" else rid) from None
 
     def generate(
         self,
@@ -72,8 +72,8 @@ class AsyncClient:
         the iterable is raised here as it is.
         """
         requests = convert.feed_stream(convert.text_chunks(text), session_id, model)
-        timeout, (metadata, _) = timeout or self.options.stream_timeout, with_request_id(self._metadata, request_id)
-        return convert.feed_result(await feed_async(self._stub.Feed, requests, timeout, metadata))
+        timeout, (metadata, rid) = timeout or self.options.stream_timeout, with_request_id(self._metadata, request_id)
+        return convert.feed_result(await feed_async(self._stub.Feed, requests, timeout, metadata, rid))
 
     async def create_session(self, model: str = "", prime: str = "", ttl_seconds: int = 0,
                              timeout: float | None = None, *, request_id: str | None = None) -> AsyncSession:
@@ -214,13 +214,13 @@ class AsyncChat:
         try:
             await self._call.write(request)
         except grpc.RpcError as e:
-            raise from_rpc_error(e, "Chat") from None
+            raise from_rpc_error(e, "Chat", self.request_id) from None
 
     async def _expect(self, event: str) -> pb.ChatResponse:
         try:
             response = await self._call.read()
         except grpc.RpcError as e:
-            raise from_rpc_error(e, "Chat") from None
+            raise from_rpc_error(e, "Chat", self.request_id) from None
         if response is grpc.aio.EOF:  # type: ignore[attr-defined]
             raise ServerError("the chat stream ended unexpectedly", grpc.StatusCode.INTERNAL)
         if response.WhichOneof("event") != event:

@@ -114,10 +114,11 @@ Metadata = tuple[tuple[str, str], ...]
 def with_request_id(metadata: Metadata, request_id: str | None) -> tuple[Metadata, str]:
     """``metadata`` plus ``x-request-id``, and the id: ``request_id``, or a fresh one (16 hex characters), so that a
     call's id is known before it starts. InvalidArgument, before anything is sent, for an id the server would not
-    keep (gRPC itself fails a call whose metadata is not printable ASCII)."""
-    if not request_id:
+    keep (gRPC itself fails a call whose metadata is not printable ASCII); None or "" make a fresh one."""
+    if request_id is None or request_id == "":
         request_id = os.urandom(8).hex()
-    elif not (len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
+    elif not (isinstance(request_id, str) and len(request_id) <= 128 and request_id.isascii()
+              and request_id.isprintable()):
         raise invalid_argument("request_id", "must be 1 to 128 printable ASCII characters")
     return (*metadata, (REQUEST_ID_KEY, request_id)), request_id
 

@@ -9,7 +9,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 _DETAILS_KEY = "grpc-status-details-bin"
-REQUEST_ID_KEY = "x-request-id"  # the call's id, in the server's initial metadata (and a failure's trailers)
+REQUEST_ID_KEY = "x-request-id"  # the call's id: sent by the client, returned in the server's trailers
 
 
 def request_id_in(*metadata: Iterable[Any] | None) -> str | None:
@@ -23,7 +23,8 @@ def request_id_in(*metadata: Iterable[Any] | None) -> str | None:
 
 class CharlmError(Exception):
     """A failed call: ``code`` (grpc.StatusCode), ``message``, the server's ErrorInfo ``reason``/``metadata``, and
-    the call's ``request_id`` as the server logged it (None when no server answered)."""
+    the call's ``request_id``, the one the server logs it under (None for an error raised before sending, or when
+    no server answered)."""
 
     def __init__(
         self,
@@ -123,8 +124,12 @@ def _error_info(trailing: object) -> tuple[str, dict[str, str]]:
     return "", {}
 
 
-def from_rpc_error(err: grpc.RpcError, rpc: str = "") -> CharlmError:
-    """Converts a sync or asyncio gRPC error to the matching CharlmError subclass; ``rpc`` names the call."""
+def from_rpc_error(err: grpc.RpcError, rpc: str = "", request_id: str | None = None) -> CharlmError:
+    """Converts a sync or asyncio gRPC error to the matching CharlmError subclass; ``rpc`` names the call.
+
+    ``request_id`` is the id the client sent: the error's when its trailers carry none (a deadline or cancel
+    on the client's side ends the call without the server's trailers, though the server logged it), except
+    for UNAVAILABLE without trailers (no server answered)."""
     code: grpc.StatusCode | None = err.code() if hasattr(err, "code") else None
     # Some servicers (the standard health one) set only a code; str(err) would be the call object's repr.
     message = err.details() if hasattr(err, "details") else None
@@ -134,7 +139,10 @@ def from_rpc_error(err: grpc.RpcError, rpc: str = "") -> CharlmError:
     initial = err.initial_metadata() if hasattr(err, "initial_metadata") else None
     reason, metadata = _error_info(trailing)
     cls = _BY_CODE.get(code, ServerError) if code is not None else ServerError
-    return cls(message, code, reason, metadata, request_id_in(initial, trailing))
+    rid = request_id_in(initial, trailing)
+    if rid is None and code != grpc.StatusCode.UNAVAILABLE:
+        rid = request_id
+    return cls(message, code, reason, metadata, rid)
 
 
 def invalid_argument(field: str, message: str) -> InvalidArgument:

@@ -48,7 +48,7 @@ class _Record:
         return self._cancelled and getattr(err, "code", lambda: None)() == grpc.StatusCode.CANCELLED
 
     def _error(self, err: grpc.RpcError) -> CharlmError:
-        error = from_rpc_error(err)
+        error = from_rpc_error(err, request_id=self.request_id)
         self.request_id = self.request_id or error.request_id
         return error
 

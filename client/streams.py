@@ -56,8 +56,10 @@ class RequestStream(Generic[T]):
             raise self.error
 
 
-def feed_blocking(method: Any, requests: Iterable[Any], timeout: float | None, metadata: Any) -> Any:
-    """Runs a sync stream-unary call (Feed); CharlmError on failure, or the request iterable's own exception."""
+def feed_blocking(method: Any, requests: Iterable[Any], timeout: float | None, metadata: Any,
+                  request_id: str | None = None) -> Any:
+    """Runs a sync stream-unary call (Feed); CharlmError on failure (``request_id``: the id sent, see
+    from_rpc_error), or the request iterable's own exception."""
     stream = RequestStream(requests)
     future = method.future(stream, timeout=timeout, metadata=metadata)
     stream.bind(future.cancel)
@@ -65,7 +67,7 @@ def feed_blocking(method: Any, requests: Iterable[Any], timeout: float | None, m
         response = future.result()
     except grpc.RpcError as e:
         stream.reraise()
-        raise from_rpc_error(e, "Feed") from None
+        raise from_rpc_error(e, "Feed", request_id) from None
     except grpc.FutureCancelledError:
         stream.reraise()  # only the stream cancels this future
         raise
@@ -76,7 +78,8 @@ def feed_blocking(method: Any, requests: Iterable[Any], timeout: float | None, m
     return response
 
 
-async def feed_async(method: Any, requests: Iterable[Any], timeout: float | None, metadata: Any) -> Any:
+async def feed_async(method: Any, requests: Iterable[Any], timeout: float | None, metadata: Any,
+                     request_id: str | None = None) -> Any:
     """The asyncio twin of ``feed_blocking``."""
     stream = RequestStream(requests)
     call = method(stream, timeout=timeout, metadata=metadata)
@@ -85,7 +88,7 @@ async def feed_async(method: Any, requests: Iterable[Any], timeout: float | None
         response = await call
     except grpc.RpcError as e:
         stream.reraise()
-        raise from_rpc_error(e, "Feed") from None
+        raise from_rpc_error(e, "Feed", request_id) from None
     except asyncio.CancelledError:
         stream.reraise()  # the stream cancelled the call; a cancel of the caller's own task propagates
         raise

@@ -41,11 +41,11 @@ class Client:
     def _unary(self, rpc: str, request: Any, timeout: float | None, request_id: str | None = None) -> Any:
         # rpc: a TextGeneration method's name, or "Health.Check"; errors name it when the server gives no message
         method = self._health.Check if rpc == "Health.Check" else getattr(self._stub, rpc)
-        metadata, _ = with_request_id(self._metadata, request_id)
+        metadata, rid = with_request_id(self._metadata, request_id)
         try:
             return method(request, timeout=timeout or self.options.timeout, metadata=metadata)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e, rpc) from None
+        except grpc.RpcError as e:  # the health service logs no ids
+            raise from_rpc_error(e, rpc, None if rpc == "Health.Check" else rid) from None
 
     def generate(
         self,
@@ -79,8 +79,8 @@ class Client:
         An exception raised by the iterable is raised here as it is.
         """
         requests = convert.feed_stream(convert.text_chunks(text), session_id, model)
-        metadata, _ = with_request_id(self._metadata, request_id)
-        response = feed_blocking(self._stub.Feed, requests, timeout or self.options.stream_timeout, metadata)
+        metadata, rid = with_request_id(self._metadata, request_id)
+        response = feed_blocking(self._stub.Feed, requests, timeout or self.options.stream_timeout, metadata, rid)
         return convert.feed_result(response)
 
     def create_session(self, model: str = "", prime: str = "", ttl_seconds: int = 0,
@@ -212,8 +212,8 @@ class Chat:
         self._requests.put(pb.ChatRequest(open=opening))
         self._call = stub.Chat(iter(self._requests.get, None), timeout=timeout, metadata=metadata)
         self._reply: Generation | None = None  # the latest reply, perhaps not read to its end
-        self.session = convert.session(self._expect("opened").opened)
         self.request_id = request_id  # the stream's id, as the server logs it
+        self.session = convert.session(self._expect("opened").opened)
 
     def _next(self) -> pb.ChatResponse:
         try:
@@ -221,7 +221,7 @@ class Chat:
         except StopIteration:
             raise ServerError("the chat stream ended unexpectedly", grpc.StatusCode.INTERNAL) from None
         except grpc.RpcError as e:
-            raise from_rpc_error(e, "Chat") from None
+            raise from_rpc_error(e, "Chat", self.request_id) from None
 
     def _expect(self, event: str) -> pb.ChatResponse:
         response = self._next()

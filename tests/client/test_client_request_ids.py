@@ -10,7 +10,7 @@ import pytest
 from fixtures.charlm_client import PROMPT, assert_one_line_error, cli_command, cli_env
 from fixtures.server import RunningServer
 
-from client import AsyncClient, Client, InvalidArgument, NotFound
+from client import AsyncClient, Client, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 
 FRESH = re.compile(r"[0-9a-f]{16}")
 
@@ -99,3 +99,50 @@ def test_the_cli_names_the_id_of_a_failed_call(logged_server: RunningServer, acc
         assert found, line
         logged = access_line(found.group(1))
         assert (logged.rpc, logged.code) == (rpc, code)
+
+
+def test_a_call_its_deadline_ends_keeps_the_id_the_server_logged(
+    logged_server: RunningServer, access_line: Any
+) -> None:
+    # The client's deadline ends the call without the server's trailers; the server logged it all the same.
+    with Client(logged_server.target) as client:
+        gen = client.generate(PROMPT, max_chars=65536, timeout=0.2, request_id="slow-gen")
+        with pytest.raises(DeadlineExceeded) as generating:
+            gen.result()
+        with pytest.raises(DeadlineExceeded) as feeding:
+            client.feed("abc" * 200_000, timeout=0.3, request_id="slow-feed")
+        with pytest.raises(DeadlineExceeded) as chatting, client.chat(timeout=0.5, request_id="slow-chat") as chat:
+            chat.feed(PROMPT)
+            chat.generate(max_chars=65536).result()
+    for err, rid, rpc in ((generating, "slow-gen", "Generate"), (feeding, "slow-feed", "Feed"),
+                          (chatting, "slow-chat", "Chat")):
+        assert err.value.request_id == rid and f"request id {rid})" in str(err.value)
+        assert access_line(rid).rpc == rpc
+
+
+async def test_an_asyncio_call_its_deadline_ends_keeps_its_id(logged_server: RunningServer) -> None:
+    async with AsyncClient(logged_server.target) as client:
+        gen = client.generate(PROMPT, max_chars=65536, timeout=0.2)
+        with pytest.raises(DeadlineExceeded) as generating:
+            await gen.result()
+        with pytest.raises(DeadlineExceeded) as feeding:
+            await client.feed("abc" * 200_000, timeout=0.3, request_id="aslow-feed")
+        chat = await client.chat(timeout=0.5, request_id="aslow-chat")
+        with pytest.raises(DeadlineExceeded) as chatting:
+            async with chat:
+                await chat.feed(PROMPT)
+                await (await chat.generate(max_chars=65536)).result()
+    assert generating.value.request_id == gen.request_id is not None
+    assert (feeding.value.request_id, chatting.value.request_id) == ("aslow-feed", "aslow-chat")
+
+
+def test_no_server_no_id_and_ids_that_are_not_strings_are_refused() -> None:
+    with Client("127.0.0.1:1", retries=1) as client:
+        with pytest.raises(Unavailable) as unreachable:
+            client.models(request_id="never-seen")
+        for bad in (7, b"bytes"):
+            with pytest.raises(InvalidArgument) as refused:
+                client.models(request_id=bad)  # type: ignore[arg-type]
+            assert refused.value.field == "request_id"
+        assert client.generate(PROMPT, request_id="").request_id not in ("", None)  # "" = make one
+    assert unreachable.value.request_id is None and "request id" not in str(unreachable.value)
