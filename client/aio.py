@@ -17,7 +17,7 @@ from client.connection import ConnectOptions, aio_channel, call_metadata, with_r
 from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error
 from client.generation import AsyncGeneration
 from client.streams import feed_async
-from client.sync import build_options
+from client.sync import CHAT_CLOSE_WAIT_S, build_options
 from client.types import FeedResult, ModelInfo, ModelList, Sampling, SessionInfo
 
 
@@ -265,9 +265,13 @@ class AsyncChat:
         await self._write(pb.ChatRequest(cancel=pb.ChatCancel()))
 
     async def close(self) -> None:
-        """Ends the stream; the session itself stays on the server."""
+        """Ends the stream; the session itself stays on the server. As ``Chat.close``: with every reply read, the
+        server ends the stream (OK); a reply left unread is cancelled."""
         with contextlib.suppress(grpc.RpcError):  # the stream may have ended already
             await self._call.done_writing()
+        if self._reply is None or self._reply.finish is not None:
+            with contextlib.suppress(TimeoutError, grpc.RpcError):
+                await asyncio.wait_for(self._call.code(), CHAT_CLOSE_WAIT_S)
         self._call.cancel()
 
     async def __aenter__(self) -> AsyncChat:

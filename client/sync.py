@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,6 +19,8 @@ from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error
 from client.generation import Generation
 from client.streams import feed_blocking
 from client.types import FeedResult, ModelInfo, ModelList, Sampling, SessionInfo
+
+CHAT_CLOSE_WAIT_S = 1.0  # how long closing a chat waits for the server to end it, before cancelling it
 
 
 def build_options(target: str | None, options: ConnectOptions | None, overrides: dict[str, Any]) -> ConnectOptions:
@@ -268,8 +271,13 @@ class Chat:
         self._requests.put(pb.ChatRequest(cancel=pb.ChatCancel()))
 
     def close(self) -> None:
-        """Ends the stream; the session itself stays on the server (delete it separately)."""
+        """Ends the stream; the session itself stays on the server (delete it separately). With every reply read
+        to its end, the server ends the stream itself (OK in its access log and metrics); a reply left unread is
+        cancelled."""
         self._requests.put(None)
+        if self._reply is None or self._reply.finish is not None:
+            with contextlib.suppress(grpc.FutureTimeoutError):
+                self._call.exception(timeout=CHAT_CLOSE_WAIT_S)  # (waits for the call's end: its status)
         self._call.cancel()
 
     def __enter__(self) -> Chat:

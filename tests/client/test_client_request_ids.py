@@ -146,3 +146,20 @@ def test_no_server_no_id_and_ids_that_are_not_strings_are_refused() -> None:
             assert refused.value.field == "request_id"
         assert client.generate(PROMPT, request_id="").request_id not in ("", None)  # "" = make one
     assert unreachable.value.request_id is None and "request id" not in str(unreachable.value)
+
+
+async def test_a_chat_closed_after_its_last_reply_ends_ok_on_the_server(
+    logged_server: RunningServer, access_line: Any
+) -> None:
+    with Client(logged_server.target) as client, client.chat(request_id="clean-sync") as chat:
+        chat.feed(PROMPT)
+        chat.generate(max_chars=5).result()
+    async with AsyncClient(logged_server.target) as aclient:
+        async with await aclient.chat(request_id="clean-async") as achat:
+            await achat.feed(PROMPT)
+            await (await achat.generate(max_chars=5)).result()
+        async with await aclient.chat(request_id="left-unread") as achat:
+            await achat.feed(PROMPT)
+            await achat.generate(max_chars=60_000)  # never read: closing cancels it
+    assert access_line("clean-sync").code == access_line("clean-async").code == "OK"
+    assert access_line("left-unread").code == "CANCELLED"
