@@ -38,15 +38,19 @@ def _check(cfg: SecurityConfig) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key), password=_no_password)
-    except (ssl.SSLError, ValueError) as e:
+    except (OSError, ValueError) as e:  # (ssl.SSLError is an OSError; so is a file gone since _read: a rotation)
         raise ValueError(f"--tls-cert {cfg.tls_cert} / --tls-key {cfg.tls_key}: not a PEM certificate chain and its "
-                         f"matching, unencrypted private key ({getattr(e, 'reason', None) or e})") from None
+                         f"matching, unencrypted private key ({_why(e)})") from None
     if cfg.tls_client_ca is not None:
         try:
             ctx.load_verify_locations(cafile=str(cfg.tls_client_ca))
-        except ssl.SSLError as e:
-            raise ValueError(f"--tls-client-ca {cfg.tls_client_ca}: not PEM CA certificates "
-                             f"({e.reason or e})") from None
+        except OSError as e:
+            raise ValueError(f"--tls-client-ca {cfg.tls_client_ca}: not PEM CA certificates ({_why(e)})") from None
+
+
+def _why(e: Exception) -> object:
+    """An ssl or file error's reason, in a few words."""
+    return getattr(e, "reason", None) or getattr(e, "strerror", None) or e
 
 
 def _load(cfg: SecurityConfig) -> grpc.ServerCertificateConfiguration:

@@ -58,3 +58,22 @@ def test_files_replaced_while_being_read_are_read_again(files: tls.CertificateFi
     assert files.fetch() is None  # a pair read across a change may not match
     monkeypatch.setattr(tls, "_load", load)
     assert files.fetch() is not None
+
+
+def test_a_file_gone_between_its_read_and_its_check_keeps_the_old_certificate(
+        files: tls.CertificateFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    check, key = tls._check, tmp_path / "server.key"
+    saved = key.read_bytes()
+
+    def remove_then_check(cfg: SecurityConfig) -> None:
+        key.unlink()  # a rotation that removes the old file before it writes the new one
+        check(cfg)
+
+    monkeypatch.setattr(tls, "_check", remove_then_check)
+    touch(tmp_path / "server.pem")
+    assert files.fetch() is None  # a one-line warning, not an exception into gRPC core (a traceback, per handshake)
+    assert "tls: keeping the certificate loaded before: --tls-cert" in caplog.text
+    monkeypatch.setattr(tls, "_check", check)
+    key.write_bytes(saved)
+    assert files.fetch() is not None
