@@ -118,8 +118,8 @@ def with_request_id(metadata: Metadata, request_id: str | None) -> tuple[Metadat
     if request_id is None or request_id == "":
         request_id = os.urandom(8).hex()
     elif not (isinstance(request_id, str) and len(request_id) <= 128 and request_id.isascii()
-              and request_id.isprintable()):
-        raise invalid_argument("request_id", "must be 1 to 128 printable ASCII characters")
+              and request_id.isprintable() and request_id == request_id.strip()):
+        raise invalid_argument("request_id", "must be 1 to 128 printable ASCII characters, no space at either end")
     return (*metadata, (REQUEST_ID_KEY, request_id)), request_id
 
 

@@ -21,8 +21,10 @@ MAX_CHARS = 128
 
 
 def usable(value: object) -> bool:
-    """True for an id the server keeps as the client sent it: 1 to 128 characters of printable ASCII."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_CHARS and value.isascii() and value.isprintable()
+    """True for an id the server keeps as the client sent it: 1 to 128 characters of printable ASCII, no space at
+    either end (HTTP/2 forbids it in a header value: a proxy may strip or refuse it)."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_CHARS and value.isascii() and value.isprintable()
+            and value == value.strip())
 
 
 def request_id(metadata: Iterable[Any] | None) -> str:

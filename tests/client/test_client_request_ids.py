@@ -77,7 +77,7 @@ def test_an_id_the_server_would_not_keep_is_refused_before_sending(
     logged_server: RunningServer, access_line: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     with Client(logged_server.target) as client:
-        for bad in ("x" * 129, "caf\u00e9", "tab\there"):
+        for bad in ("x" * 129, "caf\u00e9", "tab\there", " edge"):
             with pytest.raises(InvalidArgument) as refused:
                 client.models(request_id=bad)
             assert refused.value.field == "request_id" and refused.value.request_id is None
