@@ -124,7 +124,8 @@ async def _one_request(client: AsyncClient, prompt: str, chars: int, model: str,
                 progress(len(text))
         stats.completed += 1
     except CharlmError as e:
-        stats.errors.append((e.status, " ".join(e.message.split())))
+        rid = f" (request id {e.request_id})" if e.request_id else ""  # to find the call in the server's log
+        stats.errors.append((e.status, " ".join(e.message.split()) + rid))
 
 
 def _first_messages(errors: list[tuple[str, str]]) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from fixtures.charlm_client import PROMPT
@@ -47,3 +48,4 @@ async def test_run_load_reports_errors_by_status(server: RunningServer) -> None:
     assert report.errors == {"NOT_FOUND": 6} and report.completed == 0 and report.total_chars == 0
     assert report.to_dict()["errors"] == {"NOT_FOUND": 6} and report.requests_per_s == 0
     assert "no-such-model" in report.error_messages["NOT_FOUND"]
+    assert re.search(r"\(request id [0-9a-f]{16}\)$", report.error_messages["NOT_FOUND"])  # to find it in the log
