@@ -20,9 +20,10 @@ from service.config import EngineConfig
 from service.cores import available_cores, quota_cores
 from service.errors import InvalidArgument, Unavailable
 from service.lane import Lane
+from service.prompts import LonePrompts, consume
 from service.runtime import Runtime
 from service.sampling import validate
-from service.scheduler import Scheduler, consume
+from service.scheduler import Scheduler
 from service.stream import Stream
 from service.types import Chunk, EngineObserver, FeedResult, Finish, GenerateParams, SeqState
 from service.vocab import Vocab
@@ -50,6 +51,7 @@ class Engine:
         peers: list[Scheduler] = []  # every lane adds itself
         self.lanes = [Lane(runtime, vocab, config, self.model, observer, peers) for _ in range(n)]
         self.observer = observer
+        self._lone = LonePrompts(runtime, config.inline_prompt_chars)  # the prompts consumed on the event loop
         self._feeds = 0  # feed requests held by the lanes
         # Generations whose reader has not let go: one whose stream has ended in the engine may still be sending
         # its last messages, and while requests come in together one is always being sent (see _submit).
@@ -188,7 +190,9 @@ class Engine:
     def _prefill_here(self, s: Stream) -> bool:
         """Consume a stream's prompt and draw its first character on the event loop (see
         ``EngineConfig.inline_prompt_chars``). True when that ended it; else it is ready for a batch row."""
-        logits = consume(self.runtime, [s], int(s.todo.size))
+        logits = self._lone.consume(s)
+        if logits is None:  # (on a device)
+            logits = consume(self.runtime, [s], int(s.todo.size))
         s.done = int(s.todo.size)
         reason = s.first_char(logits[0, -1], self.vocab.chars)
         s.t_first = s.t_wake = time.perf_counter()

@@ -91,7 +91,7 @@ class Runtime:
         # One such call at a time: each uses all of onnxruntime's threads already, and with calls from several
         # engine lanes at once the server's memory kept growing (a 300 s soak: +16.6% after warm-up, +3.9% with
         # this lock, flat from the 7th round; docs/performance.md).
-        self._prompt_calls = threading.Lock()
+        self.prompt_lock = threading.Lock()
         self._onnx_path, self._providers = str(artifact.onnx_path), providers
         self._one_thread = replace(config, intra_op_threads=1, inter_op_threads=1)  # a lane's calls beside others'
         self.provider = "cuda" if PROVIDERS["cuda"] in self.session.get_providers() else "cpu"
@@ -141,7 +141,7 @@ class Runtime:
         if session is not None:
             logits, *new = session.run(self.output_names, feed)
         else:
-            with self._prompt_calls:
+            with self.prompt_lock:
                 logits, *new = self.session.run(self.output_names, feed)
         return logits[:b], tuple(s[:, :b] for s in new)
 

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from service.batch import DecodeBatch, Joiner
 from service.config import EngineConfig
 from service.handoff import Handoff
+from service.prompts import consume
 from service.runtime import Runtime
 from service.sampling import BatchParams, by_head
 from service.stream import Stream
@@ -244,20 +245,3 @@ class Scheduler:
         else:
             self._handoff.post(s.on_chunk, s.release())
             self._enqueue(s)
-
-
-def consume(runtime: Runtime, group: list[Stream], n: int,
-            session: ort.InferenceSession | None = None) -> np.ndarray:  # fmt: skip
-    """One (P, n) sequence call over the next ``n`` ids of each stream's text, from each one's own state (on
-    ``session``: see Runtime.run); the states advance (``done`` is the caller's to move). Returns the logits
-    (P, n, V)."""
-    if len(group) == 1:  # (views, not stacks: a request that comes alone is on its way to its first character)
-        s = group[0]
-        ids, states = s.todo[None, s.done : s.done + n], tuple(a[:, None] for a in s.state.arrays)
-    else:
-        ids = np.stack([s.todo[s.done : s.done + n] for s in group])
-        states = tuple(np.stack(a, axis=1) for a in zip(*(s.state.arrays for s in group), strict=True))
-    logits, new = runtime.run(ids, states, session)  # (layers, P, H)
-    for i, s in enumerate(group):
-        s.state.arrays = tuple(np.ascontiguousarray(a[:, i]) for a in new)
-    return logits

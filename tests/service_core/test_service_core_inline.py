@@ -15,7 +15,9 @@ import pytest
 from fixtures.service_core import ARCHS, EngineFactory, collect, until
 
 from service.engine import Engine
+from service.prompts import LonePrompts
 from service.runtime import Runtime
+from service.stream import Stream
 from service.types import Chunk, Finish, GenerateParams, Sampling
 
 PROMPT = "The keeper "
@@ -67,12 +69,23 @@ async def test_prompts_are_consumed_on_the_loop_only_while_the_engine_holds_and_
     where: list[tuple[str, int]] = []  # of every prompt call: "loop" or "step thread", and its length
     run = rt.run
 
+    lone = LonePrompts.consume
+
+    def here() -> str:
+        return "step thread" if threading.current_thread().name.startswith("charlm-step") else "loop"
+
     def spy(ids: np.ndarray, states: tuple[np.ndarray, ...], session: object = None) -> object:
-        thread = "step thread" if threading.current_thread().name.startswith("charlm-step") else "loop"
-        where.append((thread, ids.shape[1]))
+        where.append((here(), ids.shape[1]))
         return run(ids, states, session)  # type: ignore[arg-type]
 
+    def lone_spy(self: LonePrompts, s: Stream) -> object:  # (the loop's prepared calls: service/prompts.py)
+        n, logits = s.remaining, lone(self, s)
+        if logits is not None:
+            where.append((here(), n))
+        return logits
+
     monkeypatch.setattr(rt, "run", spy)
+    monkeypatch.setattr(LonePrompts, "consume", lone_spy)
     engine = make_engine("lstm", inline_prompt_chars=16)
     short, long = GenerateParams(max_chars=3), "x" * 17
 
