@@ -19,6 +19,7 @@ from service.runtime import Runtime, States
 from service.stream import Stream
 
 _Io = tuple[Callable[[], None], np.ndarray, States, np.ndarray, States]  # call, ids, states, logits, states out
+LONE_MAX_CHARS = 64  # the longest lone prompt with a binding: at most 64 of them (~1.5 MB with the logits)
 
 
 def consume(runtime: Runtime, group: list[Stream], n: int,
@@ -43,7 +44,8 @@ class LonePrompts:
     runtime's shared session; CPU only. Padded as ``Runtime.run`` pads: copies of the row up to ``min_batch``."""
 
     def __init__(self, runtime: Runtime, max_chars: int) -> None:
-        self.runtime, self.max_chars = runtime, max_chars
+        # (capped: --inline-prompt-chars may be set far higher, and every length held would keep its buffers)
+        self.runtime, self.max_chars = runtime, min(max_chars, LONE_MAX_CHARS)
         self._io: dict[int, _Io] = {}
 
     def consume(self, s: Stream) -> np.ndarray | None:

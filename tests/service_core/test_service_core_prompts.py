@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fixtures.service_core import ARCHS
 
-from service.prompts import LonePrompts
+from service.prompts import LONE_MAX_CHARS, LonePrompts
 from service.runtime import Runtime
 from service.stream import Stream
 from service.types import SeqState
@@ -32,3 +32,10 @@ def test_a_lone_prompt_gives_what_a_plain_call_gives(arch: str, tiny_runtimes: d
         earlier.append((logits, s.state.arrays))
     assert not np.array_equal(earlier[1][0], earlier[3][0])  # each call's results are its own, not the buffers
     assert lone.consume(stream(rt, np.zeros(17, np.int64), rt.zero_state())) is None  # over max_chars: not here
+
+
+def test_lone_prompts_hold_bindings_for_short_prompts_only(tiny_runtimes: dict[str, Runtime]) -> None:
+    rt = tiny_runtimes["lstm"]
+    lone = LonePrompts(rt, 10_000)  # (--inline-prompt-chars may be set that high)
+    assert lone.consume(stream(rt, np.zeros(LONE_MAX_CHARS + 1, np.int64), rt.zero_state())) is None
+    assert lone.consume(stream(rt, np.zeros(LONE_MAX_CHARS, np.int64), rt.zero_state())) is not None
