@@ -256,8 +256,7 @@ class AsyncChat:
         request = convert.chat_generate(sampling, max_chars, stop, logprobs)
         await self._finish_reply()
         await self._write(request)
-        self._reply = AsyncGeneration(self._replies(), self.cancel)
-        self._reply.request_id = self.request_id
+        self._reply = AsyncGeneration(self._replies(), self.cancel, self.request_id)
         return self._reply
 
     async def cancel(self) -> None:

@@ -12,12 +12,11 @@ _DETAILS_KEY = "grpc-status-details-bin"
 REQUEST_ID_KEY = "x-request-id"  # the call's id: sent by the client, returned in the server's trailers
 
 
-def request_id_in(*metadata: Iterable[Any] | None) -> str | None:
-    """The first ``x-request-id`` value in the metadata given (initial, then trailing), or None."""
-    for entries in metadata:
-        for key, value in entries or ():
-            if key == REQUEST_ID_KEY:
-                return str(value)
+def request_id_in(metadata: Iterable[Any] | None) -> str | None:
+    """The ``x-request-id`` value in a call's trailing metadata, or None."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY:
+            return str(value)
     return None
 
 
@@ -136,10 +135,9 @@ def from_rpc_error(err: grpc.RpcError, rpc: str = "", request_id: str | None = N
     if not message:
         message = f"{rpc or 'the call'} failed with {code.name if code else 'an unknown status'} and no message"
     trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-    initial = err.initial_metadata() if hasattr(err, "initial_metadata") else None
     reason, metadata = _error_info(trailing)
     cls = _BY_CODE.get(code, ServerError) if code is not None else ServerError
-    rid = request_id_in(initial, trailing)
+    rid = request_id_in(trailing)
     if rid is None and code != grpc.StatusCode.UNAVAILABLE:
         rid = request_id
     return cls(message, code, reason, metadata, rid)

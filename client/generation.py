@@ -10,7 +10,7 @@ import grpc
 from charlm.v1 import charlm_pb2 as pb
 
 from client import convert
-from client.errors import CharlmError, ServerError, from_rpc_error
+from client.errors import ServerError, from_rpc_error
 from client.types import Chunk, Finish
 
 
@@ -47,11 +47,6 @@ class _Record:
         # A cancel() we asked for ends the stream with CANCELLED: that is not an error for the caller.
         return self._cancelled and getattr(err, "code", lambda: None)() == grpc.StatusCode.CANCELLED
 
-    def _error(self, err: grpc.RpcError) -> CharlmError:
-        error = from_rpc_error(err, request_id=self.request_id)
-        self.request_id = self.request_id or error.request_id
-        return error
-
 
 class Generation(_Record):
     """Iterate for text chunks (``str``); after exhaustion ``finish`` holds the summary.
@@ -75,7 +70,7 @@ class Generation(_Record):
                     yield chunk
         except grpc.RpcError as e:
             if not self._quiet(e):
-                raise self._error(e) from None
+                raise from_rpc_error(e, request_id=self.request_id) from None
 
     def __iter__(self) -> Iterator[str]:
         return (chunk.text for chunk in self.chunks())
@@ -118,7 +113,7 @@ class AsyncGeneration(_Record):
                     yield chunk
         except grpc.RpcError as e:
             if not self._quiet(e):
-                raise self._error(e) from None
+                raise from_rpc_error(e, request_id=self.request_id) from None
         except asyncio.CancelledError:
             # grpc.aio ends a call we cancelled with CancelledError; only a cancel of our own task propagates.
             task = asyncio.current_task()

@@ -262,8 +262,7 @@ class Chat:
         request = convert.chat_generate(sampling, max_chars, stop, logprobs)
         self._finish_reply()
         self._requests.put(request)
-        self._reply = Generation(self._replies(), self.cancel)
-        self._reply.request_id = self.request_id
+        self._reply = Generation(self._replies(), self.cancel, self.request_id)
         return self._reply
 
     def cancel(self) -> None:
