@@ -6,8 +6,11 @@
 3. batch invariance on CUDA: seeded streams alone and among 63 others give the same text (what the service
    promises: a stream's text does not depend on its batch mates);
 4. the raw engine: single-step calls at batch 1 to 1024 on each provider (chars/s);
-5. served: a real server (`python -m service --provider ...`) on each, started side by side and measured in
-   turn with real clients: 1, 64 and 256 streams of 2,000 characters (chars/s, time to first chunk p50).
+5. the decode batch's own calls at 256 rows, single-step and several-step, side by side in this process (rounds
+   alternated): on the CPU; on CUDA with the states copied in and out at every call (``--device-batch off``);
+   with them kept on the device (service/device.py); and with that and CUDA graphs;
+6. served: a real server (`python -m service --provider ...`) per configuration of 5, started side by side and
+   measured in turn with real clients: 1, 64 and 256 streams of 2,000 characters (chars/s, time to first chunk).
 
 Needs onnxruntime-gpu (not part of the project's installs: see docs/deployment.md, "GPU"). Example:
     python -m bench.cuda_check --json-out cuda.json
@@ -17,24 +20,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.engine import measure_step_rate
-from bench.serve_runs import PROMPT16, fit_prompt
+from bench.serve_runs import PROMPT16, fit_prompt, ttfc_probe
 from bench.server_proc import ServerProcess
 from client.loadgen import run_load
 from service.artifact import load_artifact
+from service.batch import Joiner
+from service.device import new_batch
 from service.engine import Engine
 from service.runtime import Runtime, RuntimeConfig
 from service.types import Chunk, GenerateParams, Sampling
 from service.vocab import Vocab
 
 PROVIDERS = ("cpu", "cuda")
+# the decode batch's configurations (name: runtime config, the same as server flags)
+VARIANTS: dict[str, tuple[RuntimeConfig, list[str]]] = {
+    "cpu": (RuntimeConfig(provider="cpu"), ["--provider", "cpu"]),
+    "cpu_device": (RuntimeConfig(provider="cpu", device_batch="on"), ["--provider", "cpu", "--device-batch", "on"]),
+    "cuda_copied": (RuntimeConfig(provider="cuda", device_batch="off"),
+                    ["--provider", "cuda", "--device-batch", "off"]),
+    "cuda_device": (RuntimeConfig(provider="cuda", cuda_graphs=False),
+                    ["--provider", "cuda", "--cuda-graphs", "false"]),
+    "cuda_graphs": (RuntimeConfig(provider="cuda"), ["--provider", "cuda"]),
+}  # fmt: skip
+SERVED_ONLY = {"cuda_graphs_2_lanes": ["--provider", "cuda", "--lanes", "2"]}  # served beside VARIANTS' servers
 
 
 async def text_of(engine: Engine, prompt: str, params: GenerateParams) -> str:
@@ -84,17 +102,50 @@ def logits_difference(runtimes: dict[str, Runtime], prompt: str) -> float:
     return float(np.abs(out["cpu"] - out["cuda"]).max())
 
 
+def decode_calls(art_path: Path, rows: int, rounds: int, calls: int) -> dict[str, Any]:
+    """µs per decode call of a full batch of ``rows``, each variant's batch stepped ``calls`` times a round, the
+    variants alternated for ``rounds`` rounds; the median round of each (single-step and several-step calls)."""
+    art = load_artifact(art_path)
+    runtimes = {name: Runtime(art, config) for name, (config, _) in VARIANTS.items()}
+    out: dict[str, Any] = {f"{n}_runtime": [rt.provider, rt.device_batch, rt.cuda_graphs] for n, rt in runtimes.items()}
+    batches = {}
+    for name, rt in runtimes.items():
+        b = new_batch(rt, rows)
+        b.prepare(True)  # (captures the CUDA graphs of a device batch)
+        b.rebuild([], [Joiner(rt.zero_state(), 1, np.zeros(rt.vocab_size, bool)) for _ in range(rows)])
+        batches[name] = b
+        out[f"{name}_graphs_after_prepare"] = rt.cuda_graphs
+    times: dict[str, list[float]] = {f"{n}_{k}": [] for n in batches for k in ("step_us", "steps_call_us")}
+    for _ in range(rounds):
+        for name, b in batches.items():
+            for key, fn in (("step_us", b.step), ("steps_call_us", b.steps_call)):
+                fn()
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                times[f"{name}_{key}"].append((time.perf_counter() - start) / calls * 1e6)
+    out.update({k: round(float(np.median(v)), 1) for k, v in times.items()})
+    return out
+
+
 async def served(repo: Path, model: str, prompt: str, levels: list[int], chars: int) -> dict[str, Any]:
-    """Each level on a CPU and a CUDA server started side by side, measured in turn."""
+    """Each level on a server per variant (VARIANTS), all started side by side, measured in turn."""
     out: dict[str, Any] = {}
-    with ServerProcess(repo, ["--provider", "cpu", "--default-model", model]) as cpu, \
-            ServerProcess(repo, ["--provider", "cuda", "--default-model", model]) as cuda:  # fmt: skip
-        out["cuda_server_log_tail"] = cuda.log_text()[-1500:]
+    with contextlib.ExitStack() as stack:
+        flags = {**{n: f for n, (_, f) in VARIANTS.items() if n != "cpu_device"}, **SERVED_ONLY}
+        servers = {n: stack.enter_context(ServerProcess(repo, [*f, "--default-model", model]))
+                   for n, f in flags.items()}  # fmt: skip
+        for n, srv in servers.items():
+            out[f"{n}_server_log_tail"] = srv.log_text()[-1200:]
+            ttfc = await ttfc_probe(srv.target, model, prompt, 30)  # one-character requests, one after another
+            out[f"{n}_ttfc_probe_ms"] = {"p50": ttfc.served.p50, "engine_p50": ttfc.engine.p50}
+            print(n, out[f"{n}_ttfc_probe_ms"], flush=True)
         for streams in levels:
-            for p, srv in (("cpu", cpu), ("cuda", cuda)):
+            for n, srv in servers.items():
                 r = await run_load(srv.target, streams, chars, prompt, model=model)
-                out[f"{p}_{streams}"] = {"chars_per_s": round(r.chars_per_s), "ttfc_p50_ms": r.ttfc_ms.p50,
+                out[f"{n}_{streams}"] = {"chars_per_s": round(r.chars_per_s), "ttfc_p50_ms": r.ttfc_ms.p50,
                                          "errors": r.errors}
+                print(n, streams, out[f"{n}_{streams}"], flush=True)
     return out
 
 
@@ -105,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chars", type=int, default=300, help="characters of each engine check's text")
     p.add_argument("--batches", default="1,16,64,256,1024", help="raw engine batch sizes")
     p.add_argument("--levels", default="1,64,256", help="served levels (concurrent streams)")
+    p.add_argument("--rounds", type=int, default=7, help="rounds of the decode-call comparison")
     p.add_argument("--json-out", type=Path, default=None, help="also write the results here")
     a = p.parse_args(argv)
     art = load_artifact(a.model)
@@ -121,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             raw[f"{pr}_{batch}"] = round(measure_step_rate(a.model, batch, runtime=rt, seconds=0.5).chars_per_s)
     result["raw_chars_per_s"] = raw
     print(json.dumps(raw), flush=True)
+    result["decode_calls"] = decode_calls(a.model, 256, a.rounds, 50)
+    print(json.dumps(result["decode_calls"], indent=1), flush=True)
+    if a.json_out is not None:  # (what is measured so far, should the served part fail)
+        a.json_out.write_text(json.dumps(result, indent=1))
     model = f"{art.info.name}:{art.info.version}"
     levels = [int(n) for n in a.levels.split(",")]
     result["served"] = asyncio.run(served(a.model.parent.parent, model, prompt, levels, 2000))

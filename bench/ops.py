@@ -31,7 +31,9 @@ import onnxruntime as ort
 
 from bench.engine import measure_step_rate, parser
 from service.artifact import Artifact, ArtifactError, load_artifact
-from service.runtime import Runtime, RuntimeConfig, head_graph, session_options, steps_graph
+from service.multistep import head_graph, steps_graph
+from service.providers import session_options
+from service.runtime import Runtime, RuntimeConfig
 from service.sampling_head import INV_TEMPERATURE, UNIFORMS
 
 

@@ -105,7 +105,7 @@ class DecodeBatch:
         n = len(keep) + len(joining)
         if n > self.capacity:
             raise ValueError(f"batch of {n} rows exceeds capacity {self.capacity}")
-        rows = max(n, self.runtime.min_batch) if n else 0
+        rows = self._rows_for(n)
         keep_idx = np.asarray(keep, dtype=np.int64)
         src = self._views(self._cur, self._rows)
         dst = self._views(1 - self._cur, rows)
@@ -133,13 +133,17 @@ class DecodeBatch:
         # Largest first: each call's scratch then fits in what the larger one before it freed. In growing order,
         # without onnxruntime's arena (RuntimeConfig.cpu_mem_arena), every call needed a new, larger block and
         # the server started at ~700 MiB instead of ~200.
-        for rows in range(self.capacity, self.runtime.min_batch - 1, -1):
+        for rows in sorted({self._rows_for(n) for n in range(1, self.capacity + 1)}, reverse=True):
             self._rows = rows
             calls = self._prepared()
             if run:  # one call per session (the state is the session's, not the binding's); not of the several
                 for kind in (ALONE, LANE):  # steps' sessions: K times as long, ~5 s for the shipped model
                     calls[kind][0]()
         self._rows = 0
+
+    def _rows_for(self, n: int) -> int:
+        """Rows a call runs for ``n`` live rows: ``n``, padded up to ``runtime.min_batch``."""
+        return max(n, self.runtime.min_batch) if n else 0
 
     def _prepared(self) -> Calls:
         """The calls of the current row count, bound on first use."""

@@ -84,6 +84,11 @@ OPTIONS = [
            "a call's scratch memory goes back to malloc instead of being kept at its largest"),
     Option("--decode-steps", "runtime.decode_steps", int, "decode steps one onnxruntime call may run while the "
            "batch's characters may wait that long (see --steps-wait-ms; 1 = one step per call)"),
+    Option("--device-batch", "runtime.device_batch", str.lower, "where decode batches keep their states between "
+           "calls: auto = in device memory on CUDA, else numpy; on = onnxruntime values on any provider (every call "
+           "runs --max-batch rows); off = numpy, copied in and out at every call", ("auto", "on", "off")),
+    Option("--cuda-graphs", "runtime.cuda_graphs", _bool, "with states in device memory on CUDA, replay each "
+           "decode call as a captured CUDA graph (true/false; off where capture fails, with a warning)"),
     Option("--lanes", "engine.lanes", int, "decode batches per model stepped side by side, a thread each "
            "(0 = one per core on CPU, 1 on CUDA)"),
     Option("--lane-fill", "engine.lane_fill", int, "streams a lane takes before the next lane gets any"),

@@ -16,12 +16,16 @@ share the weights (initializers are referenced by name, not copied).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.sampling_head import INV_TEMPERATURE, NEXT_IDS, UNIFORMS
+from service.sampling_head import INV_TEMPERATURE, NEXT_IDS, UNIFORMS, add_sampling_head
+
+if TYPE_CHECKING:
+    from service.artifact import Artifact
 
 STEP_IDS = "charlm_step_ids"  # (B, K) int64: every step's drawn ids; the last column is also NEXT_IDS
 _P = "charlm_step"  # prefix of the copies' names: charlm_step{j}/<name in the step graph>
@@ -83,3 +87,15 @@ def unroll_steps(head: onnx.ModelProto, steps: int, ids_input: str,
     g.output.extend([helper.make_tensor_value_info(NEXT_IDS, TensorProto.INT64, ["batch", 1]),
                      helper.make_tensor_value_info(STEP_IDS, TensorProto.INT64, ["batch", steps])])  # fmt: skip
     return m
+
+
+def head_graph(artifact: Artifact) -> onnx.ModelProto:
+    """The artifact's graph with the sampling head: what a decode call of one step runs."""
+    info = artifact.info
+    return add_sampling_head(onnx.load(str(artifact.onnx_path)), info.logits_name, int(info.vocab_size))
+
+
+def steps_graph(artifact: Artifact, head: onnx.ModelProto, steps: int) -> onnx.ModelProto:
+    """``head`` (from ``head_graph``) unrolled to ``steps`` decode steps per call."""
+    info = artifact.info
+    return unroll_steps(head, steps, info.input_name, [(s.input, s.output) for s in info.states])

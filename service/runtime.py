@@ -9,19 +9,17 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
-from service import cores
-from service.multistep import STEP_IDS, step_state_name, unroll_steps
-from service.sampling_head import INV_TEMPERATURE, NEXT_IDS, UNIFORMS, add_sampling_head
+from service.multistep import STEP_IDS, head_graph, step_state_name, steps_graph
+from service.providers import PROVIDERS, Providers, graph_run_options, providers, session_options, with_cuda_graphs
+from service.sampling_head import INV_TEMPERATURE, NEXT_IDS, UNIFORMS
 
 if TYPE_CHECKING:
     from service.artifact import Artifact
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 States = tuple[np.ndarray, ...]
 
 
@@ -53,10 +51,19 @@ class RuntimeConfig:
     # lower, as fast within the noise at 64 and 256 streams, one stream perhaps 3-9% slower (docs/performance.md).
     # On CUDA this is the CPU side's only.
     cpu_mem_arena: bool = False
+    # Where a decode batch keeps its states between calls (service/device.py): "auto" = on the device where the
+    # decoder runs on one (CUDA), else in numpy arrays; "on" = in onnxruntime's own values on any provider
+    # (every call then runs the batch's whole capacity); "off" = numpy arrays, copied in and out at every call.
+    device_batch: str = "auto"
+    # With a device batch on CUDA: each decode call's kernels captured once as a CUDA graph and replayed
+    # (falls back to plain calls with a warning where onnxruntime cannot capture them)
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider: {self.provider!r} is not one of {sorted(PROVIDERS)}")
+        if self.device_batch not in ("auto", "on", "off"):
+            raise ValueError(f"device_batch: {self.device_batch!r} is not one of auto, on, off")
         if not 1 <= self.decode_steps <= 64:
             raise ValueError(f"decode_steps: must be 1..64, got {self.decode_steps}")
         for name in ("intra_op_threads", "inter_op_threads"):
@@ -84,26 +91,35 @@ class Runtime:
         self.state_inputs = tuple(s.input for s in info.states)
         self.state_outputs = tuple(s.output for s in info.states)
         self.output_names = [self.logits_name, *self.state_outputs]
-        providers = _providers(config.provider)
+        names = providers(config.provider)
         # prompts and plain calls (`run`, `bind`): the artifact's graph as it is
         opts = session_options(config, config.prefill_spinning)
-        self.session = ort.InferenceSession(str(artifact.onnx_path), opts, providers=providers)
+        self.session = ort.InferenceSession(str(artifact.onnx_path), opts, providers=names)
         # One such call at a time: each uses all of onnxruntime's threads already, and with calls from several
         # engine lanes at once the server's memory kept growing (a 300 s soak: +16.6% after warm-up, +3.9% with
         # this lock, flat from the 7th round; docs/performance.md).
         self.prompt_lock = threading.Lock()
-        self._onnx_path, self._providers = str(artifact.onnx_path), providers
-        self._one_thread = replace(config, intra_op_threads=1, inter_op_threads=1)  # a lane's calls beside others'
+        self._onnx_path, self._providers = str(artifact.onnx_path), names
+        self._config, self._one_thread = config, replace(config, intra_op_threads=1, inter_op_threads=1)
         self.provider = "cuda" if PROVIDERS["cuda"] in self.session.get_providers() else "cpu"
+        # decode batches' states in onnxruntime's values on the device (service/device.py), and CUDA graphs there
+        self.device_batch = config.device_batch == "on" or (config.device_batch == "auto" and self.provider != "cpu")
+        self.cuda_graphs = self.device_batch and self.provider == "cuda" and config.cuda_graphs
+        self._graph_ids = 0  # handed out by new_graph_run: each prepared device call replays a graph of its own
         # decode steps (`bind_decoder`): the same graph with a sampling head (service/sampling_head.py)
         graph = head_graph(artifact)
-        self.decoder, self.lane_decoder = self._sessions(graph, config, providers)
-        # ...and the same unrolled to several steps per call (service/multistep.py)
         self.decode_steps = config.decode_steps
-        self.steps_decoder, self.steps_lane_decoder = self.decoder, self.lane_decoder  # (if decode_steps > 1)
-        if self.decode_steps > 1:
-            steps = steps_graph(artifact, graph, self.decode_steps)
-            self.steps_decoder, self.steps_lane_decoder = self._sessions(steps, config, providers)
+        # ...and the same unrolled to several steps per call (service/multistep.py)
+        steps = steps_graph(artifact, graph, self.decode_steps) if self.decode_steps > 1 else None
+        self._decode_graphs = (graph.SerializeToString(), steps.SerializeToString() if steps else b"")
+        try:
+            self._decode_sessions()
+        except Exception as e:  # (onnxruntime's own error types) e.g. a graph not wholly on the CUDA provider
+            if not self.cuda_graphs:
+                raise
+            self.drop_cuda_graphs(e)
+        if not (self.device_batch and config.cuda_graphs):  # (kept to recreate the sessions: drop_cuda_graphs)
+            self._decode_graphs = (b"", b"")
         if config.provider == "cuda" and self.provider != "cuda":
             log.warning("%s: CUDA was asked for but onnxruntime could not use it; running on CPU", self.model)
         # Allocating a fresh state's arrays showed as ~1/3 of charlm's own time on the event loop per request
@@ -213,16 +229,46 @@ class Runtime:
 
         return rebound_call
 
-    def _sessions(self, graph: onnx.ModelProto, config: RuntimeConfig,
-                  providers: list[str]) -> tuple[ort.InferenceSession, ort.InferenceSession]:  # fmt: skip
+    def decoder_session(self, steps: bool, lane: bool) -> ort.InferenceSession:
+        """The session of single-step or several-step decode calls, on onnxruntime's threads or (``lane``) on the
+        calling thread alone."""
+        if steps:
+            return self.steps_lane_decoder if lane else self.steps_decoder
+        return self.lane_decoder if lane else self.decoder
+
+    def new_graph_run(self) -> ort.RunOptions | None:
+        """Run options for one prepared device call: a CUDA graph id of its own (None without CUDA graphs)."""
+        if not self.cuda_graphs:
+            return None
+        self._graph_ids += 1
+        return graph_run_options(self._graph_ids)
+
+    def drop_cuda_graphs(self, error: BaseException) -> None:
+        """Recreate the decode sessions without CUDA graphs, after ``error`` from a capture (calls prepared on the
+        old sessions must be prepared again)."""
+        log.warning("%s: CUDA graphs could not be used (%s); decoding without them", self.model, error)
+        self.cuda_graphs = False
+        self._decode_sessions()
+
+    def _decode_sessions(self) -> None:
+        """The decode sessions (single-step, and several steps when ``decode_steps`` > 1) from ``_decode_graphs``."""
+        names = with_cuda_graphs(self._providers) if self.cuda_graphs else self._providers
+        graph, steps = self._decode_graphs
+        self.decoder, self.lane_decoder = self._sessions(graph, names)
+        self.steps_decoder, self.steps_lane_decoder = self._sessions(steps, names if steps else [])
+
+    def _sessions(self, graph: bytes, names: Providers) -> tuple[ort.InferenceSession, ...]:
         """A decoding session of ``graph`` on onnxruntime's threads, and one on the calling thread alone for an
         engine lane stepping beside others (service/lane.py), so that calls from several lanes run side by side
-        instead of sharing (and waiting for) one pool of threads; on CUDA the same session twice."""
-        data = graph.SerializeToString()
-        shared = ort.InferenceSession(data, session_options(config, config.spinning), providers=providers)
+        instead of sharing (and waiting for) one pool of threads; on CUDA the same session twice. No providers:
+        the single-step sessions again (``decode_steps`` 1)."""
+        if not names:
+            return self.decoder, self.lane_decoder
+        config = self._config
+        shared = ort.InferenceSession(graph, session_options(config, config.spinning), providers=names)
         if self.provider != "cpu":
             return shared, shared
-        return shared, ort.InferenceSession(data, session_options(self._one_thread, False), providers=providers)
+        return shared, ort.InferenceSession(graph, session_options(self._one_thread, False), providers=names)
 
     def _probe_min_batch(self) -> int:
         """1, or 2 when a row's outputs differ bitwise between batch 1 and larger batches.
@@ -249,50 +295,3 @@ class Runtime:
             return 1
         log.info("%s: batch-1 calls are padded to 2 rows (batch-invariant results)", self.model)
         return 2
-
-
-def head_graph(artifact: Artifact) -> onnx.ModelProto:
-    """The artifact's graph with the sampling head: what a decode call of one step runs."""
-    info = artifact.info
-    return add_sampling_head(onnx.load(str(artifact.onnx_path)), info.logits_name, int(info.vocab_size))
-
-
-def steps_graph(artifact: Artifact, head: onnx.ModelProto, steps: int) -> onnx.ModelProto:
-    """``head`` (from ``head_graph``) unrolled to ``steps`` decode steps per call."""
-    info = artifact.info
-    return unroll_steps(head, steps, info.input_name, [(s.input, s.output) for s in info.states])
-
-
-def session_options(config: RuntimeConfig, spinning: bool) -> ort.SessionOptions:
-    """onnxruntime session options from ``config``; threads spin within calls or not at all."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = config.intra_op_threads or cores.available_cores()
-    opts.inter_op_num_threads = config.inter_op_threads
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # No memory plan cached per input shape: a served model meets many shapes (every batch size, every prompt
-    # chunk), and each cached plan kept ~45 KB more per decode batch size with no measurable gain in speed.
-    opts.enable_mem_pattern = False
-    opts.enable_cpu_mem_arena = config.cpu_mem_arena
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    if not config.spin_between_calls:
-        opts.add_session_config_entry("session.force_spinning_stop", "1")
-    return opts
-
-
-def _providers(provider: str) -> list[str]:
-    """Execution providers to ask for, most preferred first (CPU always last, as the fallback)."""
-    if provider == "cuda":
-        if PROVIDERS["cuda"] in ort.get_available_providers():
-            _preload_cuda()
-            return [PROVIDERS["cuda"], PROVIDERS["cpu"]]
-        log.warning("CUDAExecutionProvider is not available in this onnxruntime build; using CPU")
-    return [PROVIDERS["cpu"]]
-
-
-def _preload_cuda() -> None:
-    """Load CUDA's and cuDNN's libraries from the nvidia-* wheels, where pip installed them: onnxruntime-gpu does
-    not look there by itself (unless torch was imported first). A CUDA image's system libraries need none of it."""
-    try:
-        getattr(ort, "preload_dlls", lambda: None)()  # (onnxruntime >= 1.21)
-    except OSError as e:  # the session's creation then says what is missing
-        log.warning("could not preload CUDA libraries: %s", e)

@@ -20,8 +20,9 @@ from collections import deque
 import numpy as np
 import onnxruntime as ort
 
-from service.batch import DecodeBatch, Joiner
+from service.batch import Joiner
 from service.config import EngineConfig
+from service.device import new_batch
 from service.handoff import Handoff
 from service.prompts import consume
 from service.runtime import Runtime
@@ -46,7 +47,7 @@ class Scheduler:
             raise ValueError(f"{model}: vocabulary has {len(vocab)} characters, the model {runtime.vocab_size}")
         self.runtime, self.vocab, self.config, self.observer = runtime, vocab, config, observer
         self.model = model or runtime.model
-        self._batch = DecodeBatch(runtime, config.max_batch)
+        self._batch = new_batch(runtime, config.max_batch)
         self._rows: list[Stream] = []  # the streams of the batch rows, in row order
         self._rest = np.zeros(0, np.int64)  # rows the sampling head does not draw for (see _admit)
         self._params = BatchParams.of([])  # of the rows in _rest

@@ -15,6 +15,7 @@ import pytest
 from service.cli import OPTIONS, build_config
 from service.config import SecurityConfig, ServiceConfig
 from service.logs import JsonFormatter, LogfmtFormatter
+from service.runtime import RuntimeConfig
 from service.server import server_options
 
 
@@ -32,6 +33,8 @@ def test_flag_beats_env_beats_default() -> None:
     assert c.limits.max_streams == 7 and c.runtime.provider == "cuda" and c.reflection is False  # env over default
     assert c.runtime.cpu_mem_arena is True and ServiceConfig().runtime.cpu_mem_arena is False
     assert c.access_log is True and ServiceConfig().access_log is False
+    assert build_config(["--device-batch", "ON"], {"CHARLM_CUDA_GRAPHS": "false"}).runtime == \
+        RuntimeConfig(device_batch="on", cuda_graphs=False)  # fmt: skip
     assert c.engine.max_batch == 32 and c.engine.lanes == 3 and c.sessions.ttl_seconds == 1.5
     assert c.limits.max_chars == ServiceConfig().limits.max_chars  # untouched fields keep their defaults
 
@@ -44,6 +47,8 @@ def test_flag_beats_env_beats_default() -> None:
     (["--lane-fill", "0"], {}, "lane_fill: must be >= 1"),
     ([], {"CHARLM_MALLOC_ARENAS": "-2"}, "malloc_arenas: must be >= 0"),
     (["--provider", "tpu"], {}, "--provider"),
+    (["--device-batch", "gpu"], {}, "--device-batch"),
+    ([], {"CHARLM_CUDA_GRAPHS": "maybe"}, "CHARLM_CUDA_GRAPHS='maybe': expected true/false"),
     (["--ort-prefill-spinning", "maybe"], {}, "--ort-prefill-spinning: expected true/false, got 'maybe'"),
     ([], {"CHARLM_REFLECTION": "maybe"}, "CHARLM_REFLECTION='maybe': expected true/false"),
     ([], {"CHARLM_PORT": "99999"}, "CHARLM_PORT='99999': port: must be 0..65535"),
