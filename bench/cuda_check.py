@@ -52,7 +52,9 @@ VARIANTS: dict[str, tuple[RuntimeConfig, list[str]]] = {
                     ["--provider", "cuda", "--cuda-graphs", "false"]),
     "cuda_graphs": (RuntimeConfig(provider="cuda"), ["--provider", "cuda"]),
 }  # fmt: skip
-SERVED_ONLY = {"cuda_graphs_2_lanes": ["--provider", "cuda", "--lanes", "2"]}  # served beside VARIANTS' servers
+SERVED_ONLY = {  # served beside VARIANTS' servers: settings tried on CUDA
+    "cuda_graphs_16_steps": ["--provider", "cuda", "--decode-steps", "16"],
+}
 
 
 async def text_of(engine: Engine, prompt: str, params: GenerateParams) -> str:
@@ -111,7 +113,8 @@ def decode_calls(art_path: Path, rows: int, rounds: int, calls: int) -> dict[str
     batches = {}
     for name, rt in runtimes.items():
         b = new_batch(rt, rows)
-        b.prepare(True)  # (captures the CUDA graphs of a device batch)
+        b.prepare(True)
+        b.warm()  # (captures a device batch's CUDA graphs, in this thread, which steps it)
         b.rebuild([], [Joiner(rt.zero_state(), 1, np.zeros(rt.vocab_size, bool)) for _ in range(rows)])
         batches[name] = b
         out[f"{name}_graphs_after_prepare"] = rt.cuda_graphs

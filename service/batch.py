@@ -141,6 +141,10 @@ class DecodeBatch:
                     calls[kind][0]()
         self._rows = 0
 
+    def warm(self) -> None:
+        """(in the thread that will step the batch, before its first step) Nothing to do for numpy buffers; see
+        DeviceBatch.warm."""
+
     def _rows_for(self, n: int) -> int:
         """Rows a call runs for ``n`` live rows: ``n``, padded up to ``runtime.min_batch``."""
         return max(n, self.runtime.min_batch) if n else 0

@@ -81,23 +81,31 @@ class DeviceBatch(DecodeBatch):
         self._on_host = {"cur"}
 
     def prepare(self, run: bool) -> None:
-        """Bind this batch's calls (one row count: its capacity) and make each one twice, so that on CUDA every
-        graph is captured now, before any request (``run`` is ignored: each batch has calls of its own). Where
-        onnxruntime cannot capture them, the runtime drops its CUDA graphs and the calls are bound again."""
+        """Bind this batch's calls: one row count, its capacity (``run`` is ignored: see ``warm``)."""
+        assert self.n == 0
+        self._rows = self.capacity
+        self._prepared()
+        self._rows = 0
+
+    def warm(self) -> None:
+        """Make each call twice, so that on CUDA every graph is captured before any request. onnxruntime keeps a
+        CUDA graph per thread, so this must run in the thread that will step the batch. Where onnxruntime cannot
+        capture them, the runtime drops its CUDA graphs and the calls are bound again."""
         assert self.n == 0
         self._rows = self.capacity
         try:
-            self._warm()
+            self._call_each()
         except Exception as e:  # (onnxruntime raises its own types, differing between builds)
             if not self.runtime.cuda_graphs:
                 raise
             self.runtime.drop_cuda_graphs(e)
             self._bound.clear()
             self._calls_made.clear()
-            self._warm()
-        self._rows = 0
+            self._call_each()
+        finally:
+            self._rows = 0
 
-    def _warm(self) -> None:
+    def _call_each(self) -> None:
         calls = self._prepared()
         for kind in {ALONE, STEPS_ALONE if self.steps > 1 else ALONE}:
             for which in (0, 1, 0, 1):

@@ -48,6 +48,9 @@ class Engine:
         self.model = model or runtime.model
         # on CUDA one batch keeps the device busiest; on CPU one lane per core (see service/lane.py)
         n = config.lanes or (available_cores() if runtime.provider == "cpu" else 1)
+        if n > 1 and runtime.cuda_graphs:  # (two lanes' graph captures and calls on one device broke each other)
+            log.warning("%s: one lane with CUDA graphs, not %d (--cuda-graphs false for more)", self.model, n)
+            n = 1
         peers: list[Scheduler] = []  # every lane adds itself
         self.lanes = [Lane(runtime, vocab, config, self.model, observer, peers) for _ in range(n)]
         self.observer = observer

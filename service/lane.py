@@ -84,6 +84,10 @@ class Lane(Decoding):
     def _run(self) -> None:
         """The step thread: run commands, admit, decode, prefill, send the events; until stopped."""
         h = self._handoff
+        try:
+            self._batch.warm()  # (on CUDA: its graphs are captured now, in this thread, which keeps them)
+        except Exception:  # its calls then fail as they come, each failing its streams
+            log.exception("%s: warming the decode batch failed", self.model)
         while not self._stopping:
             try:
                 h.run_commands()

@@ -1,7 +1,9 @@
 """The device batch (service/device.py) against the numpy batch, on the CPU (``device_batch="on"``).
 
 On CUDA it keeps the states in device memory between calls; here its values are host memory, but its calls,
-copies and bookkeeping are the same code, so whatever it computes must equal the numpy batch bit for bit.
+copies and bookkeeping are the same code, so whatever it computes must equal the numpy batch bit for bit. Where
+onnxruntime has CUDA (a GPU machine), the same tests run there too: the numpy batch against the device batch with
+CUDA graphs.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from fixtures.service_core import ARCHS
 
@@ -21,11 +24,12 @@ from service.types import Chunk, GenerateParams, Sampling, SeqState
 from service.vocab import Vocab
 
 STEPS = 4
+PROVIDERS = ["cpu", *(["cuda"] if "CUDAExecutionProvider" in ort.get_available_providers() else [])]
 
 
-def runtimes(artifact: Artifact) -> tuple[Runtime, Runtime]:
-    """The numpy batch's runtime and the device batch's, several steps per call."""
-    return tuple(Runtime(artifact, RuntimeConfig(intra_op_threads=1, decode_steps=STEPS, device_batch=d))
+def runtimes(artifact: Artifact, provider: str = "cpu") -> tuple[Runtime, Runtime]:
+    """The numpy batch's runtime and the device batch's (on CUDA with CUDA graphs), several steps per call."""
+    return tuple(Runtime(artifact, RuntimeConfig(provider, intra_op_threads=1, decode_steps=STEPS, device_batch=d))
                  for d in ("off", "on"))  # type: ignore[return-value]  # fmt: skip
 
 
@@ -40,13 +44,17 @@ def assert_same(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> None:
     assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_device_batch_computes_what_the_numpy_batch_computes(tiny_artifacts: dict[str, Artifact], arch: str) -> None:
-    plain_rt, device_rt = runtimes(tiny_artifacts[arch])
-    assert not plain_rt.device_batch and device_rt.device_batch and not device_rt.cuda_graphs
+def test_device_batch_computes_what_the_numpy_batch_computes(tiny_artifacts: dict[str, Artifact], arch: str,
+                                                             provider: str) -> None:  # fmt: skip
+    plain_rt, device_rt = runtimes(tiny_artifacts[arch], provider)
+    assert (plain_rt.provider, device_rt.provider) == (provider, provider)
+    assert not plain_rt.device_batch and device_rt.device_batch and device_rt.cuda_graphs == (provider == "cuda")
     plain, device = new_batch(plain_rt, 6), new_batch(device_rt, 6)
     assert type(plain) is DecodeBatch and isinstance(device, DeviceBatch)
     device.prepare(True)
+    device.warm()
     rng = np.random.default_rng(1)
     for b in (plain, device):
         b.rebuild([], joiners(plain_rt, 3, seed=2))
@@ -84,16 +92,17 @@ async def texts(engine: Engine, requests: list[tuple[str, GenerateParams]]) -> l
     return list(await asyncio.gather(*(one(p, params) for p, params in requests)))
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("arch", ARCHS)
-async def test_an_engine_on_the_device_batch_serves_the_same_text(tiny_artifacts: dict[str, Artifact],
-                                                                  arch: str) -> None:  # fmt: skip
+async def test_an_engine_on_the_device_batch_serves_the_same_text(tiny_artifacts: dict[str, Artifact], arch: str,
+                                                                  provider: str) -> None:  # fmt: skip
     """Streams of every kind of sampling, batched, several steps per call where they may: the same text."""
     samplings = [Sampling(seed=1), Sampling(temperature=0.0), Sampling(temperature=0.7, top_k=5, seed=2),
                  Sampling(top_p=0.9, seed=3), Sampling(repetition_penalty=1.3, seed=4), Sampling(seed=5)]  # fmt: skip
     requests = [("The " + "abcdef"[i], GenerateParams(s, 40 + 13 * i, ("e",) if i == 5 else (), logprobs=i == 4))
                 for i, s in enumerate(samplings)]  # fmt: skip
     out = []
-    for rt in runtimes(tiny_artifacts[arch]):
+    for rt in runtimes(tiny_artifacts[arch], provider):
         engine = Engine(rt, Vocab(rt.vocabulary), EngineConfig(max_batch=8), rt.model)
         try:
             out.append(await texts(engine, requests))
@@ -135,7 +144,18 @@ def test_device_batch_recovers_when_graph_capture_fails(tiny_artifacts: dict[str
     monkeypatch.setattr(broken, "run_with_iobinding", fail)
     batch = new_batch(rt, 4)
     batch.prepare(True)
+    batch.warm()
     assert not rt.cuda_graphs and rt.decoder is not broken and rt.new_graph_run() is None
     batch.rebuild([], joiners(rt, 2, seed=4))
     batch.step()  # on the fresh session
     assert batch.ids.shape == (2,)
+
+
+def test_cuda_graphs_keep_one_lane(tiny_artifacts: dict[str, Artifact], caplog: pytest.LogCaptureFixture) -> None:
+    """Two lanes' graph captures and calls on one device broke each other (INTERNAL errors on an H200)."""
+    rt = runtimes(tiny_artifacts["gru"])[1]
+    rt.cuda_graphs = True  # (as on CUDA)
+    engine = Engine(rt, Vocab(rt.vocabulary), EngineConfig(lanes=2), rt.model)
+    assert len(engine.lanes) == 1 and "one lane with CUDA graphs, not 2" in caplog.text
+    rt.cuda_graphs = False
+    assert len(Engine(rt, Vocab(rt.vocabulary), EngineConfig(lanes=2), rt.model).lanes) == 2

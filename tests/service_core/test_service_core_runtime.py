@@ -106,7 +106,8 @@ def test_cuda_falls_back_to_cpu_with_a_warning(tiny_artifacts: dict[str, Artifac
     assert logits.shape == (1, 2, rt.vocab_size)
 
 
-@pytest.mark.parametrize("kwargs", [{"provider": "tpu"}, {"intra_op_threads": -1}, {"inter_op_threads": -2}])
+@pytest.mark.parametrize("kwargs", [{"provider": "tpu"}, {"intra_op_threads": -1}, {"inter_op_threads": -2},
+                                    {"device_batch": "gpu"}])
 def test_runtime_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         RuntimeConfig(**kwargs)  # type: ignore[arg-type]
