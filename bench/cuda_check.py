@@ -5,7 +5,8 @@
    engine on each, and seeded sampled text of each;
 3. batch invariance on CUDA: seeded streams alone and among 63 others give the same text (what the service
    promises: a stream's text does not depend on its batch mates);
-4. the raw engine: single-step calls at batch 1 to 1024 on each provider (chars/s);
+4. the raw engine: single-step calls at batch 1 to 1024 on each provider (chars/s); a lone 16-character prompt's
+   call (what a request that comes alone runs first) through ``Runtime.run`` and through ``LonePrompts``;
 5. the decode batch's own calls at 256 rows, single-step and several-step, side by side in this process (rounds
    alternated): on the CPU; on CUDA with the states copied in and out at every call (``--device-batch off``);
    with them kept on the device (service/device.py); and with that and CUDA graphs;
@@ -37,8 +38,10 @@ from service.artifact import load_artifact
 from service.batch import Joiner
 from service.device import new_batch
 from service.engine import Engine
+from service.prompts import LonePrompts, consume
 from service.runtime import Runtime, RuntimeConfig
-from service.types import Chunk, GenerateParams, Sampling
+from service.stream import Stream
+from service.types import Chunk, GenerateParams, Sampling, SeqState
 from service.vocab import Vocab
 
 PROVIDERS = ("cpu", "cuda")
@@ -102,6 +105,26 @@ def logits_difference(runtimes: dict[str, Runtime], prompt: str) -> float:
         zero = tuple(s[:, None] for s in rt.zero_state())
         out[p] = rt.run(ids, zero)[0]
     return float(np.abs(out["cpu"] - out["cuda"]).max())
+
+
+def lone_prompt_calls(rt: Runtime, prompt: str, rounds: int, calls: int) -> dict[str, float]:
+    """µs per lone prompt call from a fresh state (what a request that comes alone runs first): ``Runtime.run``
+    (the padded rows copied in and out, as before the one-row graph) against ``LonePrompts`` (the one-row graph on
+    a device), alternated for ``rounds`` rounds; the median round of each."""
+    ids = Vocab(rt.vocabulary).encode_array(prompt, "prompt")
+    lone = LonePrompts(rt, len(ids))
+    ways = {"run_us": lambda s: consume(rt, [s], int(s.todo.size)), "lone_us": lone.consume}
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(rounds):
+        for key, way in ways.items():
+            streams = [Stream(SeqState(rt.zero_state(), seed=i), ids, None, None, None, rt.vocab_size)
+                       for i in range(calls + 1)]  # fmt: skip
+            way(streams[0])
+            start = time.perf_counter()
+            for st in streams[1:]:
+                way(st)
+            times[key].append((time.perf_counter() - start) / calls * 1e6)
+    return {k: round(float(np.median(v)), 1) for k, v in times.items()}
 
 
 def decode_calls(art_path: Path, rows: int, rounds: int, calls: int) -> dict[str, Any]:
@@ -176,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             raw[f"{pr}_{batch}"] = round(measure_step_rate(a.model, batch, runtime=rt, seconds=0.5).chars_per_s)
     result["raw_chars_per_s"] = raw
     print(json.dumps(raw), flush=True)
+    result["lone_prompt_calls"] = {p: lone_prompt_calls(rt, prompt, a.rounds, 100) for p, rt in runtimes.items()}
+    print(json.dumps(result["lone_prompt_calls"]), flush=True)
     result["decode_calls"] = decode_calls(a.model, 256, a.rounds, 50)
     print(json.dumps(result["decode_calls"], indent=1), flush=True)
     if a.json_out is not None:  # (what is measured so far, should the served part fail)

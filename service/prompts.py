@@ -6,6 +6,12 @@ wait together in one call (``consume``). A short prompt that comes alone is cons
 binding prepared for its length, which skips onnxruntime's feed conversion and output allocation: a
 one-character request with a 16-character prompt, after 1 ms idle, 831-862 µs in process against 854-883 µs
 through ``Runtime.run`` (the two toggled in one process, 300 requests each, three runs); the same outputs.
+
+On a device every call runs ``min_batch`` (256) rows, and ``Runtime.run`` copied all of them in and out: the
+padded states in, and every row's logits at every position and states out (~3 MB for a 16-character prompt).
+There the lone prompt runs ``one_row_graph`` instead: the one row goes in and is repeated inside the call, and
+only its state and its last position's logits come out. The rows and the arithmetic are the same, so the
+outputs are the same bit for bit.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import helper, numpy_helper
 
 from service.runtime import Runtime, States
 from service.stream import Stream
@@ -41,23 +49,38 @@ def consume(runtime: Runtime, group: list[Stream], n: int,
 
 class LonePrompts:
     """Prepared calls of one row's prompt, one per length up to ``max_chars`` (each built on first use), on the
-    runtime's shared session; CPU only. Padded as ``Runtime.run`` pads: copies of the row up to ``min_batch``."""
+    runtime's shared session, padded as ``Runtime.run`` pads (copies of the row up to ``min_batch``); on a device
+    (or with ``one_row``) every length through one session of ``one_row_graph`` instead."""
 
-    def __init__(self, runtime: Runtime, max_chars: int) -> None:
+    def __init__(self, runtime: Runtime, max_chars: int, one_row: bool | None = None) -> None:
         # (capped: --inline-prompt-chars may be set far higher, and every length held would keep its buffers)
         self.runtime, self.max_chars = runtime, min(max_chars, LONE_MAX_CHARS)
         self._io: dict[int, _Io] = {}
+        self._one_row: ort.InferenceSession | None = None
+        if runtime.provider != "cpu" if one_row is None else one_row:
+            graph = one_row_graph(onnx.load(runtime.onnx_path), runtime.min_batch, runtime.input_name,
+                                  [runtime.logits_name, *runtime.state_outputs], runtime.state_inputs)  # fmt: skip
+            self._one_row = runtime.prompt_session(graph.SerializeToString())
 
     def consume(self, s: Stream) -> np.ndarray | None:
         """As ``consume`` of ``s`` alone over the rest of its text: its state advances and its logits (1, n, V)
-        are returned; None (nothing done) when the text is longer than ``max_chars``, or on a device."""
+        are returned, only the last position's (1, 1, V) through ``one_row_graph``; None (nothing done) when the
+        text is longer than ``max_chars``."""
         n = s.remaining
-        if not 0 < n <= self.max_chars or self.runtime.provider != "cpu":
+        if not 0 < n <= self.max_chars:
             return None
-        with self.runtime.prompt_lock:  # (the buffers are shared; lanes' prompt calls take the lock too)
-            call, ids, states, logits, states_out = self._io.get(n) or self._bind(n)
-            ids[:] = s.todo[s.done : s.done + n]  # (every row: the padding rows are copies)
-            for buf, a in zip(states, s.state.arrays, strict=True):
+        rt, ids = self.runtime, s.todo[None, s.done : s.done + n]
+        if self._one_row is not None:
+            feed = {_ONE + rt.input_name: ids, **{_ONE + k: a[:, None] for k, a in zip(rt.state_inputs, s.state.arrays,
+                                                                                      strict=True)}}  # fmt: skip
+            with rt.prompt_lock:
+                logits, *states = self._one_row.run(None, feed)
+            s.state.arrays = tuple(a[:, 0] for a in states)
+            return logits
+        with rt.prompt_lock:  # (the buffers are shared; lanes' prompt calls take the lock too)
+            call, ids_in, states_in, logits, states_out = self._io.get(n) or self._bind(n)
+            ids_in[:] = ids  # (every row: the padding rows are copies)
+            for buf, a in zip(states_in, s.state.arrays, strict=True):
                 buf[:] = a[:, None]
             call()
             s.state.arrays = tuple(o[:, 0].copy() for o in states_out)
@@ -72,3 +95,31 @@ class LonePrompts:
         states_out = tuple(np.zeros_like(a) for a in states)
         self._io[n] = io = (rt.bind(ids, states, logits, states_out), ids, states, logits, states_out)
         return io
+
+
+_ONE = "charlm_one/"  # prefix of one_row_graph's inputs and outputs
+
+
+def one_row_graph(model: onnx.ModelProto, rows: int, ids: str, outputs: list[str],
+                  states: tuple[str, ...]) -> onnx.ModelProto:  # fmt: skip
+    """A copy of the artifact's graph that takes one row and runs ``rows``: each input (``_ONE`` + its name; ids
+    (1, T), states (layers, 1, hidden)) is repeated to ``rows`` rows inside the call, and each output (``_ONE`` +
+    its name: logits (1, 1, V) of the last position, then states (layers, 1, hidden)) keeps the first row only.
+    ``outputs``: the logits' name first."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    consts = {"ids_repeats": [rows, 1], "state_repeats": [1, rows, 1],  # Tile's repeats; Slice's starts, ends, axes:
+              "logits_starts": [0, -1], "logits_ends": [1, np.iinfo(np.int64).max], "logits_axes": [0, 1],  # [:1, -1:]
+              "state_starts": [0], "state_ends": [1], "state_axes": [1]}  # [:, :1]  # fmt: skip
+    g.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), _ONE + k) for k, v in consts.items())
+    repeats = {ids: "ids_repeats", **dict.fromkeys(states, "state_repeats")}
+    for i in g.input:
+        if i.name in repeats:
+            g.node.insert(0, helper.make_node("Tile", [_ONE + i.name, _ONE + repeats[i.name]], [i.name]))
+            i.name = _ONE + i.name
+    for o in g.output:
+        cut = [_ONE + ("logits" if o.name == outputs[0] else "state") + k for k in ("_starts", "_ends", "_axes")]
+        g.node.append(helper.make_node("Slice", [o.name, *cut], [_ONE + o.name]))
+        o.name = _ONE + o.name
+    return m

@@ -99,7 +99,7 @@ class Runtime:
         # engine lanes at once the server's memory kept growing (a 300 s soak: +16.6% after warm-up, +3.9% with
         # this lock, flat from the 7th round; docs/performance.md).
         self.prompt_lock = threading.Lock()
-        self._onnx_path, self._providers = str(artifact.onnx_path), names
+        self.onnx_path, self._providers = str(artifact.onnx_path), names
         self._config, self._one_thread = config, replace(config, intra_op_threads=1, inter_op_threads=1)
         self.provider = "cuda" if PROVIDERS["cuda"] in self.session.get_providers() else "cpu"
         # decode batches' states in onnxruntime's values on the device (service/device.py), and CUDA graphs there
@@ -140,7 +140,12 @@ class Runtime:
         if self.provider != "cpu":
             return None
         opts = session_options(self._one_thread, False)
-        return ort.InferenceSession(self._onnx_path, opts, providers=self._providers)
+        return ort.InferenceSession(self.onnx_path, opts, providers=self._providers)
+
+    def prompt_session(self, graph: bytes) -> ort.InferenceSession:
+        """A session of a graph derived from the artifact's, made as ``session`` is (providers, prompt options)."""
+        return ort.InferenceSession(graph, session_options(self._config, self._config.prefill_spinning),
+                                    providers=self._providers)  # fmt: skip
 
     def run(self, ids: np.ndarray, states: States,
             session: ort.InferenceSession | None = None) -> tuple[np.ndarray, States]:  # fmt: skip
@@ -230,11 +235,9 @@ class Runtime:
         return rebound_call
 
     def decoder_session(self, steps: bool, lane: bool) -> ort.InferenceSession:
-        """The session of single-step or several-step decode calls, on onnxruntime's threads or (``lane``) on the
-        calling thread alone."""
-        if steps:
-            return self.steps_lane_decoder if lane else self.steps_decoder
-        return self.lane_decoder if lane else self.decoder
+        """The session of single-step or several-step decode calls, on all threads or (``lane``) on the caller's."""
+        return (self.steps_lane_decoder if lane else self.steps_decoder) if steps else \
+            (self.lane_decoder if lane else self.decoder)  # fmt: skip
 
     def new_graph_run(self) -> ort.RunOptions | None:
         """Run options for one prepared device call: a CUDA graph id of its own (None without CUDA graphs)."""

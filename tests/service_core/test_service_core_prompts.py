@@ -1,13 +1,18 @@
-"""A lone prompt's prepared call (service/prompts.py) computes what Runtime.run computes, bit for bit."""
+"""A lone prompt's prepared call (service/prompts.py) computes what Runtime.run computes, bit for bit; so does
+its one-row graph (a device's way: the row repeated inside the call, the first row's outputs only), here on the
+CPU and, where onnxruntime has CUDA, on the GPU."""
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from fixtures.service_core import ARCHS
 
-from service.prompts import LONE_MAX_CHARS, LonePrompts
-from service.runtime import Runtime
+from service.artifact import Artifact
+from service.prompts import LONE_MAX_CHARS, LonePrompts, one_row_graph
+from service.runtime import Runtime, RuntimeConfig
 from service.stream import Stream
 from service.types import SeqState
 
@@ -16,10 +21,15 @@ def stream(rt: Runtime, ids: np.ndarray, arrays: tuple[np.ndarray, ...]) -> Stre
     return Stream(SeqState(arrays, seed=1), ids, None, None, None, rt.vocab_size)
 
 
+PROVIDERS = ["cpu", *(["cuda"] if "CUDAExecutionProvider" in ort.get_available_providers() else [])]
+
+
+@pytest.mark.parametrize(("provider", "one_row"), [("cpu", False), *((p, True) for p in PROVIDERS)])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_a_lone_prompt_gives_what_a_plain_call_gives(arch: str, tiny_runtimes: dict[str, Runtime]) -> None:
-    rt = tiny_runtimes[arch]
-    lone, rng = LonePrompts(rt, 16), np.random.default_rng(0)
+def test_a_lone_prompt_gives_what_a_plain_call_gives(arch: str, tiny_artifacts: dict[str, Artifact],
+                                                     provider: str, one_row: bool) -> None:  # fmt: skip
+    rt = Runtime(tiny_artifacts[arch], RuntimeConfig(provider, intra_op_threads=1))
+    lone, rng = LonePrompts(rt, 16, one_row), np.random.default_rng(0)
     earlier: list[tuple[np.ndarray, tuple[np.ndarray, ...]]] = []
     for n in (1, 5, 16, 5):  # (5 twice: the second call reuses the binding)
         ids = rng.integers(0, rt.vocab_size, n)
@@ -27,7 +37,7 @@ def test_a_lone_prompt_gives_what_a_plain_call_gives(arch: str, tiny_runtimes: d
         s = stream(rt, ids, arrays)
         logits = lone.consume(s)
         expected, new = rt.run(ids[None], tuple(a[:, None] for a in arrays))
-        assert logits is not None and np.array_equal(logits, expected)
+        assert logits is not None and np.array_equal(logits, expected[:, -1:] if one_row else expected)
         assert all(np.array_equal(a, b[:, 0]) for a, b in zip(s.state.arrays, new, strict=True))
         earlier.append((logits, s.state.arrays))
     assert not np.array_equal(earlier[1][0], earlier[3][0])  # each call's results are its own, not the buffers
@@ -39,3 +49,21 @@ def test_lone_prompts_hold_bindings_for_short_prompts_only(tiny_runtimes: dict[s
     lone = LonePrompts(rt, 10_000)  # (--inline-prompt-chars may be set that high)
     assert lone.consume(stream(rt, np.zeros(LONE_MAX_CHARS + 1, np.int64), rt.zero_state())) is None
     assert lone.consume(stream(rt, np.zeros(LONE_MAX_CHARS, np.int64), rt.zero_state())) is not None
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_one_row_graph_runs_the_padded_rows(arch: str, tiny_artifacts: dict[str, Artifact],
+                                                tiny_runtimes: dict[str, Runtime]) -> None:  # fmt: skip
+    """With 8 rows: what a call of the row and 7 copies of it gives for its first row."""
+    rt = tiny_runtimes[arch]
+    graph = one_row_graph(onnx.load(tiny_artifacts[arch].onnx_path), 8, rt.input_name,
+                          [rt.logits_name, *rt.state_outputs], rt.state_inputs)  # fmt: skip
+    session = rt.prompt_session(graph.SerializeToString())
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, rt.vocab_size, (1, 9))
+    states = tuple(rng.standard_normal((rt.layers, 1, rt.hidden)).astype(np.float32) for _ in rt.state_inputs)
+    logits, *new = session.run(None, {"charlm_one/" + rt.input_name: ids,
+                                      **{"charlm_one/" + k: a for k, a in zip(rt.state_inputs, states, strict=True)}})
+    padded, padded_new = rt.run(np.repeat(ids, 8, axis=0), tuple(np.repeat(a, 8, axis=1) for a in states))
+    assert logits.shape == (1, 1, rt.vocab_size) and np.array_equal(logits, padded[:1, -1:])
+    assert all(np.array_equal(a, b[:, :1]) for a, b in zip(new, padded_new, strict=True))
