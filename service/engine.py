@@ -74,7 +74,7 @@ class Engine:
 
     async def start(self) -> None:
         """Prepare every batch size of every lane (~1 s for the shipped model on 2 cores), then start the lanes'
-        step threads."""
+        step threads and wait until each has warmed its batch (on CUDA: captured its graphs)."""
         async with self._starting:  # (concurrent callers wait for the first: the batches must not be in use)
             if self._running:
                 return
@@ -82,6 +82,8 @@ class Engine:
             loop = asyncio.get_running_loop()
             for lane in self.lanes:
                 lane.start(loop)
+            for lane in self.lanes:  # (no request before then: see Lane.warmed)
+                await lane.warmed()
             self._running = True
 
     def _prepare(self) -> None:

@@ -26,6 +26,7 @@ class Lane(Decoding):
 
     _thread: threading.Thread | None = None
     _stopping = False
+    _warm: threading.Event  # set by the step thread once its batch is warm (made by start)
 
     @property
     def active(self) -> int:
@@ -49,8 +50,14 @@ class Lane(Decoding):
             self._handoff.attach(loop)
             self._stopping = False
             name = f"charlm-step {self.model}/{self._index}"
+            self._warm = threading.Event()
             self._thread = threading.Thread(target=self._run, name=name, daemon=True)
             self._thread.start()
+
+    async def warmed(self) -> None:
+        """(event loop) Wait until the step thread has warmed its batch (DeviceBatch.warm: on CUDA the graphs'
+        capture, which another thread's CUDA calls meanwhile, a request's prompt among them, could break)."""
+        await asyncio.to_thread(self._warm.wait)
 
     async def close(self, error: BaseException) -> None:
         """(event loop) Stop the step thread after its current step; streams still held end with ``error``."""
@@ -88,6 +95,8 @@ class Lane(Decoding):
             self._batch.warm()  # (on CUDA: its graphs are captured now, in this thread, which keeps them)
         except Exception:  # its calls then fail as they come, each failing its streams
             log.exception("%s: warming the decode batch failed", self.model)
+        finally:
+            self._warm.set()
         while not self._stopping:
             try:
                 h.run_commands()

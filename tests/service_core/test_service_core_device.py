@@ -9,6 +9,8 @@ CUDA graphs.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -159,3 +161,25 @@ def test_cuda_graphs_keep_one_lane(tiny_artifacts: dict[str, Artifact], caplog: 
     assert len(engine.lanes) == 1 and "one lane with CUDA graphs, not 2" in caplog.text
     rt.cuda_graphs = False
     assert len(Engine(rt, Vocab(rt.vocabulary), EngineConfig(lanes=2), rt.model).lanes) == 2
+
+
+async def test_the_step_thread_warms_its_batch_before_the_engine_starts(
+        tiny_artifacts: dict[str, Artifact], monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """onnxruntime keeps a CUDA graph per thread: the captures must be the step thread's, and done before any
+    request (another thread's CUDA calls during a capture could break it)."""
+    warmed_in: list[str] = []
+    real_warm = DeviceBatch.warm
+
+    def warm(self: DeviceBatch) -> None:
+        time.sleep(0.2)  # (a slow capture: start() must still wait for it)
+        real_warm(self)
+        warmed_in.append(threading.current_thread().name)
+
+    monkeypatch.setattr(DeviceBatch, "warm", warm)
+    rt = runtimes(tiny_artifacts["lstm"])[1]
+    engine = Engine(rt, Vocab(rt.vocabulary), EngineConfig(max_batch=4, lanes=2), rt.model)
+    try:
+        await engine.start()
+        assert sorted(warmed_in) == [f"charlm-step {rt.model}/{i}" for i in range(2)]
+    finally:
+        await engine.close()
