@@ -73,8 +73,8 @@ class LonePrompts:
         if self._one_row is not None:
             feed = {_ONE + rt.input_name: ids, **{_ONE + k: a[:, None] for k, a in zip(rt.state_inputs, s.state.arrays,
                                                                                       strict=True)}}  # fmt: skip
-            with rt.prompt_lock:
-                logits, *states = self._one_row.run(None, feed)
+            with rt.prompt_lock:  # (by name: an artifact's graph may list its outputs in any order)
+                logits, *states = self._one_row.run([_ONE + o for o in rt.output_names], feed)
             s.state.arrays = tuple(a[:, 0] for a in states)
             return logits
         with rt.prompt_lock:  # (the buffers are shared; lanes' prompt calls take the lock too)

@@ -4,6 +4,9 @@ CPU and, where onnxruntime has CUDA, on the GPU."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -67,3 +70,24 @@ def test_the_one_row_graph_runs_the_padded_rows(arch: str, tiny_artifacts: dict[
     padded, padded_new = rt.run(np.repeat(ids, 8, axis=0), tuple(np.repeat(a, 8, axis=1) for a in states))
     assert logits.shape == (1, 1, rt.vocab_size) and np.array_equal(logits, padded[:1, -1:])
     assert all(np.array_equal(a, b[:, :1]) for a, b in zip(new, padded_new, strict=True))
+
+
+def test_the_one_row_graph_keeps_its_outputs_apart_by_name(tiny_artifacts: dict[str, Artifact],
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    """An artifact's graph may list its outputs in any order (the artifact's checks compare names only): the lone
+    prompt's logits and states are still its own."""
+    model = onnx.load(tiny_artifacts["lstm"].onnx_path)
+    outputs = list(model.graph.output)[::-1]  # the states' outputs first, in the other order, the logits last
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    onnx.save(model, tmp_path / "reordered.onnx")
+    artifact = replace(tiny_artifacts["lstm"], onnx_path=tmp_path / "reordered.onnx")
+    rt = Runtime(artifact, RuntimeConfig(intra_op_threads=1))
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, rt.vocab_size, 7)
+    arrays = tuple(rng.standard_normal((rt.layers, rt.hidden)).astype(np.float32) for _ in rt.state_inputs)
+    s = stream(rt, ids, arrays)
+    logits = LonePrompts(rt, 16, one_row=True).consume(s)
+    expected, new = rt.run(ids[None], tuple(a[:, None] for a in arrays))
+    assert logits is not None and np.array_equal(logits, expected[:, -1:])
+    assert all(np.array_equal(a, b[:, 0]) for a, b in zip(s.state.arrays, new, strict=True))
