@@ -183,3 +183,22 @@ async def test_the_step_thread_warms_its_batch_before_the_engine_starts(
         assert sorted(warmed_in) == [f"charlm-step {rt.model}/{i}" for i in range(2)]
     finally:
         await engine.close()
+
+
+async def test_a_paused_stream_leaves_and_rejoins_the_device_batch_mid_call(
+        tiny_artifacts: dict[str, Artifact]) -> None:  # fmt: skip
+    """A slow reader's stream pauses when its buffer fills (inside a several-steps call: a row leaves after a step
+    of it) and comes back; its text is what an undisturbed stream samples."""
+    rt = runtimes(tiny_artifacts["lstm"])[1]
+    engine = Engine(rt, Vocab(rt.vocabulary), EngineConfig(max_batch=4, stream_buffer_chars=7), rt.model)
+    params = GenerateParams(Sampling(seed=6), 90)
+    try:
+        await engine.start()
+        slow = engine.generate(engine.new_state(), "The ", params)
+        first = await slow.__anext__()
+        while engine.lanes[0]._batch.n:  # (the buffer fills: the row leaves and the stream is held, paused)
+            await asyncio.sleep(0.01)
+        text = "".join(e.text for e in [first, *[e async for e in slow]] if isinstance(e, Chunk))
+        assert text == (await texts(engine, [("The ", params)]))[0] and len(text) == 90
+    finally:
+        await engine.close()
