@@ -196,7 +196,7 @@ class Engine:
         """Consume a stream's prompt and draw its first character on the event loop (see
         ``EngineConfig.inline_prompt_chars``). True when that ended it; else it is ready for a batch row."""
         logits = self._lone.consume(s)
-        if logits is None:  # (on a device, or longer than prompts.LONE_MAX_CHARS)
+        if logits is None:  # (longer than prompts.LONE_MAX_CHARS)
             logits = consume(self.runtime, [s], int(s.todo.size))
         s.done = int(s.todo.size)
         reason = s.first_char(logits[0, -1], self.vocab.chars)
