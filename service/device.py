@@ -173,6 +173,9 @@ class DeviceBatch(DecodeBatch):
         run_options = rt.new_graph_run()
 
         def call() -> None:
+            # No stream race: onnxruntime's CUDA copy into a value syncs the default stream after its cudaMemcpy (a
+            # pageable copy may return before it lands), a run ends with its stream synced, and a copy out returns
+            # once it is done.
             for value, host in uploads:
                 value.update_inplace(host)
             session.run_with_iobinding(binding, run_options)
