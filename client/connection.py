@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from charlm.v1.metadata import REQUEST_ID_KEY, fresh_request_id, usable_request_id
 
-from client.errors import REQUEST_ID_KEY, invalid_argument
+from client.errors import invalid_argument
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _SERVICE = "charlm.v1.TextGeneration"
@@ -116,9 +117,8 @@ def with_request_id(metadata: Metadata, request_id: str | None) -> tuple[Metadat
     call's id is known before it starts. InvalidArgument, before anything is sent, for an id the server would not
     keep (gRPC itself fails a call whose metadata is not printable ASCII); None or "" make a fresh one."""
     if request_id is None or request_id == "":
-        request_id = os.urandom(8).hex()
-    elif not (isinstance(request_id, str) and len(request_id) <= 128 and request_id.isascii()
-              and request_id.isprintable() and request_id == request_id.strip()):
+        request_id = fresh_request_id()
+    elif not usable_request_id(request_id):
         raise invalid_argument("request_id", "must be 1 to 128 printable ASCII characters, no space at either end")
     return (*metadata, (REQUEST_ID_KEY, request_id)), request_id
 

@@ -6,10 +6,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grpc
+from charlm.v1.metadata import REQUEST_ID_KEY
 from google.rpc import error_details_pb2, status_pb2
 
 _DETAILS_KEY = "grpc-status-details-bin"
-REQUEST_ID_KEY = "x-request-id"  # the call's id: sent by the client, returned in the server's trailers
 
 
 def request_id_in(metadata: Iterable[Any] | None) -> str | None:

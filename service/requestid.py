@@ -1,7 +1,8 @@
 """Request ids: every charlm.v1 call gets one, to tie what its client saw to the server's log lines about it.
 
 The id is the client's ``x-request-id`` metadata when it sent a usable one (1 to 128 printable ASCII
-characters), else 16 fresh hex characters. The client gets it back in the call's trailers. Not as initial
+characters; the rule, shared with the client, is charlm.v1's: proto/charlm/v1/metadata.py), else 16 fresh hex
+characters. The client gets it back in the call's trailers. Not as initial
 metadata: grpc.aio sends custom initial metadata as a batch of its own, which the call must wait for (~0.1 ms
 of every call on this 2-core VM, against a 2 ms target for the first character). charlm's client sends an id
 with every call, so it knows it from the start.
@@ -9,32 +10,23 @@ with every call, so it knows it from the start.
 
 from __future__ import annotations
 
-import os
 from collections import namedtuple
 from collections.abc import Iterable
 from typing import Any
 
 import grpc
-
-KEY = "x-request-id"
-MAX_CHARS = 128
-
-
-def usable(value: object) -> bool:
-    """True for an id the server keeps as the client sent it: 1 to 128 characters of printable ASCII, no space at
-    either end (HTTP/2 forbids it in a header value: a proxy may strip or refuse it)."""
-    return (isinstance(value, str) and 0 < len(value) <= MAX_CHARS and value.isascii() and value.isprintable()
-            and value == value.strip())
+from charlm.v1.metadata import REQUEST_ID_KEY as KEY
+from charlm.v1.metadata import fresh_request_id, usable_request_id
 
 
 def request_id(metadata: Iterable[Any] | None) -> str:
     """The call's id: the first ``x-request-id`` entry if usable, else a fresh one (anything else is ignored)."""
     for key, value in metadata or ():
         if key == KEY:
-            if usable(value):
+            if usable_request_id(value):
                 return str(value)
             break
-    return os.urandom(8).hex()
+    return fresh_request_id()
 
 
 def attach(context: Any, rid: str) -> None:
