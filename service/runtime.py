@@ -258,15 +258,13 @@ class Runtime:
         names = with_cuda_graphs(self._providers) if self.cuda_graphs else self._providers
         graph, steps = self._decode_graphs
         self.decoder, self.lane_decoder = self._sessions(graph, names)
-        self.steps_decoder, self.steps_lane_decoder = self._sessions(steps, names if steps else [])
+        single = self.decoder, self.lane_decoder  # (decode_steps 1: no sessions of several steps)
+        self.steps_decoder, self.steps_lane_decoder = self._sessions(steps, names) if steps else single
 
     def _sessions(self, graph: bytes, names: Providers) -> tuple[ort.InferenceSession, ...]:
         """A decoding session of ``graph`` on onnxruntime's threads, and one on the calling thread alone for an
         engine lane stepping beside others (service/lane.py), so that calls from several lanes run side by side
-        instead of sharing (and waiting for) one pool of threads; on CUDA the same session twice. No providers:
-        the single-step sessions again (``decode_steps`` 1)."""
-        if not names:
-            return self.decoder, self.lane_decoder
+        instead of sharing (and waiting for) one pool of threads; on CUDA the same session twice."""
         config = self._config
         shared = ort.InferenceSession(graph, session_options(config, config.spinning), providers=names)
         if self.provider != "cpu":
