@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+from charlm.v1.metadata import usable_request_id
 
 from client import cli_bench, cli_chat, commands
 from client.connection import DEFAULT_TARGET, ConnectOptions, target_from_env
@@ -77,6 +78,7 @@ def options_from_args(args: argparse.Namespace) -> ConnectOptions:
         cert_file=args.cert,
         key_file=args.key,
         token=args.token,
+        request_id=args.request_id,
         timeout=args.timeout,
     )
 
@@ -101,6 +103,15 @@ def _connection_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
     g.add_argument("--key", type=Path, default=default(None), metavar="PEM", help="client private key for mutual TLS")
     g.add_argument("--token", default=default(os.environ.get("CHARLM_TOKEN")),
                    help="bearer token sent as 'authorization' metadata (default: $CHARLM_TOKEN)")
+    g.add_argument("--request-id", type=_request_id, default=default(None), metavar="ID",
+                   help="x-request-id sent with every call of this command, to find them in the server's log "
+                        "(1-128 printable ASCII characters; default: a fresh id per call)")
+
+
+def _request_id(value: str) -> str:
+    if not usable_request_id(value):
+        raise argparse.ArgumentTypeError("must be 1 to 128 printable ASCII characters, no space at either end")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ class ConnectOptions:
     key_file: Path | None = None
     server_name: str | None = None  # override the TLS host name checked against the certificate
     token: str | None = None  # sent as "authorization: Bearer <token>" on every call
+    request_id: str | None = None  # x-request-id of every call that names none (a job's tag); None = fresh each
     timeout: float | None = 30.0  # default deadline (s) of unary calls; None = no deadline
     stream_timeout: float | None = None  # default deadline (s) of Generate/Feed/Chat; None = no deadline
     keepalive_s: float | None = None  # HTTP/2 ping interval; None = no keepalive pings

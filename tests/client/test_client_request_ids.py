@@ -163,3 +163,25 @@ async def test_a_chat_closed_after_its_last_reply_ends_ok_on_the_server(
             await achat.generate(max_chars=60_000)  # never read: closing cancels it
     assert access_line("clean-sync").code == access_line("clean-async").code == "OK"
     assert access_line("left-unread").code == "CANCELLED"
+
+
+def test_a_clients_own_id_tags_every_call_that_names_none(logged_server: RunningServer, access_line: Any) -> None:
+    with Client(logged_server.target, request_id="job-9") as client:
+        tagged = client.generate(PROMPT, max_chars=5)
+        named = client.generate(PROMPT, max_chars=5, request_id="job-9/own")  # a call's own id wins
+        tagged.result(), named.result()
+        client.models()
+        assert (tagged.request_id, named.request_id) == ("job-9", "job-9/own")
+    assert access_line("job-9/own").rpc == "Generate"
+    assert access_line("job-9/own").chars_generated == 5
+
+
+def test_the_cli_sends_the_request_id_it_is_given(logged_server: RunningServer, access_line: Any) -> None:
+    for args in (("--request-id", "cli-run-1", "models"), ("generate", PROMPT, "-n", "5", "--request-id", "cli-run-2")):
+        proc = subprocess.run(cli_command(*args), env=cli_env(logged_server.target), capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    assert access_line("cli-run-1").rpc == "ListModels" and access_line("cli-run-2").rpc == "Generate"
+    bad = subprocess.run(cli_command("--request-id", " padded", "models"), env=cli_env(logged_server.target),
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "--request-id: must be 1 to 128 printable ASCII characters" in bad.stderr
