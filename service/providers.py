@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import onnxruntime as ort
 
 from service import cores
 
-if TYPE_CHECKING:
-    from service.runtime import RuntimeConfig
-
 log = logging.getLogger(__name__)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 Providers = list[Any]  # names, or (name, options) pairs, most preferred first
+
+
+class Threads(Protocol):
+    """What session options read of a RuntimeConfig (service/runtime.py, a frozen dataclass)."""
+
+    @property
+    def intra_op_threads(self) -> int: ...
+    @property
+    def inter_op_threads(self) -> int: ...
+    @property
+    def cpu_mem_arena(self) -> bool: ...
+    @property
+    def spin_between_calls(self) -> bool: ...
 
 
 def providers(provider: str) -> Providers:
@@ -34,7 +44,7 @@ def with_cuda_graphs(names: Providers) -> Providers:
     return [(n, {"enable_cuda_graph": "1"}) if n == PROVIDERS["cuda"] else n for n in names]
 
 
-def session_options(config: RuntimeConfig, spinning: bool) -> ort.SessionOptions:
+def session_options(config: Threads, spinning: bool) -> ort.SessionOptions:
     """onnxruntime session options from ``config``; threads spin within calls or not at all."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = config.intra_op_threads or cores.available_cores()
