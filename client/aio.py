@@ -13,7 +13,7 @@ from charlm.v1 import charlm_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import convert
-from client.connection import ConnectOptions, aio_channel, call_metadata, with_request_id
+from client.connection import CallMetadata, ConnectOptions, aio_channel
 from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error
 from client.generation import AsyncGeneration
 from client.streams import feed_async
@@ -29,12 +29,12 @@ class AsyncClient:
         self._channel = aio_channel(self.options)
         self._stub = charlm_pb2_grpc.TextGenerationStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._metadata = call_metadata(self.options)
+        self._metadata = CallMetadata.of(self.options)
 
     async def _unary(self, rpc: str, request: Any, timeout: float | None, request_id: str | None = None) -> Any:
         # rpc: a TextGeneration method's name, or "Health.Check"; errors name it when the server gives no message
         method = self._health.Check if rpc == "Health.Check" else getattr(self._stub, rpc)
-        metadata, rid = with_request_id(self._metadata, request_id or self.options.request_id)
+        metadata, rid = self._metadata.for_call(request_id)
         try:
             return await method(request, timeout=timeout or self.options.timeout, metadata=metadata)
         except grpc.RpcError as e:  # the health service logs no ids
@@ -60,7 +60,7 @@ class AsyncClient:
         """Starts sampling after ``prompt``; ``async for text in client.generate(...)``."""
         sampling = Sampling(temperature, top_k, top_p, repetition_penalty, seed)
         request = convert.generate_request(prompt, model, sampling, max_chars, stop, session_id, logprobs)
-        metadata, rid = with_request_id(self._metadata, request_id or self.options.request_id)
+        metadata, rid = self._metadata.for_call(request_id)
         call = self._stub.Generate(request, timeout=timeout or self.options.stream_timeout, metadata=metadata)
         return AsyncGeneration(call.__aiter__(), call.cancel, rid)
 
@@ -72,7 +72,7 @@ class AsyncClient:
         the iterable is raised here as it is.
         """
         requests = convert.feed_stream(convert.text_chunks(text), session_id, model)
-        metadata, rid = with_request_id(self._metadata, request_id or self.options.request_id)
+        metadata, rid = self._metadata.for_call(request_id)
         timeout = timeout or self.options.stream_timeout
         return convert.feed_result(await feed_async(self._stub.Feed, requests, timeout, metadata, rid))
 
@@ -109,7 +109,7 @@ class AsyncClient:
                    timeout: float | None = None, *, request_id: str | None = None) -> AsyncChat:
         """Opens a bidirectional Chat on a session (a new one of ``model`` when no id is given)."""
         opening = convert.chat_open(session_id, model, ttl_seconds)  # checked before the stream starts
-        metadata, rid = with_request_id(self._metadata, request_id or self.options.request_id)
+        metadata, rid = self._metadata.for_call(request_id)
         call = self._stub.Chat(timeout=timeout or self.options.stream_timeout, metadata=metadata)
         chat = AsyncChat(call, rid)
         await chat._open(opening)

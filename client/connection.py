@@ -105,23 +105,30 @@ def credentials(opts: ConnectOptions) -> grpc.ChannelCredentials:
     )
 
 
-def call_metadata(opts: ConnectOptions) -> tuple[tuple[str, str], ...]:
-    """Metadata sent with every call: the bearer token, if any."""
-    return (("authorization", f"Bearer {opts.token}"),) if opts.token else ()
-
-
 Metadata = tuple[tuple[str, str], ...]
 
 
-def with_request_id(metadata: Metadata, request_id: str | None) -> tuple[Metadata, str]:
-    """``metadata`` plus ``x-request-id``, and the id: ``request_id``, or a fresh one (16 hex characters), so that a
-    call's id is known before it starts. InvalidArgument, before anything is sent, for an id the server would not
-    keep (gRPC itself fails a call whose metadata is not printable ASCII); None or "" make a fresh one."""
-    if request_id is None or request_id == "":
-        request_id = fresh_request_id()
-    elif not usable_request_id(request_id):
-        raise invalid_argument("request_id", "must be 1 to 128 printable ASCII characters, no space at either end")
-    return (*metadata, (REQUEST_ID_KEY, request_id)), request_id
+@dataclass(frozen=True)
+class CallMetadata:
+    """What every call of a client sends (the bearer token), and the id of a call that names none."""
+
+    base: Metadata = ()
+    default_id: str | None = None  # ConnectOptions.request_id
+
+    @classmethod
+    def of(cls, opts: ConnectOptions) -> CallMetadata:
+        """From the connection options: the token, if any, and the default request id."""
+        return cls((("authorization", f"Bearer {opts.token}"),) if opts.token else (), opts.request_id)
+
+    def for_call(self, request_id: str | None) -> tuple[Metadata, str]:
+        """One call's metadata with ``x-request-id``, and the id: ``request_id``, else the default, else a fresh one
+        (16 hex characters), so that a call's id is known before it starts. InvalidArgument, before anything is
+        sent, for an id the server would not keep (gRPC itself fails a call whose metadata is not printable
+        ASCII); None or "" fall back."""
+        request_id = request_id or self.default_id or fresh_request_id()
+        if not usable_request_id(request_id):
+            raise invalid_argument("request_id", "must be 1 to 128 printable ASCII characters, no space at either end")
+        return (*self.base, (REQUEST_ID_KEY, request_id)), request_id
 
 
 def _check_target(target: str) -> None:

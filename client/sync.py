@@ -14,7 +14,7 @@ from charlm.v1 import charlm_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import convert
-from client.connection import ConnectOptions, call_metadata, sync_channel, with_request_id
+from client.connection import CallMetadata, ConnectOptions, sync_channel
 from client.errors import CharlmError, ServerError, Unavailable, from_rpc_error
 from client.generation import Generation
 from client.streams import feed_blocking
@@ -39,12 +39,12 @@ class Client:
         self._channel = sync_channel(self.options)
         self._stub = charlm_pb2_grpc.TextGenerationStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._metadata = call_metadata(self.options)
+        self._metadata = CallMetadata.of(self.options)
 
     def _unary(self, rpc: str, request: Any, timeout: float | None, request_id: str | None = None) -> Any:
         # rpc: a TextGeneration method's name, or "Health.Check"; errors name it when the server gives no message
         method = self._health.Check if rpc == "Health.Check" else getattr(self._stub, rpc)
-        metadata, rid = with_request_id(self._metadata, request_id or self.options.request_id)
+        metadata, rid = self._metadata.for_call(request_id)
         try:
             return method(request, timeout=timeout or self.options.timeout, metadata=metadata)
         except grpc.RpcError as e:  # the health service logs no ids
@@ -70,7 +70,7 @@ class Client:
         """Starts sampling after ``prompt``; iterate the result for text chunks as they arrive."""
         sampling = Sampling(temperature, top_k, top_p, repetition_penalty, seed)
         request = convert.generate_request(prompt, model, sampling, max_chars, stop, session_id, logprobs)
-        metadata, rid = with_request_id(self._metadata, request_id or self.options.request_id)
+        metadata, rid = self._metadata.for_call(request_id)
         call = self._stub.Generate(request, timeout=timeout or self.options.stream_timeout, metadata=metadata)
         return Generation(call, call.cancel, rid)
 
@@ -82,7 +82,7 @@ class Client:
         An exception raised by the iterable is raised here as it is.
         """
         requests = convert.feed_stream(convert.text_chunks(text), session_id, model)
-        metadata, rid = with_request_id(self._metadata, request_id or self.options.request_id)
+        metadata, rid = self._metadata.for_call(request_id)
         response = feed_blocking(self._stub.Feed, requests, timeout or self.options.stream_timeout, metadata, rid)
         return convert.feed_result(response)
 
@@ -122,7 +122,7 @@ class Client:
              request_id: str | None = None) -> Chat:
         """Opens a bidirectional Chat on a session (a new one of ``model`` when no id is given)."""
         opening = convert.chat_open(session_id, model, ttl_seconds)
-        metadata, rid = with_request_id(self._metadata, request_id or self.options.request_id)
+        metadata, rid = self._metadata.for_call(request_id)
         return Chat(self._stub, opening, metadata, timeout or self.options.stream_timeout, rid)
 
     def models(self, timeout: float | None = None, *, request_id: str | None = None) -> ModelList:
