@@ -76,7 +76,7 @@ class DeviceBatch(DecodeBatch):
             self._fetch("cur")
         super().rebuild(keep, joining)
         if self.n:
-            for value, host in zip(self._dstates[self._cur], self._host_states(self._cur), strict=True):
+            for value, host in zip(self._dstates[self._cur], self._views(self._cur, self.capacity), strict=True):
                 value.update_inplace(host)
         self._on_host = {"cur"}
 
@@ -124,9 +124,6 @@ class DeviceBatch(DecodeBatch):
         for value, host in zip(values, self._views(self._cur, self.capacity, bufs), strict=True):
             np.copyto(host, value.numpy())
         self._on_host.add(which)
-
-    def _host_states(self, which: int) -> States:
-        return self._views(which, self.capacity)
 
     def _bind(self, which: int, lane: bool) -> Callable[[], None]:
         """One decode step reading set ``which``'s values and writing the other's (see DecodeBatch._bind)."""
