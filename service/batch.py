@@ -141,6 +141,15 @@ class DecodeBatch:
                     calls[kind][0]()
         self._rows = 0
 
+    def prepared_call(self, rows: int, alone: bool) -> Callable[[], None]:
+        """(while the batch is empty: for timing, service/tuning.py) The prepared decode call of ``rows`` rows, of
+        several steps where the runtime runs them: on all threads (``alone``) or the calling thread's."""
+        assert self.n == 0
+        self._rows = self._rows_for(rows)
+        calls, self._rows = self._prepared(), 0
+        steps = self.steps > 1
+        return calls[(STEPS_ALONE if alone else STEPS_LANE) if steps else (ALONE if alone else LANE)][0]
+
     def warm(self) -> None:
         """(in the thread that will step the batch, before its first step) Nothing to do for numpy buffers; see
         DeviceBatch.warm."""

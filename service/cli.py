@@ -91,7 +91,10 @@ OPTIONS = [
            "decode call as a captured CUDA graph (true/false; off where capture fails, with a warning)"),
     Option("--lanes", "engine.lanes", int, "decode batches per model stepped side by side, a thread each "
            "(0 = one per core on CPU, 1 on CUDA)"),
-    Option("--lane-fill", "engine.lane_fill", int, "streams a lane takes before the next lane gets any"),
+    Option("--lane-fill", "engine.lane_fill", int, "streams a lane takes before the next lane gets any (0 = "
+           "measured at start)"),
+    Option("--all-threads-rows", "engine.all_threads_rows", int, "rows from which a lane stepping alone runs its "
+           "decode calls on all of onnxruntime's threads, with fewer on its own thread (0 = measured at start)"),
     Option("--max-batch", "engine.max_batch", int, "most streams one step of a lane advances"),
     Option("--prefill-chunk", "engine.prefill_chunk", int, "prompt characters of one stream per prefill call"),
     Option("--prefill-chars", "engine.prefill_chars", int, "prompt characters of all streams per prefill call"),

@@ -28,8 +28,12 @@ class EngineConfig:
     # on CPU (the process's CPU affinity and cgroup quota), 1 on CUDA
     lanes: int = 0
     # Streams a lane takes before the next one gets any; past that, new streams go to the lane holding the
-    # fewest. A few streams in one lane step cheaper than spread thin (one step's Python for all of them).
-    lane_fill: int = 16
+    # fewest. 0 = measured by the engine before it serves (service/tuning.py): on some machines a few streams
+    # step cheaper in one lane (one step's Python for all of them), on others spread over the lanes.
+    lane_fill: int = 0
+    # A lane stepping alone (the model's only lane with rows) runs its decode calls on all of onnxruntime's
+    # threads from this many rows, with fewer on its own thread, as lanes side by side do. 0 = measured.
+    all_threads_rows: int = 0
     max_batch: int = 256  # decode rows per step of a lane; further streams wait for a free row
     prefill_chunk: int = 256  # characters per sequence call when consuming prompts and fed text
     # Characters of all streams together in one prefill call (streams x chunk): a call's scratch memory
@@ -58,9 +62,10 @@ class EngineConfig:
     steps_wait_ms: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.lanes < 0:
-            raise ValueError(f"lanes: must be >= 0, got {self.lanes}")
-        for name in ("lane_fill", "max_batch", "prefill_chunk", "prefill_chars", "stream_buffer_chars"):
+        for name in ("lanes", "lane_fill", "all_threads_rows"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("max_batch", "prefill_chunk", "prefill_chars", "stream_buffer_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("messages_per_s", "steps_wait_ms", "inline_prompt_chars"):

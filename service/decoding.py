@@ -36,7 +36,7 @@ class Decoding(Scheduler):
         """One decode call of the whole batch: feed every row's pending id, draw its next one (or K)."""
         b, n, k = self._batch, self._batch.n, self._steps()
         # Alone: the only lane with rows may use all of onnxruntime's threads; lanes side by side use one each.
-        alone = self._model_rows() == n
+        alone = self._model_rows() == n and n >= self.config.all_threads_rows
         if k > 1:
             u = b.step_uniforms
             for i, s in enumerate(self._rows):  # a row's K draws, in the order K single steps would take them

@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 
 import numpy as np
 
@@ -25,12 +26,14 @@ from service.runtime import Runtime
 from service.sampling import validate
 from service.scheduler import Scheduler
 from service.stream import Stream
+from service.tuning import LanePlan, describe, measure, plan
 from service.types import Chunk, EngineObserver, FeedResult, Finish, GenerateParams, SeqState
 from service.vocab import Vocab
 
 __all__ = ["Engine", "EngineConfig", "Vocab", "available_cores", "quota_cores"]
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = EngineConfig()
+LANE_FILL = 16  # streams a lane takes before the next when spreading them is measured no faster
 
 
 class Engine:
@@ -89,6 +92,27 @@ class Engine:
     def _prepare(self) -> None:
         for i, lane in enumerate(self.lanes):  # the lanes share the decode sessions: one of them makes the calls
             lane.prepare(run=i == 0)
+        self._plan_lanes()
+
+    def _plan_lanes(self) -> None:
+        """Settle ``all_threads_rows`` and ``lane_fill`` where the config leaves them to be measured (0)."""
+        cfg = self.config
+        if cfg.all_threads_rows and cfg.lane_fill:
+            return
+        if self.runtime.provider != "cpu" or self.runtime.device_batch:  # (every call runs the whole batch)
+            picked = LanePlan(1, LANE_FILL)
+        else:
+            start = time.perf_counter()
+            timings = measure(lambda i, rows, alone: self.lanes[i].prepared_call(rows, alone), len(self.lanes),
+                              cfg.max_batch)  # fmt: skip
+            picked = plan(timings, LANE_FILL)
+            log.info("%s: lanes measured in %.2f s: all threads from %d rows, lane fill %d", self.model,
+                     time.perf_counter() - start, picked.all_threads_rows, picked.lane_fill,
+                     extra={"timings_us": describe(timings)})
+        self.config = replace(cfg, all_threads_rows=cfg.all_threads_rows or picked.all_threads_rows,
+                              lane_fill=cfg.lane_fill or picked.lane_fill)
+        for lane in self.lanes:
+            lane.config = self.config
 
     async def close(self) -> None:
         """Stop the step threads (after their current steps); requests still held end with Unavailable."""

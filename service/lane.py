@@ -4,9 +4,10 @@ An engine (service/engine.py) runs one lane per core on CPU. A lane's onnxruntim
 thread alone while other lanes step too, so the lanes' calls proceed side by side: on 2 busy cores, two
 batches of 32 rows stepped this way made 15-20% more characters per second than one batch of 64 on both
 cores, whose every operator waits for its slowest thread (docs/performance.md). A lane that steps alone uses
-all of onnxruntime's threads, so one stream is as fast as with a single batch; prompt calls follow the same
-rule (Scheduler._prompt_session). New streams fill one lane up to ``EngineConfig.lane_fill`` before the next
-gets any (a few streams step cheaper in one lane than spread thin), then go to the lane holding the fewest.
+all of onnxruntime's threads from ``EngineConfig.all_threads_rows`` rows; prompt calls use them whenever it
+steps alone (Scheduler._prompt_session). New streams fill one lane up to ``EngineConfig.lane_fill`` before
+the next gets any, then go to the lane holding the fewest. Which is faster depends on the machine, so the
+engine measures both before it serves (service/tuning.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 
 from service.decoding import Decoding
 from service.stream import Stream
@@ -43,6 +45,10 @@ class Lane(Decoding):
         and build this lane's own prompt session (see Scheduler.prepare_prompts)."""
         self._batch.prepare(run)
         self.prepare_prompts()
+
+    def prepared_call(self, rows: int, alone: bool) -> Callable[[], None]:
+        """(before start) A prepared decode call of ``rows`` rows, to time (service/tuning.py; DecodeBatch)."""
+        return self._batch.prepared_call(rows, alone)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """(event loop) Start the step thread; its events run on ``loop``."""
