@@ -104,7 +104,7 @@ class Engine:
         else:
             start = time.perf_counter()
             timings = measure(lambda i, rows, alone: self.lanes[i].prepared_call(rows, alone), len(self.lanes),
-                              cfg.max_batch)  # fmt: skip
+                              self.runtime.threads, cfg.max_batch)  # fmt: skip
             picked = plan(timings, LANE_FILL)
             log.info("%s: lanes measured in %.2f s: all threads from %d rows, lane fill %d", self.model,
                      time.perf_counter() - start, picked.all_threads_rows, picked.lane_fill,

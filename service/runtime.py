@@ -94,6 +94,7 @@ class Runtime:
         names = providers(config.provider)
         # prompts and plain calls (`run`, `bind`): the artifact's graph as it is
         opts = session_options(config, config.prefill_spinning)
+        self.threads: int = opts.intra_op_num_threads  # onnxruntime's threads of a call on all of them
         self.session = ort.InferenceSession(str(artifact.onnx_path), opts, providers=names)
         # One such call at a time: each uses all of onnxruntime's threads already, and with calls from several
         # engine lanes at once the server's memory kept growing (a 300 s soak: +16.6% after warm-up, +3.9% with

@@ -120,16 +120,16 @@ def side_by_side(calls: Sequence[Call], seconds: float, min_calls: int = MIN_CAL
     return slowest
 
 
-def measure(prepared: Callable[[int, int, bool], Call], lanes: int, max_rows: int,
+def measure(prepared: Callable[[int, int, bool], Call], lanes: int, threads: int, max_rows: int,
             seconds: float = 0.005) -> list[Timing]:  # fmt: skip
     """Timings of the prepared calls at ``ROWS`` up to ``max_rows``. ``prepared(lane, rows, alone)``: lane
-    ``lane``'s call of ``rows`` rows on all threads (``alone``) or on its own thread."""
+    ``lane``'s call of ``rows`` rows on all (``threads``) threads (``alone``) or on its own thread; with one
+    thread in all, the two are one kind of call, timed once."""
     timings = []
     for rows in (r for r in ROWS if r <= max_rows):
-        kinds: dict[str, Callable[[], float]] = {
-            "all": partial(per_call, prepared(0, rows, True), seconds),
-            "own": partial(per_call, prepared(0, rows, False), seconds),
-        }
+        kinds: dict[str, Callable[[], float]] = {"own": partial(per_call, prepared(0, rows, False), seconds)}
+        if threads > 1:
+            kinds["all"] = partial(per_call, prepared(0, rows, True), seconds)
         if lanes > 1 and rows > 1:
             kinds["split"] = partial(side_by_side, [prepared(i, rows // 2, False) for i in range(2)], seconds)
         seen: dict[str, list[float]] = {k: [] for k in kinds}
@@ -137,5 +137,5 @@ def measure(prepared: Callable[[int, int, bool], Call], lanes: int, max_rows: in
             for k, f in kinds.items():
                 seen[k].append(f())
         best = {k: min(v) for k, v in seen.items()}
-        timings.append(Timing(rows, best["all"], best["own"], best.get("split")))
+        timings.append(Timing(rows, best.get("all", best["own"]), best["own"], best.get("split")))
     return timings

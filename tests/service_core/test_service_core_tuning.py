@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from functools import partial
 
 import pytest
 from fixtures.service_core import EngineFactory, collect
@@ -49,7 +51,12 @@ def test_spreading_must_win_by_the_margin() -> None:
 
 def test_side_by_side_makes_each_call_on_a_thread_of_its_own_at_least_min_calls_times() -> None:
     threads: list[list[int]] = [[], []]
-    calls = [lambda i=i: threads[i].append(threading.get_ident()) for i in range(2)]
+
+    def call(i: int) -> None:
+        threads[i].append(threading.get_ident())
+        time.sleep(0.0005)  # (lets the other thread run, as an onnxruntime call does: it releases the GIL)
+
+    calls = [partial(call, i) for i in range(2)]
     per_call = side_by_side(calls, seconds=0.0, min_calls=5)
     assert 0 < per_call < float("inf")
     assert all(len(t) >= 6 for t in threads)  # one warm-up each, then at least 5
