@@ -164,6 +164,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     prefill_runtime = None if a.no_probes else Runtime(artifact, prefill_config)
     with ServerProcess(a.model.parent.parent, args, cwd=a.server_cwd) as server:
         res.update(asyncio.run(_served(a, server, engines, runtime.vocabulary, model, prefill_runtime)))
+        res["lanes"] = server.lane_plan()
     if not a.no_probes:
         res["step1"] = measure_step_rate("", 1, seconds=a.engine_seconds, runtime=runtime)
         res["message_us"] = message_us(20000 if not a.quick else 3000)

@@ -108,7 +108,8 @@ def report_table(res: dict[str, Any]) -> str:
     """Everything measured, as text."""
     la = ", ".join(f"{x:.2f}" for x in res["load_avg"])
     lines = [f"{res['model']} ({res['shape']}) on {res['nproc']} cores; load average at start {la}; "
-             f"{res['chars']} chars per stream; server args {res['server_args'] or 'none'}", ""]  # fmt: skip
+             f"{res['chars']} chars per stream; server args {res['server_args'] or 'none'}"
+             + (f"; lanes measured: {res['lanes']}" if res.get("lanes") else ""), ""]  # fmt: skip
     lines += _levels_table(res.get("levels", []))
     lines.append("  (served: real server process + real clients over loopback; engine: raw onnxruntime steps at "
                  "the same batch, measured right after, each way the server could step it: onnxruntime's threads "

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -71,6 +72,16 @@ class ServerProcess:
             time.sleep(0.05)
         self.stop()
         raise ServerError(f"the server did not start within {self.start_timeout:g}s:\n{self.log_text()}")
+
+    def lane_plan(self) -> str:
+        """What the server's engines measured at start (service/tuning.py), as its log put it: "all threads from
+        16 rows, lane fill 4" per model ("; " between models), or "" where nothing was measured."""
+        plans = []
+        for line in self.log_text().splitlines():
+            msg = _record(line).get("msg")
+            if isinstance(msg, str) and "lanes measured in" in msg:
+                plans.append(msg.split(": ", 2)[-1])
+        return "; ".join(plans)
 
     def log_text(self) -> str:
         """Everything the server logged so far."""
@@ -137,12 +148,16 @@ class DecodeCounters:
 
 def _ports_of(line: str) -> tuple[int, int]:
     """The bound gRPC and /metrics ports from the server's "serving ..." JSON log line; 0 for any other line."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return 0, 0
-    if not isinstance(record, dict):
-        return 0, 0
+    record = _record(line)
     port, metrics_port = record.get("port"), record.get("metrics_port")
     return (int(port) if isinstance(port, int) and port > 0 else 0,
             int(metrics_port) if isinstance(metrics_port, int) and metrics_port > 0 else 0)  # fmt: skip
+
+
+def _record(line: str) -> dict[str, Any]:
+    """One JSON log line as a dict; {} for anything else."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}

@@ -44,6 +44,7 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
     lanes = {"lanes", "8 steps, lanes"} if available_cores() > 1 else set()  # as the server's lanes
     engines = {"spinning", "no spinning", "8 steps"} | lanes  # and its calls of several steps
     assert out["model"] == "tiny-lstm:1" and [lv["streams"] for lv in out["levels"]] == [1, 3]
+    assert out["lanes"].startswith("all threads from ") and ", lane fill " in out["lanes"]  # the server's log line
     for lv in out["levels"]:
         assert lv["served"]["total_chars"] == 30 * lv["streams"] and not lv["served"]["errors"]
         assert set(lv["engines"]) == engines and lv["ratio"] > 0
