@@ -99,7 +99,8 @@ class Engine:
         cfg = self.config
         if cfg.all_threads_rows and cfg.lane_fill:
             return
-        if self.runtime.provider != "cpu" or self.runtime.device_batch:  # (every call runs the whole batch)
+        one_way = len(self.lanes) == 1 and self.runtime.threads == 1  # (nothing to choose between)
+        if one_way or self.runtime.provider != "cpu" or self.runtime.device_batch:  # (device: whole batch a call)
             picked = LanePlan(1, LANE_FILL)
         else:
             start = time.perf_counter()

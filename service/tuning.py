@@ -10,7 +10,7 @@ Two choices of service/lane.py depend on the machine more than on the model:
   Spread, every step's Python runs once per lane instead of once; on the Xeon, 8 streams in one lane were
   served as fast as spread over two, on the EPYC 8 streams spread over two lanes were served 1.3x faster.
 
-So the engine times its own prepared decode calls (``measure``: a fraction of a second, before it serves)
+So the engine times its own prepared decode calls (``measure``: about a second, before it serves)
 and picks (``plan``); ``--all-threads-rows`` and ``--lane-fill`` set either choice instead.
 """
 

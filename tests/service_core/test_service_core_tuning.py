@@ -81,6 +81,10 @@ async def test_an_engine_measures_what_its_config_leaves_to_be_measured(
     await fixed.start()
     assert (fixed.config.lane_fill, fixed.config.all_threads_rows) == (3, 5)
     assert not any("lanes measured" in r.getMessage() for r in caplog.records)
+    alone = make_engine("lstm", lanes=1)  # one lane on one thread (the tiny runtimes'): nothing to choose
+    await alone.start()
+    assert (alone.config.lane_fill, alone.config.all_threads_rows) == (16, 1)
+    assert not any("lanes measured" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("rows", [1, 1000])
