@@ -27,6 +27,7 @@ import numpy as np
 from service.artifact import ArtifactError, load_artifact
 from service.engine import available_cores
 from service.runtime import Runtime, RuntimeConfig
+from service.tuning import per_call
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight blocks per layer (gates times hidden outputs)
 
@@ -46,22 +47,12 @@ def _runtime(artifact_path: Path | str, threads: int, provider: str = "cpu") -> 
     return Runtime(load_artifact(Path(artifact_path)), config)
 
 
-def timed(call: Callable[[], object], seconds: float, min_calls: int = 5) -> float:
-    """Mean seconds per call of ``call()``, repeated for about ``seconds`` after one warm-up call."""
-    call()
-    n, start = 0, time.perf_counter()
-    while n < min_calls or time.perf_counter() - start < seconds:
-        call()
-        n += 1
-    return (time.perf_counter() - start) / n
-
-
 def measure_step_rate(artifact_path: Path | str, batch: int, threads: int = 0, seconds: float = 1.0,
                       provider: str = "cpu", runtime: Runtime | None = None, steps: int = 1) -> StepRate:  # fmt: skip
     """Chars/s of single-step calls at ``batch`` rows, through the prepared binding the engine uses (``steps`` > 1:
     calls of that many steps through the sampling head, Runtime.bind_steps; step_us is then per step)."""
     rt = runtime or _runtime(artifact_path, threads, provider)
-    dt = timed(_bound_step(rt, batch, steps), seconds) / steps
+    dt = per_call(_bound_step(rt, batch, steps), seconds) / steps
     return StepRate(batch, dt * 1e6, batch / dt)
 
 
@@ -137,14 +128,14 @@ def measure_prefill(artifact_path: Path | str, chars: int = 2000, threads: int =
     rt = runtime or _runtime(artifact_path, threads)
     ids = np.random.default_rng(1).integers(0, rt.vocab_size, (1, chars), dtype=np.int64)
     zero = tuple(s[:, None] for s in rt.zero_state())
-    one_call = timed(lambda: rt.run(ids, zero), seconds, min_calls=2)
+    one_call = per_call(lambda: rt.run(ids, zero), seconds, min_calls=2)
 
     def per_char() -> None:
         states = zero
         for t in range(chars):
             _, states = rt.run(ids[:, t : t + 1], states)
 
-    steps = timed(per_char, seconds, min_calls=1)
+    steps = per_call(per_char, seconds, min_calls=1)
     return PrefillRate(chars, one_call * 1e3, steps * 1e3)
 
 
@@ -152,7 +143,7 @@ def gemm_gflops(n: int = 1024, seconds: float = 1.0) -> float:
     """fp32 matrix-multiply rate of numpy's BLAS on n x n matrices, GFLOP/s."""
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
-    return 2 * n**3 / timed(lambda: a @ b, seconds) / 1e9
+    return 2 * n**3 / per_call(lambda: a @ b, seconds) / 1e9
 
 
 def flops_per_char(architecture: str, layers: int, hidden: int, embedding: int, vocab: int) -> float:

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bench.engine import parser, timed
+from bench.engine import parser
 from service.artifact import Artifact, ArtifactError, load_artifact
 from service.engine import available_cores
 from service.sampling import log_softmax
+from service.tuning import per_call
 
 SHAPES = {"1 row, 1 char": (1, 1), "1 row, 16-char prompt": (1, 16), "64 rows, 1 char": (64, 1)}
 
@@ -100,7 +101,7 @@ def measure(artifact: Artifact, text: str, seconds: float, threads: int) -> dict
             for n in sorted({1, threads}):
                 g = Graph(artifact, path, n)
                 for label, (rows, chars) in SHAPES.items():
-                    fig[f"{label}, {n} thread(s)"] = rows * chars / timed(g.call(rows, chars), seconds, min_calls=3)
+                    fig[f"{label}, {n} thread(s)"] = rows * chars / per_call(g.call(rows, chars), seconds, min_calls=3)
             fig["bits per char"] = bits_per_char(g, ids)
             fig["batch drift"] = batch_drift(g)
             out[name] = fig

@@ -69,7 +69,7 @@ def describe(timings: Sequence[Timing]) -> str:
                                             for x in (t.all_threads, t.own_thread, t.split)) for t in timings)
 
 
-def per_call(call: Call, seconds: float, min_calls: int = MIN_CALLS) -> float:
+def per_call(call: Callable[[], object], seconds: float, min_calls: int = MIN_CALLS) -> float:
     """Seconds per call of ``call`` over at least ``min_calls`` calls and ``seconds``, after one to warm up."""
     call()
     n, start = 0, time.perf_counter()
