@@ -59,7 +59,7 @@ class LonePrompts:
         self._one_row: ort.InferenceSession | None = None
         if runtime.provider != "cpu" if one_row is None else one_row:
             graph = one_row_graph(onnx.load(runtime.onnx_path), runtime.min_batch, runtime.input_name,
-                                  [runtime.logits_name, *runtime.state_outputs], runtime.state_inputs)  # fmt: skip
+                                  runtime.logits_name, runtime.state_inputs)  # fmt: skip
             self._one_row = runtime.prompt_session(graph.SerializeToString())
 
     def consume(self, s: Stream) -> np.ndarray | None:
@@ -100,12 +100,12 @@ class LonePrompts:
 _ONE = "charlm_one/"  # prefix of one_row_graph's inputs and outputs
 
 
-def one_row_graph(model: onnx.ModelProto, rows: int, ids: str, outputs: list[str],
+def one_row_graph(model: onnx.ModelProto, rows: int, ids: str, logits: str,
                   states: tuple[str, ...]) -> onnx.ModelProto:  # fmt: skip
     """A copy of the artifact's graph that takes one row and runs ``rows``: each input (``_ONE`` + its name; ids
     (1, T), states (layers, 1, hidden)) is repeated to ``rows`` rows inside the call, and each output (``_ONE`` +
-    its name: logits (1, 1, V) of the last position, then states (layers, 1, hidden)) keeps the first row only.
-    ``outputs``: the logits' name first."""
+    its name: the logits ``logits`` (1, 1, V) of the last position, the states (layers, 1, hidden)) keeps the
+    first row only."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
@@ -119,7 +119,7 @@ def one_row_graph(model: onnx.ModelProto, rows: int, ids: str, outputs: list[str
             g.node.insert(0, helper.make_node("Tile", [_ONE + i.name, _ONE + repeats[i.name]], [i.name]))
             i.name = _ONE + i.name
     for o in g.output:
-        cut = [_ONE + ("logits" if o.name == outputs[0] else "state") + k for k in ("_starts", "_ends", "_axes")]
+        cut = [_ONE + ("logits" if o.name == logits else "state") + k for k in ("_starts", "_ends", "_axes")]
         g.node.append(helper.make_node("Slice", [o.name, *cut], [_ONE + o.name]))
         o.name = _ONE + o.name
     return m
