@@ -129,24 +129,19 @@ class DecodeBatch:
         """Bind the calls of every row count up to capacity now (``run``: and make each call once), so that
         memory reaches its size at startup instead of growing as new batch sizes come (onnxruntime keeps
         some state per input shape); call only while the batch is empty."""
-        assert self.n == 0
         # Largest first: each call's scratch then fits in what the larger one before it freed. In growing order,
         # without onnxruntime's arena (RuntimeConfig.cpu_mem_arena), every call needed a new, larger block and
         # the server started at ~700 MiB instead of ~200.
         for rows in sorted({self._rows_for(n) for n in range(1, self.capacity + 1)}, reverse=True):
-            self._rows = rows
-            calls = self._prepared()
+            calls = self._calls_for(rows)
             if run:  # one call per session (the state is the session's, not the binding's); not of the several
                 for kind in (ALONE, LANE):  # steps' sessions: K times as long, ~5 s for the shipped model
                     calls[kind][0]()
-        self._rows = 0
 
     def prepared_call(self, rows: int, alone: bool) -> Callable[[], None]:
         """(while the batch is empty: for timing, service/tuning.py) The prepared decode call of ``rows`` rows, of
         several steps where the runtime runs them: on all threads (``alone``) or the calling thread's."""
-        assert self.n == 0
-        self._rows = self._rows_for(rows)
-        calls, self._rows = self._prepared(), 0
+        calls = self._calls_for(self._rows_for(rows))
         steps = self.steps > 1
         return calls[(STEPS_ALONE if alone else STEPS_LANE) if steps else (ALONE if alone else LANE)][0]
 
@@ -157,6 +152,16 @@ class DecodeBatch:
     def _rows_for(self, n: int) -> int:
         """Rows a call runs for ``n`` live rows: ``n``, padded up to ``runtime.min_batch``."""
         return max(n, self.runtime.min_batch) if n else 0
+
+    def _calls_for(self, rows: int) -> Calls:
+        """(while the batch is empty) The calls of ``rows`` rows, as ``_prepared`` (which binds the current row
+        count's)."""
+        assert self.n == 0
+        self._rows = rows
+        try:
+            return self._prepared()
+        finally:
+            self._rows = 0
 
     def _prepared(self) -> Calls:
         """The calls of the current row count, bound on first use."""

@@ -82,17 +82,12 @@ class DeviceBatch(DecodeBatch):
 
     def prepare(self, run: bool) -> None:
         """Bind this batch's calls: one row count, its capacity (``run`` is ignored: see ``warm``)."""
-        assert self.n == 0
-        self._rows = self.capacity
-        self._prepared()
-        self._rows = 0
+        self._calls_for(self.capacity)
 
     def warm(self) -> None:
         """Make each call twice, so that on CUDA every graph is captured before any request. onnxruntime keeps a
         CUDA graph per thread, so this must run in the thread that will step the batch. Where onnxruntime cannot
         capture them, the runtime drops its CUDA graphs and the calls are bound again."""
-        assert self.n == 0
-        self._rows = self.capacity
         try:
             self._call_each()
         except Exception as e:  # (onnxruntime raises its own types, differing between builds)
@@ -102,11 +97,9 @@ class DeviceBatch(DecodeBatch):
             self._bound.clear()
             self._calls_made.clear()
             self._call_each()
-        finally:
-            self._rows = 0
 
     def _call_each(self) -> None:
-        calls = self._prepared()
+        calls = self._calls_for(self.capacity)
         for kind in {ALONE, STEPS_ALONE if self.steps > 1 else ALONE}:
             for which in (0, 1, 0, 1):
                 calls[kind][which]()
