@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from fixtures.service_core import EngineFactory
 
 from service.engine import Engine
@@ -22,14 +23,29 @@ async def chunks_of(engine: Engine, seed: int, max_chars: int) -> tuple[list[str
     raise AssertionError("no Finish")
 
 
-async def test_a_low_message_rate_holds_characters_and_the_first_goes_alone(make_engine: EngineFactory) -> None:
-    # 4 streams at 0.001 messages/s: each stream may send every 4000 s, i.e. only its first character at once,
-    # then everything else when it finishes (a reader slower than the whole generation gets it all at once).
+@pytest.mark.parametrize("inline", [16, 0])  # the prompt consumed on the event loop, or in a lane
+async def test_a_low_message_rate_sends_the_first_character_alone_then_holds_the_rest(
+        make_engine: EngineFactory, inline: int) -> None:  # fmt: skip
+    # One stream at 0.001 messages/s may send every 1000 s: its first character at once, the rest when it ends.
+    # (400 characters: the reader takes the first before the stream ends unless the loop stalls for 400 steps.)
+    engine = make_engine("lstm", messages_per_s=0.001, inline_prompt_chars=inline)
+    texts, finish = await chunks_of(engine, 0, 400)
+    assert finish.time_to_first_char_ms > 0 and [len(t) for t in texts] == [1, 399]
+
+
+async def test_a_low_message_rate_holds_the_characters_of_streams_batched_together(
+        make_engine: EngineFactory) -> None:  # fmt: skip
+    # 4 streams at 0.001 messages/s may send every 4000 s (1000 s a row each), so each gets at most three
+    # messages: its first character, at most one release between, and the rest when it ends. The release
+    # between: a stream's release phase (Scheduler._first_seen) places its last release up to 3000 s back, and
+    # when a batch mate that joined a step or two earlier ends first (or sits in another lane: the lane fill is
+    # measured), the hold shrinks by 1000 s and the stream falls due. (A reader that falls behind gets chunks
+    # released meanwhile as one message, its first character included.)
     engine = make_engine("lstm", messages_per_s=0.001)
     results = await asyncio.gather(*(chunks_of(engine, seed, 60) for seed in range(4)))
     for texts, finish in results:
         assert finish.time_to_first_char_ms > 0 and finish.generated_chars == 60 == sum(map(len, texts))
-        assert [len(t) for t in texts] in ([1, 59], [60])
+        assert 1 <= len(texts) <= 3, [len(t) for t in texts]
 
 
 async def test_coalescing_changes_messages_not_text(make_engine: EngineFactory) -> None:
