@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ import numpy as np
 from service.artifact import ArtifactError, load_artifact
 from service.engine import available_cores
 from service.runtime import Runtime, RuntimeConfig
-from service.tuning import per_call
+from service.tuning import call_times, per_call
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight blocks per layer (gates times hidden outputs)
 
@@ -59,32 +57,13 @@ def measure_step_rate(artifact_path: Path | str, batch: int, threads: int = 0, s
 def measure_lanes_rate(batch: int, lanes: int, runtime: Runtime, seconds: float = 1.0, steps: int = 1) -> StepRate:
     """Chars/s of ``lanes`` threads, each stepping its own share of ``batch`` rows side by side, as the engine's
     lanes do (service/lane.py); ``runtime`` should make calls on the calling thread alone (intra_op_threads=1).
-    step_us is the mean time of one lane's step; ``steps``: as in measure_step_rate."""
+    step_us is the mean time of one lane's step; ``steps``: as in measure_step_rate. Counted as the engine
+    counts its own (service.tuning.call_times): only calls made while every lane is calling."""
     shares = [batch // lanes + (i < batch % lanes) for i in range(lanes)]
     shares = [rows for rows in shares if rows]  # (fewer rows than lanes: the extra lanes have none)
-    calls = [_bound_step(runtime, rows, steps) for rows in shares]
-    calls_made = [0] * len(calls)
-    go, stop = threading.Barrier(len(calls) + 1), threading.Event()
-
-    def lane(i: int) -> None:
-        calls[i]()  # warm-up
-        go.wait()
-        while not stop.is_set():
-            calls[i]()
-            calls_made[i] += 1
-
-    threads = [threading.Thread(target=lane, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    go.wait()
-    start = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    chars = sum(n * rows * steps for n, rows in zip(calls_made, shares, strict=True))
-    return StepRate(batch, wall / max(1.0, sum(calls_made) / len(calls_made)) / steps * 1e6, chars / wall, len(calls))
+    times = call_times([_bound_step(runtime, rows, steps) for rows in shares], seconds)
+    chars_per_s = sum(rows * steps / t for rows, t in zip(shares, times, strict=True))
+    return StepRate(batch, sum(times) / len(times) / steps * 1e6, chars_per_s, len(shares))
 
 
 def _bound_step(rt: Runtime, batch: int, steps: int = 1) -> Callable[[], None]:

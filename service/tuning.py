@@ -80,7 +80,12 @@ def per_call(call: Callable[[], object], seconds: float, min_calls: int = MIN_CA
 
 
 def side_by_side(calls: Sequence[Call], seconds: float, min_calls: int = MIN_CALLS) -> float:
-    """Seconds per call of the slowest of ``calls`` made side by side, each on a thread of its own.
+    """Seconds per call of the slowest of ``calls`` made side by side, each on a thread of its own."""
+    return max(call_times(calls, seconds, min_calls))
+
+
+def call_times(calls: Sequence[Call], seconds: float, min_calls: int = MIN_CALLS) -> list[float]:
+    """Seconds per call of each of ``calls``, made side by side, each on a thread of its own (inf: too few).
 
     Only calls that end while every thread is calling count: a thread started late (on a busy VM, by up to
     milliseconds) would otherwise count as a slow call of the others.
@@ -111,13 +116,11 @@ def side_by_side(calls: Sequence[Call], seconds: float, min_calls: int = MIN_CAL
     for t in threads:
         t.join()
     hi = min(m[-1] for m in marks)
-    slowest = 0.0
+    times = []
     for m in marks:
         inside = [t for t in m if lo <= t <= hi]
-        if len(inside) < 2:
-            return float("inf")
-        slowest = max(slowest, (inside[-1] - inside[0]) / (len(inside) - 1))
-    return slowest
+        times.append((inside[-1] - inside[0]) / (len(inside) - 1) if len(inside) >= 2 else float("inf"))
+    return times
 
 
 def measure(prepared: Callable[[int, int, bool], Call], lanes: int, threads: int, max_rows: int,

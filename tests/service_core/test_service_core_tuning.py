@@ -11,7 +11,7 @@ import pytest
 from fixtures.service_core import EngineFactory, collect
 
 from service.batch import DecodeBatch
-from service.tuning import SPLIT_MARGIN, Timing, plan, side_by_side
+from service.tuning import SPLIT_MARGIN, Timing, call_times, plan, side_by_side
 from service.types import GenerateParams, Sampling
 
 
@@ -64,6 +64,14 @@ def test_side_by_side_makes_each_call_on_a_thread_of_its_own_at_least_min_calls_
     assert threads[0][0] == threads[1][0] == main  # the warm-ups
     loops = {t[-1] for t in threads}
     assert len(loops) == 2 and main not in loops
+
+
+def test_call_times_gives_each_threads_own_time_per_call() -> None:
+    def nap(seconds: float) -> None:
+        time.sleep(seconds)  # (releases the GIL, as an onnxruntime call does)
+
+    quick, slow = call_times([partial(nap, 0.0002), partial(nap, 0.005)], seconds=0.02, min_calls=3)
+    assert 0.005 <= slow < float("inf") and quick < slow  # each its own, not the slowest for all
 
 
 async def test_an_engine_measures_what_its_config_leaves_to_be_measured(
