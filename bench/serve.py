@@ -187,7 +187,7 @@ def to_json(res: dict[str, Any]) -> dict[str, Any]:
         if k == "levels":
             out[k] = [{"streams": lv.streams, "served": lv.served.to_dict(), "engine": asdict(lv.engine),
                        "engines": {n: asdict(r) for n, r in lv.engines.items()}, "ratio": lv.ratio, "ratios": lv.ratios,
-                       "server_cpu_s": lv.server_cpu_s, "client_cpu_s": lv.client_cpu_s,
+                       "server_cpu_s": lv.server_cpu_s, "client_cpu_s": lv.client_cpu_s, "loop_cpu_s": lv.loop_cpu_s,
                        "decode": asdict(lv.decode) if lv.decode else None, "lanes_busy": lv.busy,
                        "call_us_per_char": lv.call_us, "raw_lane_us_per_char": lv.lane_us, "kept": lv.kept}
                       for lv in v]  # fmt: skip

@@ -55,6 +55,7 @@ class Level:
     client_cpu_s: float  # CPU this (load generator) process used during the load
     ratios: tuple[float, ...] = ()  # of every (served, engine) pair measured at this level; this is the median one
     decode: DecodeCounters | None = None  # the server's decode calls during the load (its /metrics)
+    loop_cpu_s: float = math.nan  # CPU of the server's main thread (its event loop) during the load
 
     @property
     def engine(self) -> StepRate:
@@ -89,9 +90,8 @@ class Level:
 
     @property
     def lane_us(self) -> float:
-        """The raw engine's microseconds per row-step of one calling thread, at its fastest setting of the kind the
-        server stepped with: single-threaded lanes side by side when it kept more than one lane busy, else one
-        call on all threads (one lane stepping alone)."""
+        """The raw engine's µs per row-step of one calling thread, at its fastest setting of the kind the server
+        stepped with: lanes side by side when it kept more than one lane busy, else one call on all threads."""
         side_by_side = self.busy > 1.05
         rates = [r for r in self.engines.values() if (r.lanes > 1) == side_by_side]
         return min((r.lanes / r.chars_per_s * 1e6 for r in rates), default=math.nan)
@@ -120,23 +120,23 @@ async def run_level(server: ServerProcess, engines: dict[str, RawEngine], model:
     such pairs, of which the one with the median ratio is returned (a noisy machine moves single pairs a lot)."""
     pairs: list[Level] = []
     for _ in range(repeats):
-        cpu0, client0, decode0 = server.cpu_seconds(), time.process_time(), server.decode_counters()
+        cpu0, loop0, client0 = server.cpu_seconds(), server.loop_cpu_seconds(), time.process_time()
+        decode0 = server.decode_counters()
         report = await run_load(server.target, streams, chars, prompt, model=model, channels=channels,
                                 temperature=1.0, seed=0)  # fmt: skip
         server_cpu, client_cpu = server.cpu_seconds() - cpu0, time.process_time() - client0
-        decode1 = server.decode_counters()
+        loop_cpu, decode1 = server.loop_cpu_seconds() - loop0, server.decode_counters()
         decode = decode1 - decode0 if decode0 is not None and decode1 is not None else None
         rates = {name: measure(streams) for name, measure in engines.items()}
-        pairs.append(Level(streams, report, rates, server_cpu, client_cpu, decode=decode))
+        pairs.append(Level(streams, report, rates, server_cpu, client_cpu, decode=decode, loop_cpu_s=loop_cpu))
     pairs.sort(key=lambda lv: lv.ratio)
     return replace(pairs[len(pairs) // 2], ratios=tuple(lv.ratio for lv in pairs))
 
 
 @dataclass(frozen=True)
 class Floor:
-    """What a first character cannot beat on this machine, measured between the probe's requests: the raw
-    prefill call of the probe's prompt, and a bare grpc.aio call (bench/transport.py's server) whose handler
-    computes for as long as that call before it answers one message."""
+    """What a first character cannot beat here, measured between the probe's requests: the raw prefill call of
+    its prompt, and a bare grpc.aio call (bench/transport.py) computing as long before it answers one message."""
 
     echo_target: str
     prefill: Callable[[], object]  # one prefill call of the prompt, as the server's runtime makes it
@@ -144,8 +144,8 @@ class Floor:
 
 @dataclass(frozen=True)
 class Ttfc:
-    """Time to first chunk (ms) as the client sees it and as the engine reports it; with a Floor, the raw prefill
-    call and the bare call that works as long (the floor itself)."""
+    """Time to first chunk (ms), as the client sees it and as the engine reports it; with a Floor, the raw prefill
+    call and the bare call that works as long."""
 
     served: Percentiles
     engine: Percentiles
