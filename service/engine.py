@@ -114,6 +114,8 @@ class Engine:
                               lane_fill=cfg.lane_fill or picked.lane_fill)
         for lane in self.lanes:
             lane.config = self.config
+        if self.observer is not None:  # (what was measured differs by machine: operators see it in /metrics)
+            self.observer.lanes(self.model, len(self.lanes), self.config.all_threads_rows, self.config.lane_fill)
 
     async def close(self) -> None:
         """Stop the step threads (after their current steps); requests still held end with Unavailable."""

@@ -58,6 +58,14 @@ class Metrics:
                                          buckets=_REQUEST_BUCKETS, registry=r)
         self.draining = Gauge("charlm_draining", "1 once the server has begun draining (SIGTERM), else 0.",
                               registry=r)
+        self.lane_plan = {  # (service/tuning.py) the engine's choices, measured at start on this machine or set
+            "lanes": Gauge("charlm_lanes", "Engine lanes (decode batches side by side, one step thread each).",
+                           ["model"], registry=r),
+            "all_threads_rows": Gauge("charlm_lane_all_threads_rows", "Rows from which a lane stepping alone "
+                                      "decodes on all of onnxruntime's threads.", ["model"], registry=r),
+            "lane_fill": Gauge("charlm_lane_fill", "Streams a lane takes before the next lane gets any.", ["model"],
+                               registry=r),
+        }
         self._step_children: dict[str, tuple[Any, Any, Any]] = {}  # model -> batch, step, chars children
         self._ttfc_children: dict[str, Any] = {}  # model -> its time-to-first-char histogram
         self._request_children: dict[tuple[str, str], Any] = {}  # (rpc, code) -> its counter
@@ -88,6 +96,11 @@ class Metrics:
         if child is None:
             child = self._ttfc_children[model] = self.ttfc_seconds.labels(model)
         child.observe(seconds)
+
+    def lanes(self, model: str, lanes: int, all_threads_rows: int, lane_fill: int) -> None:
+        """The engine's lanes and how it shares streams among them (set once, at the engine's start)."""
+        for name, value in (("lanes", lanes), ("all_threads_rows", all_threads_rows), ("lane_fill", lane_fill)):
+            self.lane_plan[name].labels(model).set(value)
 
     # sessions.SessionObserver
     def sessions(self, active: int, state_bytes: int) -> None:

@@ -62,6 +62,9 @@ async def test_metrics_endpoint(server, stub) -> None:
     assert m["charlm_active_streams"] == 0
     for histogram in ("charlm_batch_size", "charlm_step_seconds", "charlm_time_to_first_char_seconds"):
         assert m[f'{histogram}_count{{model="tiny-lstm:1"}}'] >= 1
+    # the lanes and the choices measured at start (service/tuning.py)
+    assert m['charlm_lanes{model="tiny-lstm:1"}'] >= 1 and m['charlm_lane_fill{model="tiny-lstm:1"}'] >= 1
+    assert m['charlm_lane_all_threads_rows{model="tiny-lstm:1"}'] >= 1
     with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
         assert "charlm_sessions_removed_total" in r.read().decode()  # declared even before any removal
 

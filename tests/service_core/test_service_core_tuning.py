@@ -8,7 +8,7 @@ import time
 from functools import partial
 
 import pytest
-from fixtures.service_core import EngineFactory, collect
+from fixtures.service_core import EngineFactory, RecordingObserver, collect
 
 from service.batch import DecodeBatch
 from service.tuning import SPLIT_MARGIN, Timing, call_times, plan, side_by_side
@@ -77,11 +77,14 @@ def test_call_times_gives_each_threads_own_time_per_call() -> None:
 async def test_an_engine_measures_what_its_config_leaves_to_be_measured(
         make_engine: EngineFactory, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     caplog.set_level(logging.INFO, "service.engine")
-    measured = make_engine("lstm", lanes=2)
+    observer = RecordingObserver()
+    measured = make_engine("lstm", observer, lanes=2)
     await measured.start()
     assert measured.config.all_threads_rows in (1, 2, 4, 8, 16, 32, 64)
     assert 1 <= measured.config.lane_fill <= 16
     assert all(lane.config is measured.config for lane in measured.lanes)
+    # what was picked is reported once (the metrics' gauges: service/metrics.py)
+    assert observer.lane_plans == [(2, measured.config.all_threads_rows, measured.config.lane_fill)]
     line = next(r for r in caplog.records if "lanes measured" in r.getMessage())
     assert vars(line)["timings_us"].startswith("1:")  # every timed row count, for the operator
     caplog.clear()
