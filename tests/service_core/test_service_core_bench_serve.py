@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,8 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
         assert decode["rows_stepped"] >= 29 * lv["streams"] and decode["call_s"] > 0
         assert 0 < lv["lanes_busy"] <= available_cores() + 0.05 and lv["call_us_per_char"] > 0
         assert lv["kept"] <= 30 / 29 and lv["raw_lane_us_per_char"] > 0
-        assert 0 <= lv["loop_cpu_s"] <= lv["server_cpu_s"]  # the event loop's thread is one of the server's
+        # the event loop's thread is one of the server's (read a moment after the whole process, in clock ticks)
+        assert 0 <= lv["loop_cpu_s"] <= lv["server_cpu_s"] + 2 / os.sysconf("SC_CLK_TCK")
     assert out["soak"]["rounds"] >= 3 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0  # 2 warm-up
     assert out["soak"]["rss_warm_high_kib"] >= out["soak"]["rss_warm_kib"] and out["soak"]["rss_settled_kib"] > 0
     assert out["ttfc16"]["count"] == 3 and out["long_ttfc"]["count"] == 1 and out["message_us"] > 0
