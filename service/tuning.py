@@ -11,7 +11,7 @@ Two choices of service/lane.py depend on the machine more than on the model:
   served as fast as spread over two, on the EPYC 8 streams spread over two lanes were served 1.3x faster.
 
 So the engine times its own prepared decode calls (``measure``: ~0.55 s for the shipped model on 2 cores,
-~0.15 s for a tiny one, before it serves) and picks (``plan``); ``--all-threads-rows`` and ``--lane-fill`` set
+~0.2 s for a tiny one, before it serves) and picks (``plan``); ``--all-threads-rows`` and ``--lane-fill`` set
 either choice instead.
 """
 
