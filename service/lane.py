@@ -117,7 +117,9 @@ class Lane(Decoding):
                 if self._prefilling:
                     self._prefill()
             except Exception as e:  # a failed step fails its streams, never the thread
-                log.exception("%s: engine step failed", self.model)
+                ids = self._request_ids()
+                log.exception("%s: engine step failed; failing requests %s", self.model, ids,
+                              extra={"request_ids": ids})  # fmt: skip
                 self._fail_all(e)
             h.send()  # one wake-up of the event loop per step, for every stream's news
 

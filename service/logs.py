@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 import time
+from contextvars import ContextVar
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -61,6 +62,11 @@ def session_ref(session_id: str) -> str:
     """The first 8 characters of a session id, for logs: enough to follow a session, too few to use it (ids
     are bearer capabilities)."""
     return session_id[:8]
+
+
+# The request id of the RPC a task serves (set by the servicer): the engine stamps it on each stream it queues, so
+# that what a step thread logs about a stream names the call it belongs to.
+REQUEST_ID: ContextVar[str] = ContextVar("charlm_request_id", default="")
 
 
 class Call:

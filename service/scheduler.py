@@ -90,6 +90,11 @@ class Scheduler:
             self._active -= 1
         s.on_done()
 
+    def _request_ids(self) -> str:
+        """The request ids of the streams the lane holds, for a log line (service/logs.py: REQUEST_ID)."""
+        held = (*self._rows, *self._prefilling, *self._ready, *self._paused)
+        return ",".join(s.request_id or "-" for s in held if s.where != "done") or "none"
+
     def _fail_all(self, error: BaseException) -> None:
         """End every stream the loop holds with ``error`` (the engine is closing, or a step failed)."""
         for i, s in enumerate(self._rows):
@@ -97,7 +102,7 @@ class Scheduler:
                 try:
                     self._save_row(s, i)
                 except Exception:  # the batch itself is broken: the stream still ends (its state as it joined)
-                    log.exception("%s: a row's state could not be saved", self.model)
+                    log.exception("%s: a row's state could not be saved (request %s)", self.model, s.request_id)
         for s in [*self._rows, *self._prefilling, *self._ready, *self._paused]:
             if s.where != "done":
                 s.error = error

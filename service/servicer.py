@@ -29,7 +29,7 @@ from service.convert import (
     session_to_pb,
 )
 from service.dataplane import DataPlane
-from service.logs import Call, log_access
+from service.logs import REQUEST_ID, Call, log_access
 from service.metrics import Metrics
 from service.requestid import attach, request_id, with_id
 from service.requests import (
@@ -92,6 +92,13 @@ async def abort(e: errors.CharlmError, context: Any, rid: str = "") -> None:
     await context.abort_with_status(with_id(status, rid))
 
 
+def _call(name: str, context: Any) -> Call:
+    """The Call record of an RPC just begun; its request id is the task's from now on (REQUEST_ID)."""
+    call = Call(name, request_id(context.invocation_metadata()))
+    REQUEST_ID.set(call.request_id)  # (each RPC runs in a task of its own: this reaches no other call)
+    return call
+
+
 def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Maps errors to statuses, measures and (with --access-log) logs the finished RPC; for unary and streaming
     responses. ``fn`` gets the RPC's Call record to fill in as a fourth argument. The call's request id goes
@@ -107,7 +114,7 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def stream(self: Servicer, request: Any, context: Any) -> AsyncIterator[Any]:
-            call = Call(name, request_id(context.invocation_metadata()))
+            call = _call(name, context)
             try:
                 attach(context, call.request_id)
                 async with contextlib.aclosing(fn(self, request, context, call)) as items:  # (see DataPlane.generate)
@@ -121,7 +128,7 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     async def unary(self: Servicer, request: Any, context: Any) -> Any:
-        call = Call(name, request_id(context.invocation_metadata()))
+        call = _call(name, context)
         try:
             attach(context, call.request_id)
             response = await fn(self, request, context, call)

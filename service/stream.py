@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from service.logs import REQUEST_ID
 from service.sampling import BatchParams, by_head, draw_one, effective, log_softmax, sample
 from service.types import Chunk, FinishReason, GenerateParams, Sampling, SeqState
 
@@ -49,6 +50,7 @@ class Stream:
         self.sampling: Sampling = effective(self.params.sampling)
         self.max_chars = self.params.max_chars
         self.cancel = cancel
+        self.request_id = REQUEST_ID.get()  # the RPC's (service/logs.py), for what the step thread logs of it
         # ---- the step thread's (after submission)
         self.where: Where = "prefill" if todo.size else "ready"
         self.score = score  # a feed request: score the fed text, generate nothing

@@ -11,6 +11,7 @@ from charlm.v1 import charlm_pb2 as pb
 from charlm.v1 import charlm_pb2_grpc
 from fixtures.server import RunningServer, error_info
 
+from service.batch import DecodeBatch
 from service.config import SecurityConfig
 from service.requestid import request_id
 
@@ -39,6 +40,26 @@ async def test_a_client_id_comes_back_and_is_logged(logged_server: RunningServer
     generate, listed = access_line("client id/1"), access_line("c" * 128)
     assert (generate.rpc, generate.code, generate.chars_generated) == ("Generate", "OK", 20)
     assert (listed.rpc, listed.code) == ("ListModels", "OK")
+
+
+async def test_a_failed_engine_step_names_the_requests_it_fails(logged_server: RunningServer,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    def failing(self: DecodeBatch, alone: bool = True) -> object:  # a fault in onnxruntime, one step or several
+        raise RuntimeError("the onnxruntime call failed")
+
+    monkeypatch.setattr(DecodeBatch, "step", failing)
+    monkeypatch.setattr(DecodeBatch, "steps_call", failing)
+    async with grpc.aio.insecure_channel(logged_server.target) as channel:
+        stub = charlm_pb2_grpc.TextGenerationStub(channel)
+        call = stub.Generate(pb.GenerateRequest(prompt="The ", max_chars=20), metadata=with_id("failing call/7"))
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            _ = [m async for m in call]  # (its first character comes from the prompt's call; the next, a step)
+    assert e.value.code() == grpc.StatusCode.INTERNAL and sent_id(e.value.trailing_metadata()) == "failing call/7"
+    # the step thread's line names the client's id, as the servicer's line about the same call does
+    (step,) = [r for r in caplog.records if "engine step failed" in r.getMessage()]
+    assert "failing call/7" in step.getMessage() and vars(step)["request_ids"] == "failing call/7"
+    assert any(getattr(r, "request_id", "") == "failing call/7" and r.levelname == "ERROR" for r in caplog.records)
 
 
 async def test_an_id_is_made_for_each_call_without_one(logged_server: RunningServer, access_line: Any) -> None:

@@ -11,6 +11,7 @@ from fixtures.service_core import EngineFactory, RecordingObserver, collect, unt
 
 from service.engine import Engine
 from service.errors import InvalidArgument, Unavailable
+from service.logs import REQUEST_ID
 from service.runtime import Runtime
 from service.stream import Stream
 from service.types import Chunk, Finish, GenerateParams, Sampling
@@ -273,7 +274,8 @@ async def collect_no_start(engine: Engine) -> None:
         pass
 
 
-async def test_a_failed_step_fails_its_streams_and_the_step_thread_goes_on(make_engine: EngineFactory) -> None:
+async def test_a_failed_step_fails_its_streams_and_the_step_thread_goes_on(
+        make_engine: EngineFactory, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     engine = make_engine("gru")
     await engine.start()
     batch = engine.lanes[0]._batch  # a lone stream goes to the first lane
@@ -290,8 +292,11 @@ async def test_a_failed_step_fails_its_streams_and_the_step_thread_goes_on(make_
         return failing
 
     batch.step, batch.steps_call = failing_once(batch.step), failing_once(batch.steps_call)  # type: ignore[method-assign]
+    REQUEST_ID.set("the failing one")  # (as the servicer sets it for each call's task)
     with pytest.raises(RuntimeError, match="call failed"):
         await consume(engine, PROMPT, GenerateParams(Sampling(seed=1), max_chars=50), [])
+    (line,) = [r for r in caplog.records if "engine step failed" in r.getMessage()]
+    assert vars(line)["request_ids"] == "the failing one"  # the step thread names the requests it fails
     assert engine.active_streams == 0 and engine.batch_size == 0
     out: list[str] = []
     finish = await consume(engine, PROMPT, GenerateParams(Sampling(seed=1), max_chars=20), out)
