@@ -33,8 +33,9 @@ from bench import serve_runs as runs
 from bench.baseline import BaselineRate, unbatched_ort, unbatched_torch
 from bench.engine import measure_prefill, measure_step_rate
 from bench.serve_report import report_table, targets
-from bench.serve_runs import PROMPT16, Level, Soak, fit_prompt, long_prompt, run_level, soak, ttfc_probe
+from bench.serve_runs import PROMPT16, Level, fit_prompt, long_prompt, run_level, ttfc_probe
 from bench.server_proc import ServerError, ServerProcess
+from bench.soak import Soak, soak
 from bench.transport import echo_server, message_us
 from client.loadgen import run_load
 from service.artifact import ArtifactError, load_artifact

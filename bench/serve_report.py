@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bench.serve_runs import Level, Soak
+from bench.serve_runs import Level
+from bench.soak import Soak
 
 Target = tuple[str, bool | None, str]  # what, met (None = not measured in this run), the figure
 

@@ -10,7 +10,8 @@ import pytest
 
 from bench.serve import main
 from bench.serve_report import _down
-from bench.serve_runs import Soak, fit_prompt
+from bench.serve_runs import fit_prompt
+from bench.soak import Soak
 from service.cores import available_cores
 
 
