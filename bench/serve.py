@@ -25,6 +25,7 @@ import asyncio
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -104,15 +105,18 @@ def _jsonable(obj: Any) -> Any:
 
 
 async def _served(a: argparse.Namespace, server: ServerProcess, engines: dict[str, runs.RawEngine], vocabulary: str,
-                  model: str, prefill_runtime: Runtime | None) -> dict[str, Any]:  # fmt: skip
+                  model: str, prefill_runtime: Runtime | None,
+                  loop: Callable[[int], float] | None) -> dict[str, Any]:  # fmt: skip
     """Everything that needs the server, in order: warm-up, levels, probes (``prefill_runtime``: configured as
-    the server's, for the first-character probe's floor), soak."""
+    the server's, for the first-character probe's floor), soak. ``loop``: the no-batching loop, measured beside
+    every pair of the level of ``--baseline-streams`` streams."""
     out: dict[str, Any] = {}
     prompt = fit_prompt(PROMPT16, vocabulary, len(PROMPT16))  # PROMPT16 itself for the shipped model
     await run_load(server.target, 8, 200, prompt, model=model, seed=0)  # warm-up: first calls, allocations
     levels: list[Level] = []
     for n in a.levels:
-        levels.append(await run_level(server, engines, model, n, a.chars, prompt, a.channels, a.repeats))
+        paired = loop if n == a.baseline_streams else None
+        levels.append(await run_level(server, engines, model, n, a.chars, prompt, a.channels, a.repeats, paired))
     out["levels"] = levels
     if prefill_runtime is not None:
         with echo_server() as echo:
@@ -164,7 +168,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     prefill_config = RuntimeConfig(intra_op_threads=a.threads, decode_steps=1)
     prefill_runtime = None if a.no_probes else Runtime(artifact, prefill_config)
     with ServerProcess(a.model.parent.parent, args, cwd=a.server_cwd) as server:
-        res.update(asyncio.run(_served(a, server, engines, runtime.vocabulary, model, prefill_runtime)))
+        loop = None if a.no_baseline else (lambda n: unbatched_ort(runtime, n, a.engine_seconds).chars_per_s)
+        res.update(asyncio.run(_served(a, server, engines, runtime.vocabulary, model, prefill_runtime, loop)))
         res["lanes"] = server.lane_plan()
     if not a.no_probes:
         res["step1"] = measure_step_rate("", 1, seconds=a.engine_seconds, runtime=runtime)
@@ -189,6 +194,7 @@ def to_json(res: dict[str, Any]) -> dict[str, Any]:
             out[k] = [{"streams": lv.streams, "served": lv.served.to_dict(), "engine": asdict(lv.engine),
                        "engines": {n: asdict(r) for n, r in lv.engines.items()}, "ratio": lv.ratio, "ratios": lv.ratios,
                        "server_cpu_s": lv.server_cpu_s, "client_cpu_s": lv.client_cpu_s, "loop_cpu_s": lv.loop_cpu_s,
+                       "loop_chars_per_s": lv.loop_chars_per_s, "batched": lv.batched,
                        "decode": asdict(lv.decode) if lv.decode else None, "lanes_busy": lv.busy,
                        "call_us_per_char": lv.call_us, "raw_lane_us_per_char": lv.lane_us, "kept": lv.kept}
                       for lv in v]  # fmt: skip

@@ -56,6 +56,8 @@ class Level:
     ratios: tuple[float, ...] = ()  # of every (served, engine) pair measured at this level; this is the median one
     decode: DecodeCounters | None = None  # the server's decode calls during the load (its /metrics)
     loop_cpu_s: float = math.nan  # CPU of the server's main thread (its event loop) during the load
+    loop_chars_per_s: float = math.nan  # the no-batching loop (bench/baseline.py), measured right after the engine
+    batched: tuple[float, ...] = ()  # served / that loop, of every pair at this level, in order
 
     @property
     def engine(self) -> StepRate:
@@ -115,9 +117,11 @@ def raw_engines(runtimes: dict[str, Runtime], lanes: int, lane_runtime: Runtime,
 
 
 async def run_level(server: ServerProcess, engines: dict[str, RawEngine], model: str, streams: int, chars: int,
-                    prompt: str, channels: int = 1, repeats: int = 1) -> Level:  # fmt: skip
-    """``streams`` concurrent generations of ``chars`` characters, then the raw engine at that batch; ``repeats``
-    such pairs, of which the one with the median ratio is returned (a noisy machine moves single pairs a lot)."""
+                    prompt: str, channels: int = 1, repeats: int = 1,
+                    loop: Callable[[int], float] | None = None) -> Level:  # fmt: skip
+    """``streams`` concurrent generations of ``chars`` characters, then the raw engine at that batch (and, given
+    ``loop``, the no-batching loop's chars/s of as many streams); ``repeats`` such runs, of which the one with the
+    median ratio is returned (a noisy machine moves single pairs a lot)."""
     pairs: list[Level] = []
     for _ in range(repeats):
         cpu0, loop0, client0 = server.cpu_seconds(), server.loop_cpu_seconds(), time.process_time()
@@ -128,9 +132,11 @@ async def run_level(server: ServerProcess, engines: dict[str, RawEngine], model:
         loop_cpu, decode1 = server.loop_cpu_seconds() - loop0, server.decode_counters()
         decode = decode1 - decode0 if decode0 is not None and decode1 is not None else None
         rates = {name: measure(streams) for name, measure in engines.items()}
-        pairs.append(Level(streams, report, rates, server_cpu, client_cpu, decode=decode, loop_cpu_s=loop_cpu))
+        pairs.append(Level(streams, report, rates, server_cpu, client_cpu, decode=decode, loop_cpu_s=loop_cpu,
+                           loop_chars_per_s=loop(streams) if loop else math.nan))  # fmt: skip
+    batched = tuple(lv.served.chars_per_s / lv.loop_chars_per_s for lv in pairs if loop)
     pairs.sort(key=lambda lv: lv.ratio)
-    return replace(pairs[len(pairs) // 2], ratios=tuple(lv.ratio for lv in pairs))
+    return replace(pairs[len(pairs) // 2], ratios=tuple(lv.ratio for lv in pairs), batched=batched)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,12 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
         assert lv["kept"] <= 30 / 29 and lv["raw_lane_us_per_char"] > 0
         # the event loop's thread is one of the server's (read a moment after the whole process, in clock ticks)
         assert 0 <= lv["loop_cpu_s"] <= lv["server_cpu_s"] + 2 / os.sysconf("SC_CLK_TCK")
+    # the no-batching loop beside each pair of the baseline's level (3 streams here), and only there
+    one, three = out["levels"]
+    assert one["batched"] == [] and one["loop_chars_per_s"] is None
+    assert len(three["batched"]) == 2 and all(x > 0 for x in three["batched"]) and three["loop_chars_per_s"] > 0
+    kept = three["served"]["chars_per_s"] / three["loop_chars_per_s"]  # the pair shown is one of the two
+    assert min(abs(kept - x) for x in three["batched"]) < 1e-9
     assert out["soak"]["rounds"] >= 3 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0  # 2 warm-up
     assert out["soak"]["rss_warm_high_kib"] >= out["soak"]["rss_warm_kib"] and out["soak"]["rss_settled_kib"] > 0
     assert out["ttfc16"]["count"] == 3 and out["long_ttfc"]["count"] == 1 and out["message_us"] > 0
