@@ -95,27 +95,31 @@ class Engine:
         self._plan_lanes()
 
     def _plan_lanes(self) -> None:
-        """Settle ``all_threads_rows`` and ``lane_fill`` where the config leaves them to be measured (0)."""
+        """Settle ``all_threads_rows`` and ``lane_fill`` where the config leaves them to be measured (0), and
+        report both, measured or set."""
         cfg = self.config
-        if cfg.all_threads_rows and cfg.lane_fill:
-            return
-        one_way = len(self.lanes) == 1 and self.runtime.threads == 1  # (nothing to choose between)
-        if one_way or self.runtime.provider != "cpu" or self.runtime.device_batch:  # (device: whole batch a call)
-            picked = LanePlan(1, LANE_FILL)
-        else:
-            start = time.perf_counter()
-            timings = measure(lambda i, rows, alone: self.lanes[i].prepared_call(rows, alone), len(self.lanes),
-                              self.runtime.threads, cfg.max_batch)  # fmt: skip
-            picked = plan(timings, LANE_FILL)
-            log.info("%s: lanes measured in %.2f s: all threads from %d rows, lane fill %d", self.model,
-                     time.perf_counter() - start, picked.all_threads_rows, picked.lane_fill,
-                     extra={"timings_us": describe(timings)})
-        self.config = replace(cfg, all_threads_rows=cfg.all_threads_rows or picked.all_threads_rows,
-                              lane_fill=cfg.lane_fill or picked.lane_fill)
-        for lane in self.lanes:
-            lane.config = self.config
+        if not (cfg.all_threads_rows and cfg.lane_fill):
+            picked = self._measured_plan()
+            self.config = replace(cfg, all_threads_rows=cfg.all_threads_rows or picked.all_threads_rows,
+                                  lane_fill=cfg.lane_fill or picked.lane_fill)
+            for lane in self.lanes:
+                lane.config = self.config
         if self.observer is not None:  # (what was measured differs by machine: operators see it in /metrics)
             self.observer.lanes(self.model, len(self.lanes), self.config.all_threads_rows, self.config.lane_fill)
+
+    def _measured_plan(self) -> LanePlan:
+        """What service/tuning.py picks from this engine's own prepared calls (fixed where there is no choice)."""
+        one_way = len(self.lanes) == 1 and self.runtime.threads == 1  # (nothing to choose between)
+        if one_way or self.runtime.provider != "cpu" or self.runtime.device_batch:  # (device: whole batch a call)
+            return LanePlan(1, LANE_FILL)
+        start = time.perf_counter()
+        timings = measure(lambda i, rows, alone: self.lanes[i].prepared_call(rows, alone), len(self.lanes),
+                          self.runtime.threads, self.config.max_batch)  # fmt: skip
+        picked = plan(timings, LANE_FILL)
+        log.info("%s: lanes measured in %.2f s: all threads from %d rows, lane fill %d", self.model,
+                 time.perf_counter() - start, picked.all_threads_rows, picked.lane_fill,
+                 extra={"timings_us": describe(timings)})
+        return picked
 
     async def close(self) -> None:
         """Stop the step threads (after their current steps); requests still held end with Unavailable."""

@@ -88,9 +88,11 @@ async def test_an_engine_measures_what_its_config_leaves_to_be_measured(
     line = next(r for r in caplog.records if "lanes measured" in r.getMessage())
     assert vars(line)["timings_us"].startswith("1:")  # every timed row count, for the operator
     caplog.clear()
-    fixed = make_engine("lstm", lanes=2, lane_fill=3, all_threads_rows=5)
+    fixed_observer = RecordingObserver()
+    fixed = make_engine("lstm", fixed_observer, lanes=2, lane_fill=3, all_threads_rows=5)
     await fixed.start()
     assert (fixed.config.lane_fill, fixed.config.all_threads_rows) == (3, 5)
+    assert fixed_observer.lane_plans == [(2, 5, 3)]  # reported as set, nothing measured
     assert not any("lanes measured" in r.getMessage() for r in caplog.records)
     alone = make_engine("lstm", lanes=1)  # one lane on one thread (the tiny runtimes'): nothing to choose
     await alone.start()
