@@ -90,10 +90,13 @@ class Scheduler:
             self._active -= 1
         s.on_done()
 
+    def _held(self) -> list[Stream]:
+        """Every stream the lane holds that has not ended: in its batch, prefilling, ready or paused."""
+        return [s for s in (*self._rows, *self._prefilling, *self._ready, *self._paused) if s.where != "done"]
+
     def _request_ids(self) -> str:
         """The request ids of the streams the lane holds, for a log line (service/logs.py: REQUEST_ID)."""
-        held = (*self._rows, *self._prefilling, *self._ready, *self._paused)
-        return ",".join(s.request_id or "-" for s in held if s.where != "done") or "none"
+        return ",".join(s.request_id or "-" for s in self._held()) or "none"
 
     def _fail_all(self, error: BaseException) -> None:
         """End every stream the loop holds with ``error`` (the engine is closing, or a step failed)."""
@@ -103,10 +106,9 @@ class Scheduler:
                     self._save_row(s, i)
                 except Exception:  # the batch itself is broken: the stream still ends (its state as it joined)
                     log.exception("%s: a row's state could not be saved (request %s)", self.model, s.request_id)
-        for s in [*self._rows, *self._prefilling, *self._ready, *self._paused]:
-            if s.where != "done":
-                s.error = error
-                self._end(s, None)
+        for s in self._held():  # (ending one changes no other's `where`)
+            s.error = error
+            self._end(s, None)
         self._rows, self._prefilling = [], []
         self._ready.clear()
         self._paused.clear()
