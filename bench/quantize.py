@@ -1,14 +1,17 @@
-"""int8 weights for a served model, measured beside its fp32 graph (not adopted: docs/performance.md).
+"""int8 for a served model, measured beside its fp32 graph: the server's int8 decode step and onnxruntime's own.
 
-onnxruntime's dynamic quantization (``onnxruntime.quantization.quantize_dynamic``: int8 weights, activations
-quantized at run time) of an artifact's graph, and the graph as exported, side by side in one process:
+Three graphs side by side in one process: the artifact's graph as exported (fp32); the decode step the server
+runs with ``--decode-precision int8`` (``service.quantized``: hidden states quantized with a fixed scale, one
+step a call, so its sequences are stepped a character a call and it has no prompt figure); and onnxruntime's
+dynamic quantization (``onnxruntime.quantization.quantize_dynamic``: int8 weights, activations quantized at
+run time with one scale over the whole call; not adopted: docs/performance.md):
 
 - chars/s of a call of one row and one character, of a 16-character prompt, and of one step of 64 rows;
   with one onnxruntime thread and with `--threads` (default one per core);
 - bits per character on a text (the last ``--chars`` of it, from a zero state, as one sequence call);
 - batch invariance: the largest change of one row's logits when other rows share its call. fp32 gives 0 (a
-  stream's text does not depend on its batch mates, which the engine's tests rely on); int8 quantizes the
-  activations with one scale over the whole call, so a row's logits move with the others' values.
+  stream's text does not depend on its batch mates, which the engine's tests rely on), and so does the
+  server's int8 step; onnxruntime's dynamic quantization does not, as its scale depends on the others' values.
 
     python -m bench.quantize --model models/shakespeare/1 ../shared/data/tinyshakespeare.txt
 """
@@ -22,15 +25,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from bench.engine import parser
 from service.artifact import Artifact, ArtifactError, load_artifact
 from service.engine import available_cores
+from service.quantized import int8_step_graph
 from service.sampling import log_softmax
 from service.tuning import per_call
 
 SHAPES = {"1 row, 1 char": (1, 1), "1 row, 16-char prompt": (1, 16), "64 rows, 1 char": (64, 1)}
+GRAPHS = ("fp32", "charlm int8", "ort dynamic int8")
 
 
 def quantize(src: Path, dst: Path) -> None:
@@ -49,7 +55,8 @@ def quantize(src: Path, dst: Path) -> None:
 class Graph:
     """One onnxruntime session over an artifact's graph (or its quantized copy) with feeds of any shape."""
 
-    def __init__(self, artifact: Artifact, path: Path, threads: int) -> None:
+    def __init__(self, artifact: Artifact, path: Path, threads: int, one_step: bool = False) -> None:
+        self.one_step = one_step  # a graph of one character a call: sequences are stepped
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
@@ -60,8 +67,15 @@ class Graph:
         """Logits (B, T, V) of ids (B, T) from ``states`` (each (layers, B, hidden); zeros when None)."""
         b, info = ids.shape[0], self.info
         states = states or [np.zeros((s.layers, b, s.hidden), np.float32) for s in info.states]
-        feed = {info.input_name: ids, **{s.input: a for s, a in zip(info.states, states, strict=True)}}
-        return np.asarray(self.session.run([info.logits_name], feed)[0])
+        if not self.one_step:
+            feed = {info.input_name: ids, **{s.input: a for s, a in zip(info.states, states, strict=True)}}
+            return np.asarray(self.session.run([info.logits_name], feed)[0])
+        names, out = [info.logits_name, *(s.output for s in info.states)], []
+        for t in range(ids.shape[1]):
+            feed = {info.input_name: ids[:, t : t + 1]} | {s.input: a for s, a in zip(info.states, states, strict=True)}
+            logits, *states = self.session.run(names, feed)
+            out.append(logits)
+        return np.concatenate(out, axis=1)
 
     def call(self, rows: int, chars: int) -> Callable[[], object]:
         """A call of ``rows`` rows and ``chars`` characters each, from zero states."""
@@ -94,14 +108,20 @@ def measure(artifact: Artifact, text: str, seconds: float, threads: int) -> dict
         raise ValueError("the text has fewer than 2 characters of the model's vocabulary")
     out: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        int8 = Path(tmp) / "int8.onnx"
-        quantize(artifact.onnx_path, int8)
-        for name, path in (("fp32", artifact.onnx_path), ("int8", int8)):
+        dynamic, steps = Path(tmp) / "int8.onnx", Path(tmp) / "steps.onnx"
+        quantize(artifact.onnx_path, dynamic)
+        info = artifact.info
+        graph = int8_step_graph(onnx.load(str(artifact.onnx_path)), info.input_name,
+                                [(s.input, s.output) for s in info.states], info.logits_name)  # fmt: skip
+        onnx.save(graph, str(steps))
+        for name, path in zip(GRAPHS, (artifact.onnx_path, steps, dynamic), strict=True):
             fig: dict[str, float] = {}
             for n in sorted({1, threads}):
-                g = Graph(artifact, path, n)
+                g = Graph(artifact, path, n, one_step=path == steps)
                 for label, (rows, chars) in SHAPES.items():
-                    fig[f"{label}, {n} thread(s)"] = rows * chars / per_call(g.call(rows, chars), seconds, min_calls=3)
+                    if chars == 1 or not g.one_step:
+                        call = g.call(rows, chars)
+                        fig[f"{label}, {n} thread(s)"] = rows * chars / per_call(call, seconds, min_calls=3)
             fig["bits per char"] = bits_per_char(g, ids)
             fig["batch drift"] = batch_drift(g)
             out[name] = fig
@@ -109,18 +129,20 @@ def measure(artifact: Artifact, text: str, seconds: float, threads: int) -> dict
 
 
 def report(res: dict[str, dict[str, float]], artifact: Artifact, chars: int) -> str:
-    """The table: each figure for fp32 and int8, and int8 / fp32."""
-    title = (f"{artifact.spec} fp32 vs int8 weights (onnxruntime dynamic quantization); bits per char over the "
-             f"last {chars:,} characters of the text")  # fmt: skip
-    lines = [title, f"{'':44} {'fp32':>12} {'int8':>12} {'int8/fp32':>10}"]
+    """The table: each figure for each graph, and each int8 one / fp32."""
+    title = (f"{artifact.spec} fp32 vs int8 (charlm's decode step; onnxruntime's dynamic quantization); bits per "
+             f"char over the last {chars:,} characters of the text")  # fmt: skip
+    lines = [title, f"{'':44}" + "".join(f" {g:>16}" for g in GRAPHS) + f" {'charlm/fp32':>12} {'ort/fp32':>9}"]
     for key, a in res["fp32"].items():
-        b = res["int8"][key]
+        b, c = res["charlm int8"].get(key, 0.0), res["ort dynamic int8"][key]  # (0: no prompt figure)
         if key == "batch drift":
-            lines.append(f"{'max |change of a row logit| in a batch':44} {a:12.2e} {b:12.2e} {'':>10}")
+            cells = [f"{v:16.2e}" for v in (a, b, c)]
+            lines.append(f"{'max |change of a row logit| in a batch':44} " + " ".join(cells))
         elif key == "bits per char":
-            lines.append(f"{key:44} {a:12.4f} {b:12.4f} {b / a:10.4f}")
+            lines.append(f"{key:44} {a:16.4f} {b:16.4f} {c:16.4f} {b / a:12.4f} {c / a:9.4f}")
         else:
-            lines.append(f"{key + ', chars/s':44} {a:12,.0f} {b:12,.0f} {b / a:9.2f}x")
+            mid, ratio = (f"{b:16,.0f}", f"{b / a:11.2f}x") if b else (f"{'-':>16}", f"{'-':>12}")
+            lines.append(f"{key + ', chars/s':44} {a:16,.0f} {mid} {c:16,.0f} {ratio} {c / a:8.2f}x")
     return "\n".join(lines)
 
 

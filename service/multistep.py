@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from service.quantized import int8_step_graph
 from service.sampling_head import INV_TEMPERATURE, NEXT_IDS, UNIFORMS, add_sampling_head
 
 if TYPE_CHECKING:
@@ -89,10 +90,15 @@ def unroll_steps(head: onnx.ModelProto, steps: int, ids_input: str,
     return m
 
 
-def head_graph(artifact: Artifact) -> onnx.ModelProto:
-    """The artifact's graph with the sampling head: what a decode call of one step runs."""
+def head_graph(artifact: Artifact, precision: str = "fp32") -> onnx.ModelProto:
+    """The artifact's graph with the sampling head: what a decode call of one step runs (with ``precision``
+    "int8", its matrix products in int8: service/quantized.py)."""
     info = artifact.info
-    return add_sampling_head(onnx.load(str(artifact.onnx_path)), info.logits_name, int(info.vocab_size))
+    model = onnx.load(str(artifact.onnx_path))
+    if precision == "int8":
+        states = [(s.input, s.output) for s in info.states]
+        model = int8_step_graph(model, info.input_name, states, info.logits_name)
+    return add_sampling_head(model, info.logits_name, int(info.vocab_size))
 
 
 def steps_graph(artifact: Artifact, head: onnx.ModelProto, steps: int) -> onnx.ModelProto:

@@ -73,7 +73,8 @@ class Registry:
                 log.error("skipping model %s: %s: %s", art.spec, type(e).__name__, e)
                 continue
             models.append(Model(art, Engine(rt, vocab, engine, art.spec, observer), vocab))
-            log.info("loaded model %s from %s (provider %s)", art.spec, art.path, rt.provider)
+            log.info("loaded model %s from %s (provider %s, decode steps in %s)", art.spec, art.path, rt.provider,
+                     rt.decode_precision)
         if not models:
             raise FileNotFoundError(f"{repo}: no loadable model version (expected {repo}/<name>/<version>/meta.json)")
         try:

@@ -32,24 +32,19 @@ class RuntimeConfig:
     # counts the host's cores and ignores a container's CPU quota: 2 allowed of 64 would start 64 threads.
     intra_op_threads: int = 0
     inter_op_threads: int = 1  # threads across operators (the graph is a chain: 1 is enough)
-    # Whether onnxruntime's idle intra-op threads spin, within a call, waiting for the next operator or
-    # time step (they stop spinning when the call returns: session.force_spinning_stop). Spinning saves a
-    # thread wake-up per operator. Decode steps (`spinning`; only those of an engine lane stepping alone:
-    # lanes side by side run on one thread each): served no faster with it on 2 cores, and without the stop
-    # 2-3x slower (the threads burnt the cores the event loop needs between steps). Prompt calls
-    # (`prefill_spinning`): a sequence call wakes its threads at every time step, and spinning cuts a
-    # 16-character prompt's call by ~25% (docs/performance.md).
+    # Whether onnxruntime's idle intra-op threads spin within a call for the next operator or time step (they stop
+    # when the call returns: session.force_spinning_stop). Decode steps (`spinning`; a lane stepping alone's only):
+    # no faster on 2 cores, and without the stop 2-3x slower (the threads took the event loop's cores). Prompt
+    # calls (`prefill_spinning`): a 16-character prompt's call ~25% shorter, as they wake at every time step.
     spinning: bool = False
     prefill_spinning: bool = True
     spin_between_calls: bool = False  # onnxruntime's own default when spinning (what bench/ measures raw)
     # Decode steps one call may run when the batch's characters may wait that long (service/multistep.py;
     # the policy, with EngineConfig.steps_wait_ms: Decoding._steps in service/decoding.py); 1 = a step per call
     decode_steps: int = 8
-    # onnxruntime's CPU memory arena. It grows in blocks to the most any call has needed and keeps them, and
-    # their pages become resident as later calls reach further in: under 256 streams the RSS crept for minutes
-    # (a 300 s soak +7.0%). Without it a call's scratch goes back to malloc: the same soak +2.3%, ~20 MiB
-    # lower, as fast within the noise at 64 and 256 streams, one stream perhaps 3-9% slower (docs/performance.md).
-    # On CUDA this is the CPU side's only.
+    # onnxruntime's CPU memory arena: it keeps its blocks at the most any call needed, and under 256 streams the RSS
+    # crept for minutes (a 300 s soak +7.0%); without it the same soak +2.3%, ~20 MiB lower, as fast at 64 and 256
+    # streams, one stream perhaps 3-9% slower (docs/performance.md). On CUDA the CPU side's only.
     cpu_mem_arena: bool = False
     # Where a decode batch keeps its states between calls (service/device.py): "auto" = on the device where the
     # decoder runs on one (CUDA), else in numpy arrays; "on" = in onnxruntime's own values on any provider
@@ -58,12 +53,16 @@ class RuntimeConfig:
     # With a device batch on CUDA: each decode call's kernels captured once as a CUDA graph and replayed
     # (falls back to plain calls with a warning where onnxruntime cannot capture them)
     cuda_graphs: bool = True
+    decode_precision: str = "fp32"  # decode steps' matrix products: fp32, or int8 (service/quantized.py)
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider: {self.provider!r} is not one of {sorted(PROVIDERS)}")
         if self.device_batch not in ("auto", "on", "off"):
             raise ValueError(f"device_batch: {self.device_batch!r} is not one of auto, on, off")
+        if self.decode_precision not in ("fp32", "int8" if self.provider == "cpu" else "fp32"):
+            raise ValueError(f"decode_precision: {self.decode_precision!r} is not one of fp32, int8 (int8 on the "
+                             f"cpu provider only)")
         if not 1 <= self.decode_steps <= 64:
             raise ValueError(f"decode_steps: must be 1..64, got {self.decode_steps}")
         for name in ("intra_op_threads", "inter_op_threads"):
@@ -108,7 +107,8 @@ class Runtime:
         self.cuda_graphs = self.device_batch and self.provider == "cuda" and config.cuda_graphs
         self._graph_ids = 0  # handed out by new_graph_run: each prepared device call replays a graph of its own
         # decode steps (`bind_decoder`): the same graph with a sampling head (service/sampling_head.py)
-        graph = head_graph(artifact)
+        self.decode_precision = config.decode_precision
+        graph = head_graph(artifact, config.decode_precision)
         self.decode_steps = config.decode_steps
         # ...and the same unrolled to several steps per call (service/multistep.py)
         steps = steps_graph(artifact, graph, self.decode_steps) if self.decode_steps > 1 else None
