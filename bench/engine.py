@@ -68,7 +68,8 @@ def measure_lanes_rate(batch: int, lanes: int, runtime: Runtime, seconds: float 
 
 def _bound_step(rt: Runtime, batch: int, steps: int = 1) -> Callable[[], None]:
     """A prepared single-step call of ``batch`` rows (padded as the engine pads: Runtime.min_batch), or a call of
-    ``steps`` steps through the sampling head (the runtime's ``decode_steps`` must be ``steps``)."""
+    ``steps`` steps through the sampling head (the runtime's ``decode_steps`` must be ``steps``). A single step
+    runs the artifact's graph as exported, or with int8 decoding the server's int8 step (with its head)."""
     rows = max(batch, rt.min_batch)
     ids = np.random.default_rng(0).integers(0, rt.vocab_size, (rows, 1), dtype=np.int64)
     states = tuple(np.zeros((rt.layers, rows, rt.hidden), np.float32) for _ in rt.state_inputs)
@@ -81,6 +82,9 @@ def _bound_step(rt: Runtime, batch: int, steps: int = 1) -> Callable[[], None]:
         step_ids = np.zeros((rows, steps), np.int64)
         return rt.bind_steps(ids, states, out, between, u, inv_t, np.zeros((rows, 1), np.int64), step_ids)
     logits = np.zeros((rows, 1, rt.vocab_size), np.float32)
+    if rt.decode_precision != "fp32":
+        u, inv_t = np.full((rows, 1), 0.5, np.float32), np.ones((rows, 1), np.float32)
+        return rt.bind_decoder(ids, states, logits, out, u, inv_t, np.zeros((rows, 1), np.int64))
     return rt.bind(ids, states, logits, out)
 
 

@@ -9,6 +9,8 @@ run time with one scale over the whole call; not adopted: docs/performance.md):
 - chars/s of a call of one row and one character, of a 16-character prompt, and of one step of 64 rows;
   with one onnxruntime thread and with `--threads` (default one per core);
 - bits per character on a text (the last ``--chars`` of it, from a zero state, as one sequence call);
+- the server's own decode calls (8 steps a call, a lane's one thread; 1 and 32 rows, and 64 over two lanes side
+  by side) in fp32 and in int8, alternated three times, the fastest of each;
 - batch invariance: the largest change of one row's logits when other rows share its call. fp32 gives 0 (a
   stream's text does not depend on its batch mates, which the engine's tests rely on), and so does the
   server's int8 step; onnxruntime's dynamic quantization does not, as its scale depends on the others' values.
@@ -28,10 +30,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from bench.engine import parser
+from bench.engine import measure_lanes_rate, parser
 from service.artifact import Artifact, ArtifactError, load_artifact
 from service.engine import available_cores
 from service.quantized import int8_step_graph
+from service.runtime import Runtime, RuntimeConfig
 from service.sampling import log_softmax
 from service.tuning import per_call
 
@@ -125,6 +128,23 @@ def measure(artifact: Artifact, text: str, seconds: float, threads: int) -> dict
             fig["bits per char"] = bits_per_char(g, ids)
             fig["batch drift"] = batch_drift(g)
             out[name] = fig
+    for name, calls in decode_calls(artifact, seconds).items():
+        out[name].update(calls)
+    return out
+
+
+def decode_calls(artifact: Artifact, seconds: float, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """The server's own decode calls (8 steps through the sampling head, one thread a lane) in fp32 and in int8,
+    alternated ``rounds`` times: the fastest chars/s of each, by graph name."""
+    runtimes = {name: Runtime(artifact, RuntimeConfig(intra_op_threads=1, decode_precision=precision))
+                for name, precision in (("fp32", "fp32"), ("charlm int8", "int8"))}  # fmt: skip
+    out: dict[str, dict[str, float]] = {name: {} for name in runtimes}
+    for _ in range(rounds):
+        for name, rt in runtimes.items():
+            for rows, lanes in ((1, 1), (32, 1), (64, 2)):
+                key = f"{rows} rows x {rt.decode_steps} steps, {lanes} lane(s)"
+                rate = measure_lanes_rate(rows, lanes, rt, seconds, rt.decode_steps).chars_per_s
+                out[name][key] = max(out[name].get(key, 0.0), rate)
     return out
 
 
@@ -134,7 +154,7 @@ def report(res: dict[str, dict[str, float]], artifact: Artifact, chars: int) -> 
              f"char over the last {chars:,} characters of the text")  # fmt: skip
     lines = [title, f"{'':44}" + "".join(f" {g:>16}" for g in GRAPHS) + f" {'charlm/fp32':>12} {'ort/fp32':>9}"]
     for key, a in res["fp32"].items():
-        b, c = res["charlm int8"].get(key, 0.0), res["ort dynamic int8"][key]  # (0: no prompt figure)
+        b, c = res["charlm int8"].get(key, 0.0), res["ort dynamic int8"].get(key, 0.0)  # (0: not measured)
         if key == "batch drift":
             cells = [f"{v:16.2e}" for v in (a, b, c)]
             lines.append(f"{'max |change of a row logit| in a batch':44} " + " ".join(cells))
@@ -142,7 +162,8 @@ def report(res: dict[str, dict[str, float]], artifact: Artifact, chars: int) -> 
             lines.append(f"{key:44} {a:16.4f} {b:16.4f} {c:16.4f} {b / a:12.4f} {c / a:9.4f}")
         else:
             mid, ratio = (f"{b:16,.0f}", f"{b / a:11.2f}x") if b else (f"{'-':>16}", f"{'-':>12}")
-            lines.append(f"{key + ', chars/s':44} {a:16,.0f} {mid} {c:16,.0f} {ratio} {c / a:8.2f}x")
+            ort_, ort_ratio = (f"{c:16,.0f}", f"{c / a:8.2f}x") if c else (f"{'-':>16}", f"{'-':>9}")
+            lines.append(f"{key + ', chars/s':44} {a:16,.0f} {mid} {ort_} {ratio} {ort_ratio}")
     return "\n".join(lines)
 
 

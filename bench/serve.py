@@ -145,17 +145,25 @@ async def _served_unbatched(server: ServerProcess, model: str, streams: int, cha
                         "the same server and clients, one row and one step per call")  # fmt: skip
 
 
+def server_precision(server_args: list[str]) -> str:
+    """The decode precision the server's args ask for (``--decode-precision``; its default, fp32)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--decode-precision", default="fp32")
+    return str(p.parse_known_args(server_args)[0].decode_precision).lower()
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
     """Every measurement asked for, as a dict of results (dataclasses inside)."""
     artifact = load_artifact(a.model)
     # The raw engine: one call per step with onnxruntime's threads spinning (its default) and not (the server's
     # default), and the batch split over one single-threaded lane per core side by side (the server's lanes);
-    # each level is judged against the fastest.
-    runtimes = {name: Runtime(artifact, RuntimeConfig(intra_op_threads=a.threads, spinning=spin,
-                                                      prefill_spinning=spin, spin_between_calls=spin))
+    # each level is judged against the fastest. Its decode steps are the server's (int8 where it runs int8).
+    precision = server_precision(a.server_arg)
+    runtimes = {name: Runtime(artifact, RuntimeConfig(intra_op_threads=a.threads, spinning=spin, prefill_spinning=spin,
+                                                      spin_between_calls=spin, decode_precision=precision))
                 for name, spin in (("spinning", True), ("no spinning", False))}  # fmt: skip
     runtime = runtimes["spinning"]
-    lane_runtime = Runtime(artifact, RuntimeConfig(intra_op_threads=1))
+    lane_runtime = Runtime(artifact, RuntimeConfig(intra_op_threads=1, decode_precision=precision))
     engines = runs.raw_engines(runtimes, available_cores(), lane_runtime, a.engine_seconds)
     info = artifact.info
     model = f"{info.name}:{info.version}"

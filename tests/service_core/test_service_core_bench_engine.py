@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from bench import engine_streams
 from bench.engine import flops_per_char, measure, measure_lanes_rate, measure_step_rate
+from bench.serve import server_precision
 from service.artifact import load_artifact
 from service.cores import available_cores
 from service.runtime import Runtime, RuntimeConfig
@@ -43,9 +46,24 @@ def test_lanes_rate_splits_the_batch_over_threads_side_by_side(model_repo: Path)
             assert rate.batch == 7 and rate.step_us > 0 and rate.chars_per_s > 0
 
 
+def test_raw_steps_of_an_int8_server_are_its_int8_steps(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert server_precision(["--decode-precision=INT8"]) == "int8" and server_precision(["--lanes", "2"]) == "fp32"
+    assert server_precision(["--decode-precision", "int8", "--max-batch=4"]) == "int8"
+    rt = Runtime(load_artifact(model_repo / "tiny-lstm" / "1"), RuntimeConfig(intra_op_threads=1,
+                                                                              decode_precision="int8"))  # fmt: skip
+
+    def artifact_graph(*_: object) -> None:
+        raise AssertionError("a raw step of an int8 server ran the artifact's fp32 graph")
+
+    monkeypatch.setattr(rt, "bind", artifact_graph)
+    for steps in (1, rt.decode_steps):
+        assert measure_lanes_rate(4, 1, rt, seconds=0.01, steps=steps).chars_per_s > 0
+
+
 def test_engine_streams_reports_each_level_beside_raw_steps(model_repo: Path) -> None:
-    lines = asyncio.run(engine_streams.run(model_repo / "tiny-gru" / "1", [1, 3], chars=40, repeats=2, threads=1,
-                                          engine_seconds=0.02))
+    lines = asyncio.run(
+        engine_streams.run(model_repo / "tiny-gru" / "1", [1, 3], chars=40, repeats=2, threads=1, engine_seconds=0.02)
+    )
     rows = [line.split() for line in lines[2:]]
     assert [int(r[0]) for r in rows] == [1, 3]
     for r in rows:
