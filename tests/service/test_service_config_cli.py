@@ -35,6 +35,7 @@ def test_flag_beats_env_beats_default() -> None:
     assert c.access_log is True and ServiceConfig().access_log is False
     assert build_config(["--device-batch", "ON"], {"CHARLM_CUDA_GRAPHS": "false"}).runtime == \
         RuntimeConfig(device_batch="on", cuda_graphs=False)  # fmt: skip
+    assert build_config([], {"CHARLM_DECODE_PRECISION": "INT8"}).runtime == RuntimeConfig(decode_precision="int8")
     assert c.engine.max_batch == 32 and c.engine.lanes == 3 and c.sessions.ttl_seconds == 1.5
     assert c.limits.max_chars == ServiceConfig().limits.max_chars  # untouched fields keep their defaults
 
@@ -49,6 +50,8 @@ def test_flag_beats_env_beats_default() -> None:
     ([], {"CHARLM_MALLOC_ARENAS": "-2"}, "malloc_arenas: must be >= 0"),
     (["--provider", "tpu"], {}, "--provider"),
     (["--device-batch", "gpu"], {}, "--device-batch"),
+    ([], {"CHARLM_DECODE_PRECISION": "fp16"}, "CHARLM_DECODE_PRECISION"),
+    (["--decode-precision", "int8", "--provider", "cuda"], {}, "int8 on the cpu provider only"),
     ([], {"CHARLM_CUDA_GRAPHS": "maybe"}, "CHARLM_CUDA_GRAPHS='maybe': expected true/false"),
     (["--ort-prefill-spinning", "maybe"], {}, "--ort-prefill-spinning: expected true/false, got 'maybe'"),
     ([], {"CHARLM_REFLECTION": "maybe"}, "CHARLM_REFLECTION='maybe': expected true/false"),
