@@ -105,7 +105,9 @@ class Engine:
             for lane in self.lanes:
                 lane.config = self.config
         if self.observer is not None:  # (what was measured differs by machine: operators see it in /metrics)
-            self.observer.lanes(self.model, len(self.lanes), self.config.all_threads_rows, self.config.lane_fill)
+            cfg = self.config
+            self.observer.lanes(self.model, len(self.lanes), cfg.all_threads_rows, cfg.lane_fill,
+                                self.runtime.decode_precision)  # fmt: skip
 
     def _measured_plan(self) -> LanePlan:
         """What service/tuning.py picks from this engine's own prepared calls (fixed where there is no choice)."""

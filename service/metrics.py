@@ -65,6 +65,8 @@ class Metrics:
                                       "decodes on all of onnxruntime's threads.", ["model"], registry=r),
             "lane_fill": Gauge("charlm_lane_fill", "Streams a lane takes before the next lane gets any.", ["model"],
                                registry=r),
+            "decode_int8": Gauge("charlm_decode_int8", "1 where the decode steps run in int8 (--decode-precision).",
+                                 ["model"], registry=r),
         }
         self._step_children: dict[str, tuple[Any, Any, Any]] = {}  # model -> batch, step, chars children
         self._ttfc_children: dict[str, Any] = {}  # model -> its time-to-first-char histogram
@@ -97,9 +99,11 @@ class Metrics:
             child = self._ttfc_children[model] = self.ttfc_seconds.labels(model)
         child.observe(seconds)
 
-    def lanes(self, model: str, lanes: int, all_threads_rows: int, lane_fill: int) -> None:
-        """The engine's lanes and how it shares streams among them (set once, at the engine's start)."""
-        for name, value in (("lanes", lanes), ("all_threads_rows", all_threads_rows), ("lane_fill", lane_fill)):
+    def lanes(self, model: str, lanes: int, all_threads_rows: int, lane_fill: int, precision: str) -> None:
+        """The engine's lanes, how it shares streams among them and its decode precision (set once, at start)."""
+        plan = (("lanes", lanes), ("all_threads_rows", all_threads_rows), ("lane_fill", lane_fill),
+                ("decode_int8", int(precision == "int8")))  # fmt: skip
+        for name, value in plan:
             self.lane_plan[name].labels(model).set(value)
 
     # sessions.SessionObserver

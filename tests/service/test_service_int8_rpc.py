@@ -5,6 +5,7 @@ int8's own (not the fp32 server's)."""
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from pathlib import Path
 
 from client import AsyncClient
@@ -49,6 +50,9 @@ async def test_an_int8_server_serves_each_stream_the_same_text_alone_or_batched(
     together, alone, one_call, two_calls = await sampled(int8.target)
     assert together == alone and all(len(t) == 90 and len(lp) == 90 for t, lp in together)
     assert one_call == two_calls and len(one_call) == 60
+    for server, flag in ((int8, 1), (fp32, 0)):  # what each says in /metrics
+        with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
+            assert f'charlm_decode_int8{{model="shakespeare:1"}} {flag}.0' in r.read().decode()
     reference, _, _, _ = await sampled(fp32.target)
     for (text, logprobs), (ref_text, ref_logprobs) in zip(together, reference, strict=True):
         # the prompt is consumed in fp32 either way, so the first character is drawn from the same logits
