@@ -58,7 +58,8 @@ def read_cells(model: onnx.ModelProto) -> tuple[np.ndarray, list[Cell], np.ndarr
     for n in (n for n in g.node if n.op_type in GATES):
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         acts = [a.decode() for a in attrs.get("activations", [])]
-        if attrs.get("direction", b"forward") != b"forward" or attrs.get("clip") or attrs.get("input_forget"):
+        extras = attrs.get("clip") or attrs.get("input_forget") or (len(n.input) > 7 and n.input[7])  # (peepholes)
+        if attrs.get("direction", b"forward") != b"forward" or extras:
             raise ValueError(f"int8 decode: {n.op_type} {n.name!r} is not a plain forward cell")
         if n.op_type == "GRU" and attrs.get("linear_before_reset", 0) != 1:
             raise ValueError("int8 decode: a GRU needs linear_before_reset = 1 (PyTorch's GRU)")

@@ -128,6 +128,13 @@ def test_graphs_int8_cannot_quantize_are_refused_by_name(
 
 def test_a_graph_that_is_not_the_exporters_is_refused(tiny_artifacts: dict[str, Artifact]) -> None:
     model = onnx.load(str(tiny_artifacts["lstm"].onnx_path))
+    peepholes = onnx.ModelProto()
+    peepholes.CopyFrom(model)
+    for n in peepholes.graph.node:
+        if n.op_type == "LSTM":
+            n.input.extend([""] * (7 - len(n.input)) + ["peepholes"])
+    with pytest.raises(ValueError, match="not a plain forward cell"):
+        read_cells(peepholes)
     kept = [n for n in model.graph.node if n.op_type != "MatMul"]
     del model.graph.node[:]
     model.graph.node.extend(kept)
