@@ -40,8 +40,9 @@ class StepRate:
     lanes: int = 1  # threads stepping shares of the batch side by side (measure_lanes_rate), each its own calls
 
 
-def _runtime(artifact_path: Path | str, threads: int, provider: str = "cpu") -> Runtime:
-    config = RuntimeConfig(provider, intra_op_threads=threads, spinning=False, prefill_spinning=False)
+def _runtime(artifact_path: Path | str, threads: int, provider: str = "cpu", precision: str = "fp32") -> Runtime:
+    config = RuntimeConfig(provider, intra_op_threads=threads, spinning=False, prefill_spinning=False,
+                           decode_precision=precision)  # fmt: skip
     return Runtime(load_artifact(Path(artifact_path)), config)
 
 
@@ -154,6 +155,7 @@ class EngineReport:
     prefill: PrefillRate
     gemm_gflops: float
     flops_per_char: float
+    precision: str = "fp32"  # the decode steps' (--decode-precision): int8 steps run the server's int8 graph
 
     @property
     def compute_bound_chars_per_s(self) -> float:
@@ -171,7 +173,8 @@ class EngineReport:
         """The human-readable form."""
         p = self.prefill
         k = self.decode_steps
-        lines = [f"{self.model} ({self.shape}), intra-op threads {self.threads or 'default'}; per step: µs, chars/s",
+        lines = [f"{self.model} ({self.shape}), intra-op threads {self.threads or 'default'}, decode steps in "
+                 f"{self.precision}; per step: µs, chars/s",
                  f"{'batch':>6} {'one step per call':>23}   {f'{self.lanes} lanes side by side':>23}   "
                  f"{f'{k} steps per call':>23}   {f'{k} steps, {self.lanes} lanes':>23}"]  # fmt: skip
         columns = [{r.batch: r for r in rates} for rates in (self.lane_steps, self.multi_steps, self.multi_lane_steps)]
@@ -187,13 +190,13 @@ class EngineReport:
 
 
 def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 1.0,
-            prefill_chars: int = 2000) -> EngineReport:  # fmt: skip
-    """Every measurement of the artifact at ``model``."""
-    rt = _runtime(model, threads)
+            prefill_chars: int = 2000, precision: str = "fp32") -> EngineReport:  # fmt: skip
+    """Every measurement of the artifact at ``model`` (its decode steps in ``precision``; prefill is fp32)."""
+    rt = _runtime(model, threads, precision=precision)
     artifact = load_artifact(model)
     info = artifact.info
     lanes = available_cores()
-    lane_rt = Runtime(artifact, RuntimeConfig(intra_op_threads=1))
+    lane_rt = Runtime(artifact, RuntimeConfig(intra_op_threads=1, decode_precision=precision))
     k = rt.decode_steps
     return EngineReport(
         model=rt.model,
@@ -213,6 +216,7 @@ def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 
         flops_per_char=flops_per_char(
             info.architecture, info.layers, info.hidden_size, info.embedding_size, info.vocab_size
         ),
+        precision=precision,
     )
 
 
@@ -230,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,4,16,64,256", help="comma-separated batch sizes")
     p.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
     p.add_argument("--prefill-chars", type=int, default=2000, help="prompt length for the prefill rate")
+    p.add_argument("--decode-precision", choices=("fp32", "int8"), default="fp32",
+                   help="the decode steps' matrix products, as the server's flag (prefill stays fp32)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     a = p.parse_args(argv)
     try:
@@ -237,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error(f"--batches: {a.batches!r} is not a comma-separated list of integers")
     try:
-        report = measure(a.model, batches, a.threads, a.seconds, a.prefill_chars)
+        report = measure(a.model, batches, a.threads, a.seconds, a.prefill_chars, a.decode_precision)
     except ArtifactError as e:
         p.error(str(e))
     print(json.dumps(report.to_json(), indent=2) if a.json else report.table())

@@ -58,6 +58,16 @@ def test_raw_steps_of_an_int8_server_are_its_int8_steps(model_repo: Path, monkey
     monkeypatch.setattr(rt, "bind", artifact_graph)
     for steps in (1, rt.decode_steps):
         assert measure_lanes_rate(4, 1, rt, seconds=0.01, steps=steps).chars_per_s > 0
+    built: list[str] = []  # bench.engine's own table: its runtimes decode in the precision asked for
+    real = Runtime.__init__
+
+    def recording(self: Runtime, artifact: object, config: RuntimeConfig) -> None:
+        built.append(config.decode_precision)
+        real(self, artifact, config)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Runtime, "__init__", recording)
+    report = measure(model_repo / "tiny-lstm" / "1", [2], threads=1, seconds=0.01, prefill_chars=8, precision="int8")
+    assert built == ["int8", "int8"] and report.precision == "int8" and "decode steps in int8" in report.table()
 
 
 def test_engine_streams_reports_each_level_beside_raw_steps(model_repo: Path) -> None:
