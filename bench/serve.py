@@ -40,6 +40,7 @@ from bench.soak import Soak, soak
 from bench.transport import echo_server, message_us
 from client.loadgen import run_load
 from service.artifact import ArtifactError, load_artifact
+from service.cli import build_config
 from service.engine import available_cores
 from service.runtime import Runtime, RuntimeConfig
 
@@ -146,10 +147,9 @@ async def _served_unbatched(server: ServerProcess, model: str, streams: int, cha
 
 
 def server_precision(server_args: list[str]) -> str:
-    """The decode precision the server's args ask for (``--decode-precision``; its default, fp32)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--decode-precision", default="fp32")
-    return str(p.parse_known_args(server_args)[0].decode_precision).lower()
+    """The decode precision the server will run with: its own config from these args and this environment (the
+    child inherits it), as charlm-serve builds it."""
+    return build_config(server_args, os.environ).runtime.decode_precision
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
