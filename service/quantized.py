@@ -41,6 +41,17 @@ class Cell:
     r: np.ndarray
     b: np.ndarray
 
+    @property
+    def width(self) -> int:
+        """G*H: the gates' pre-activations of one row."""
+        return GATES[self.op] * self.r.shape[1]
+
+    @property
+    def input_bias(self) -> np.ndarray:
+        """The biases added to the input's product: W's and R's, but a GRU's R bias stays inside r ⊙ (R h + b)."""
+        w_bias, r_bias = self.b[: self.width], self.b[self.width :]
+        return w_bias if self.op == "GRU" else w_bias + r_bias
+
 
 def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``w`` (in, out) as int8 levels in [-W_MAX, W_MAX] and a float32 scale per output column."""
@@ -114,15 +125,13 @@ def _products(b: _Builder, cell: Cell, layer: int, x: str, h: str) -> tuple[str,
     """A layer's gate pre-activations (B, G*H), biases in: for an RNN or LSTM their sum, for a GRU its input's
     and its state's apart (its candidate gate takes r ⊙ (R h + b)). ``x``: layer 0's table rows (W x + biases
     in), else the layer below's new h, quantized with h into one product of [x h] and [W R]."""
-    g = GATES[cell.op] * cell.r.shape[1]
-    w_bias, r_bias = cell.b[:g], cell.b[g:]
     if cell.op == "GRU":
-        x_part = b.product(x, cell.w.T, w_bias, f"l{layer}_wx") if layer else x
-        return x_part, b.product(h, cell.r.T, r_bias, f"l{layer}_rh")
+        x_part = b.product(x, cell.w.T, cell.input_bias, f"l{layer}_wx") if layer else x
+        return x_part, b.product(h, cell.r.T, cell.b[cell.width :], f"l{layer}_rh")
     if not layer:
         return b.op("Add", [x, b.product(h, cell.r.T, None, "l0_rh")], "l0_pre"), None
     both = b.op("Concat", [x, h], f"l{layer}_xh", axis=1)
-    return b.product(both, np.concatenate([cell.w.T, cell.r.T]), w_bias + r_bias, f"l{layer}_pre"), None
+    return b.product(both, np.concatenate([cell.w.T, cell.r.T]), cell.input_bias, f"l{layer}_pre"), None
 
 
 def _step(b: _Builder, cell: Cell, layer: int, pre: str, h_part: str | None, h: str,
@@ -170,9 +179,7 @@ def int8_step_graph(model: onnx.ModelProto, ids: str, states: list[tuple[str, st
     hs = per_layer(states[0][0])
     cs = per_layer(states[1][0]) if len(states) > 1 else [None] * layers
     first = cells[0]
-    gates = GATES[first.op] * first.r.shape[1]
-    biases = first.b[:gates] + (first.b[gates:] if first.op != "GRU" else 0)  # (a GRU's R bias: see _products)
-    x = b.op("Gather", [b.const("table", (embedding @ first.w.T + biases).astype(np.float32)),
+    x = b.op("Gather", [b.const("table", (embedding @ first.w.T + first.input_bias).astype(np.float32)),
                         b.op("Reshape", [ids, _P + "flat"], "ids")], "l0_x", axis=0)  # fmt: skip
     new_h: list[str] = []
     new_c: list[str] = []
