@@ -60,9 +60,10 @@ class RuntimeConfig:
             raise ValueError(f"provider: {self.provider!r} is not one of {sorted(PROVIDERS)}")
         if self.device_batch not in ("auto", "on", "off"):
             raise ValueError(f"device_batch: {self.device_batch!r} is not one of auto, on, off")
-        if self.decode_precision not in ("fp32", "int8" if self.provider == "cpu" else "fp32"):
-            raise ValueError(f"decode_precision: {self.decode_precision!r} is not one of fp32, int8 (int8 on the "
-                             f"cpu provider only)")
+        if self.decode_precision not in ("fp32", "int8"):
+            raise ValueError(f"decode_precision: {self.decode_precision!r} is not one of fp32, int8")
+        if self.decode_precision == "int8" and self.provider != "cpu":
+            raise ValueError("decode_precision: int8 runs on the cpu provider only")
         if not 1 <= self.decode_steps <= 64:
             raise ValueError(f"decode_steps: must be 1..64, got {self.decode_steps}")
         for name in ("intra_op_threads", "inter_op_threads"):

@@ -51,7 +51,7 @@ def test_flag_beats_env_beats_default() -> None:
     (["--provider", "tpu"], {}, "--provider"),
     (["--device-batch", "gpu"], {}, "--device-batch"),
     ([], {"CHARLM_DECODE_PRECISION": "fp16"}, "CHARLM_DECODE_PRECISION"),
-    (["--decode-precision", "int8", "--provider", "cuda"], {}, "int8 on the cpu provider only"),
+    (["--decode-precision", "int8", "--provider", "cuda"], {}, "decode_precision: int8 runs on the cpu provider only"),
     ([], {"CHARLM_CUDA_GRAPHS": "maybe"}, "CHARLM_CUDA_GRAPHS='maybe': expected true/false"),
     (["--ort-prefill-spinning", "maybe"], {}, "--ort-prefill-spinning: expected true/false, got 'maybe'"),
     ([], {"CHARLM_REFLECTION": "maybe"}, "CHARLM_REFLECTION='maybe': expected true/false"),
