@@ -2,7 +2,7 @@
 
 1. the provider each runtime got (a CUDA runtime falls back to the CPU when onnxruntime cannot use the GPU);
 2. agreement: a prompt's logits on CUDA against the CPU's (largest absolute difference), greedy text of an
-   engine on each, and seeded sampled text of each;
+   engine on each, and seeded sampled text of each (the CPU's decode steps in fp32, as CUDA's);
 3. batch invariance on CUDA: seeded streams alone and among 63 others give the same text (what the service
    promises: a stream's text does not depend on its batch mates);
 4. the raw engine: single-step calls at batch 1 to 1024 on each provider (chars/s); a lone 16-character prompt's
@@ -45,18 +45,21 @@ from service.types import Chunk, GenerateParams, Sampling, SeqState
 from service.vocab import Vocab
 
 PROVIDERS = ("cpu", "cuda")
+FP32 = ["--decode-precision", "fp32"]  # the CPU's decode steps as CUDA's: its default (auto) runs them in int8
 # the decode batch's configurations (name: runtime config, the same as server flags)
 VARIANTS: dict[str, tuple[RuntimeConfig, list[str]]] = {
-    "cpu": (RuntimeConfig(provider="cpu"), ["--provider", "cpu"]),
-    "cpu_device": (RuntimeConfig(provider="cpu", device_batch="on"), ["--provider", "cpu", "--device-batch", "on"]),
+    "cpu": (RuntimeConfig(provider="cpu", decode_precision="fp32"), ["--provider", "cpu", *FP32]),
+    "cpu_device": (RuntimeConfig(provider="cpu", device_batch="on", decode_precision="fp32"),
+                   ["--provider", "cpu", "--device-batch", "on", *FP32]),
     "cuda_copied": (RuntimeConfig(provider="cuda", device_batch="off"),
                     ["--provider", "cuda", "--device-batch", "off"]),
     "cuda_device": (RuntimeConfig(provider="cuda", cuda_graphs=False),
                     ["--provider", "cuda", "--cuda-graphs", "false"]),
     "cuda_graphs": (RuntimeConfig(provider="cuda"), ["--provider", "cuda"]),
 }  # fmt: skip
-SERVED_ONLY = {  # served beside VARIANTS' servers: settings tried on CUDA
+SERVED_ONLY = {  # served beside VARIANTS' servers: settings tried on CUDA, and the CPU's default (int8 steps)
     "cuda_graphs_16_steps": ["--provider", "cuda", "--decode-steps", "16"],
+    "cpu_default": ["--provider", "cpu"],
 }
 
 
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-out", type=Path, default=None, help="also write the results here")
     a = p.parse_args(argv)
     art = load_artifact(a.model)
-    runtimes = {pr: Runtime(art, RuntimeConfig(provider=pr)) for pr in PROVIDERS}
+    runtimes = {pr: Runtime(art, RuntimeConfig(provider=pr, decode_precision="fp32")) for pr in PROVIDERS}
     result: dict[str, Any] = {"providers": {pr: rt.provider for pr, rt in runtimes.items()}}
     print(f"providers: {result['providers']}", flush=True)
     prompt = fit_prompt(PROMPT16, art.info.vocabulary, len(PROMPT16))

@@ -155,7 +155,7 @@ class EngineReport:
     prefill: PrefillRate
     gemm_gflops: float
     flops_per_char: float
-    precision: str = "fp32"  # the decode steps' (--decode-precision): int8 steps run the server's int8 graph
+    precision: str = "fp32"  # the decode steps' as resolved (--decode-precision): int8 runs the server's int8 graph
 
     @property
     def compute_bound_chars_per_s(self) -> float:
@@ -190,8 +190,9 @@ class EngineReport:
 
 
 def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 1.0,
-            prefill_chars: int = 2000, precision: str = "fp32") -> EngineReport:  # fmt: skip
-    """Every measurement of the artifact at ``model`` (its decode steps in ``precision``; prefill is fp32)."""
+            prefill_chars: int = 2000, precision: str = "auto") -> EngineReport:  # fmt: skip
+    """Every measurement of the artifact at ``model`` (its decode steps in ``precision``, "auto" as the server
+    resolves it; prefill is fp32)."""
     rt = _runtime(model, threads, precision=precision)
     artifact = load_artifact(model)
     info = artifact.info
@@ -216,7 +217,7 @@ def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 
         flops_per_char=flops_per_char(
             info.architecture, info.layers, info.hidden_size, info.embedding_size, info.vocab_size
         ),
-        precision=precision,
+        precision=rt.decode_precision,
     )
 
 
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,4,16,64,256", help="comma-separated batch sizes")
     p.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
     p.add_argument("--prefill-chars", type=int, default=2000, help="prompt length for the prefill rate")
-    p.add_argument("--decode-precision", choices=("fp32", "int8"), default="fp32",
+    p.add_argument("--decode-precision", choices=("auto", "fp32", "int8"), default="auto",
                    help="the decode steps' matrix products, as the server's flag (prefill stays fp32)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     a = p.parse_args(argv)

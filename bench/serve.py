@@ -39,6 +39,7 @@ from bench.server_proc import ServerError, ServerProcess
 from bench.soak import Soak, soak
 from bench.transport import echo_server, message_us
 from client.loadgen import run_load
+from client.sync import Client
 from service.artifact import ArtifactError, load_artifact
 from service.cli import build_config
 from service.engine import available_cores
@@ -147,9 +148,15 @@ async def _served_unbatched(server: ServerProcess, model: str, streams: int, cha
 
 
 def server_precision(server_args: list[str]) -> str:
-    """The decode precision the server will run with: its own config from these args and this environment (the
-    child inherits it), as charlm-serve builds it."""
+    """The decode precision the server is asked for: its own config from these args and this environment (the
+    child inherits it), as charlm-serve builds it ("auto" resolves as the server's, in Runtime)."""
     return build_config(server_args, os.environ).runtime.decode_precision
+
+
+def served_precision(target: str, model: str) -> str:
+    """The decode precision the running server reports for ``model`` ("" from a server that does not say)."""
+    with Client(target) as client:
+        return client.model(model, timeout=10).decode_precision
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -169,13 +176,15 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     model = f"{info.name}:{info.version}"
     res: dict[str, Any] = {"model": model, "shape": f"{info.architecture} {info.layers}x{info.hidden_size}",
                            "nproc": os.cpu_count(), "load_avg": os.getloadavg(), "chars": a.chars,
-                           "server_args": a.server_arg, "threads": a.threads}  # fmt: skip
+                           "server_args": a.server_arg, "threads": a.threads,
+                           "precision": runtime.decode_precision}  # fmt: skip
     args = ["--default-model", model, "--intra-op-threads", str(a.threads), *a.server_arg]
     # the server's prompt-call settings, for the raw prefill calls measured between the first-character probe's
     # requests (decode_steps=1: no graphs of several steps are built, which only decode calls use)
     prefill_config = RuntimeConfig(intra_op_threads=a.threads, decode_steps=1)
     prefill_runtime = None if a.no_probes else Runtime(artifact, prefill_config)
     with ServerProcess(a.model.parent.parent, args, cwd=a.server_cwd) as server:
+        res["server_precision"] = served_precision(server.target, model)
         loop = None if a.no_baseline else (lambda n: unbatched_ort(runtime, n, a.engine_seconds).chars_per_s)
         res.update(asyncio.run(_served(a, server, engines, runtime.vocabulary, model, prefill_runtime, loop)))
         res["lanes"] = server.lane_plan()

@@ -143,7 +143,8 @@ def _model_lines(m: ModelInfo, default: bool) -> list[str]:
             f"parameters:   {m.parameters}", f"vocabulary:   {m.vocab_size} chars {m.vocabulary!r}",
             f"corpus:       {m.corpus_name} ({m.corpus_chars} chars)",
             f"training:     {m.training_steps} steps, val {m.val_bits_per_char:.3f} bits/char",
-            f"created:      {m.created_at}"]
+            f"created:      {m.created_at}", f"serving:      {m.provider or '?'}, decode steps in "
+            f"{m.decode_precision or '?'}"]
 
 
 def cmd_models(args: argparse.Namespace, opts: ConnectOptions) -> int:
@@ -161,11 +162,11 @@ def cmd_models(args: argparse.Namespace, opts: ConnectOptions) -> int:
         _json({"default_model": listing.default_model,
                "models": [{**dataclasses.asdict(m), "spec": m.spec} for m in listing.models]})
         return 0
-    print(f"{'MODEL':<24} {'ARCH':<5} {'LAYERS':>6} {'HIDDEN':>6} {'PARAMS':>9} {'VOCAB':>5} {'VAL BPC':>7}")
+    print(f"{'MODEL':<24} {'ARCH':<5} {'LAYERS':>6} {'HIDDEN':>6} {'PARAMS':>9} {'VOCAB':>5} {'VAL BPC':>7} DECODE")
     for m in listing.models:
         mark = " *" if m.spec == listing.default_model else ""
         print(f"{m.spec + mark:<24} {m.architecture:<5} {m.layers:>6} {m.hidden_size:>6} {m.parameters:>9} "
-              f"{m.vocab_size:>5} {m.val_bits_per_char:>7.3f}")
+              f"{m.vocab_size:>5} {m.val_bits_per_char:>7.3f} {m.decode_precision or '?'}")
     print("* default model")
     return 0
 

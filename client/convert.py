@@ -132,7 +132,7 @@ def feed_result(msg: pb.FeedResponse) -> FeedResult:
 
 
 def model_info(msg: pb.ModelInfo) -> ModelInfo:
-    """A ModelInfo dataclass from the artifact metadata message."""
+    """A ModelInfo dataclass from the model's message (the artifact's metadata and its serving)."""
     return ModelInfo(
         name=msg.name,
         version=msg.version,
@@ -148,6 +148,8 @@ def model_info(msg: pb.ModelInfo) -> ModelInfo:
         training_steps=msg.training.steps,
         val_bits_per_char=msg.training.val_bits_per_char,
         created_at=msg.created_at,
+        provider=msg.serving.provider,
+        decode_precision=msg.serving.decode_precision,
     )
 
 

@@ -71,7 +71,7 @@ class FeedResult:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A served model version (the artifact's metadata)."""
+    """A served model version: the artifact's metadata and how the server runs it."""
 
     name: str
     version: int
@@ -87,6 +87,8 @@ class ModelInfo:
     training_steps: int
     val_bits_per_char: float
     created_at: str
+    provider: str = ""  # how the server runs it: "cpu" | "cuda" ("" from a server that does not say)
+    decode_precision: str = ""  # its decode steps' products: "fp32" | "int8" (a seeded text depends on it)
 
     @property
     def spec(self) -> str:

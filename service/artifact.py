@@ -107,6 +107,8 @@ def _check_meta(meta_path: Path, info: charlm_pb2.ModelInfo, version_dir: Path) 
     for field in ("input_name", "logits_name", "onnx_file", "onnx_sha256"):
         if not getattr(info, field):
             raise fail(f"{field} is empty")
+    if info.HasField("serving"):
+        raise fail("serving is set: it says how a server runs the model, and only the server fills it in")
     if Path(info.onnx_file).name != info.onnx_file:
         raise fail(f"onnx_file {info.onnx_file!r} must be a file name inside the version folder")
     names = tuple(s.name for s in info.states)

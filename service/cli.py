@@ -84,9 +84,10 @@ OPTIONS = [
            "a call's scratch memory goes back to malloc instead of being kept at its largest"),
     Option("--decode-steps", "runtime.decode_steps", int, "decode steps one onnxruntime call may run while the "
            "batch's characters may wait that long (see --steps-wait-ms; 1 = one step per call)"),
-    Option("--decode-precision", "runtime.decode_precision", str.lower, "decode steps' matrix products: fp32 as "
-           "exported, or int8 (~1.6x faster steps on the CPU at the same loss; the text differs from fp32's; prompts "
-           "stay fp32; cpu provider only)", ("fp32", "int8")),
+    Option("--decode-precision", "runtime.decode_precision", str.lower, "decode steps' matrix products: int8 "
+           "(~1.6x faster steps on the CPU at the same loss; cpu provider only), fp32 as exported (a seeded text "
+           "differs from int8's), or auto = int8 on the CPU where the graph allows it, else fp32; prompts are fp32",
+           ("auto", "fp32", "int8")),
     Option("--device-batch", "runtime.device_batch", str.lower, "where decode batches keep their states between "
            "calls: auto = in device memory on CUDA, else numpy; on = onnxruntime values on any provider (every call "
            "runs --max-batch rows); off = numpy, copied in and out at every call", ("auto", "on", "off")),

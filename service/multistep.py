@@ -15,6 +15,7 @@ share the weights (initializers are referenced by name, not copied).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,8 @@ from service.sampling_head import INV_TEMPERATURE, NEXT_IDS, UNIFORMS, add_sampl
 
 if TYPE_CHECKING:
     from service.artifact import Artifact
+
+log = logging.getLogger(__name__)
 
 STEP_IDS = "charlm_step_ids"  # (B, K) int64: every step's drawn ids; the last column is also NEXT_IDS
 _P = "charlm_step"  # prefix of the copies' names: charlm_step{j}/<name in the step graph>
@@ -99,6 +102,19 @@ def head_graph(artifact: Artifact, precision: str = "fp32") -> onnx.ModelProto:
         states = [(s.input, s.output) for s in info.states]
         model = int8_step_graph(model, info.input_name, states, info.logits_name)
     return add_sampling_head(model, info.logits_name, int(info.vocab_size))
+
+
+def decode_head(artifact: Artifact, precision: str, provider: str) -> tuple[str, onnx.ModelProto]:
+    """The precision decode steps run in and ``head_graph`` of it: "auto" is int8 on the CPU where the graph
+    allows it (every exporter's graph does), else fp32, with the reason logged."""
+    if precision != "auto":
+        return precision, head_graph(artifact, precision)
+    if provider == "cpu":
+        try:
+            return "int8", head_graph(artifact, "int8")
+        except ValueError as e:  # a graph not the exporter's: serve it as it is rather than refuse it
+            log.info("%s: decode steps in fp32 (%s)", artifact.spec, e)
+    return "fp32", head_graph(artifact, "fp32")
 
 
 def steps_graph(artifact: Artifact, head: onnx.ModelProto, steps: int) -> onnx.ModelProto:

@@ -3,6 +3,7 @@ batching engine."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from dataclasses import dataclass
@@ -35,10 +36,14 @@ class Model:
         """ "name:version"."""
         return self.artifact.spec
 
-    @property
+    @functools.cached_property
     def info(self) -> charlm_pb2.ModelInfo:
-        """The artifact's metadata (what GetModel returns)."""
-        return self.artifact.info
+        """The artifact's metadata and how this server runs it (what GetModel returns)."""
+        info = charlm_pb2.ModelInfo()
+        info.CopyFrom(self.artifact.info)
+        rt = self.engine.runtime
+        info.serving.provider, info.serving.decode_precision = rt.provider, rt.decode_precision
+        return info
 
 
 class Registry:

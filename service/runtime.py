@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
-from service.multistep import STEP_IDS, head_graph, step_state_name, steps_graph
+from service.multistep import STEP_IDS, decode_head, step_state_name, steps_graph
 from service.providers import PROVIDERS, Providers, graph_run_options, providers, session_options, with_cuda_graphs
 from service.sampling_head import INV_TEMPERATURE, NEXT_IDS, UNIFORMS
 
@@ -53,15 +53,16 @@ class RuntimeConfig:
     # With a device batch on CUDA: each decode call's kernels captured once as a CUDA graph and replayed
     # (falls back to plain calls with a warning where onnxruntime cannot capture them)
     cuda_graphs: bool = True
-    decode_precision: str = "fp32"  # decode steps' matrix products: fp32, or int8 (service/quantized.py)
+    # Decode steps' matrix products: fp32 as exported, int8 (service/quantized.py), or auto = int8 on the CPU
+    decode_precision: str = "auto"  # provider where the graph allows it, else fp32 (multistep.decode_head)
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider: {self.provider!r} is not one of {sorted(PROVIDERS)}")
         if self.device_batch not in ("auto", "on", "off"):
             raise ValueError(f"device_batch: {self.device_batch!r} is not one of auto, on, off")
-        if self.decode_precision not in ("fp32", "int8"):
-            raise ValueError(f"decode_precision: {self.decode_precision!r} is not one of fp32, int8")
+        if self.decode_precision not in ("auto", "fp32", "int8"):
+            raise ValueError(f"decode_precision: {self.decode_precision!r} is not one of auto, fp32, int8")
         if self.decode_precision == "int8" and self.provider != "cpu":
             raise ValueError("decode_precision: int8 runs on the cpu provider only")
         if not 1 <= self.decode_steps <= 64:
@@ -107,11 +108,10 @@ class Runtime:
         self.device_batch = config.device_batch == "on" or (config.device_batch == "auto" and self.provider != "cpu")
         self.cuda_graphs = self.device_batch and self.provider == "cuda" and config.cuda_graphs
         self._graph_ids = 0  # handed out by new_graph_run: each prepared device call replays a graph of its own
-        # decode steps (`bind_decoder`): the same graph with a sampling head (service/sampling_head.py)
-        self.decode_precision = config.decode_precision
-        graph = head_graph(artifact, config.decode_precision)
+        # decode steps (`bind_decoder`): the graph with a sampling head (service/sampling_head.py) in fp32 or int8,
+        # and the same unrolled to several steps per call (service/multistep.py)
+        self.decode_precision, graph = decode_head(artifact, config.decode_precision, self.provider)
         self.decode_steps = config.decode_steps
-        # ...and the same unrolled to several steps per call (service/multistep.py)
         steps = steps_graph(artifact, graph, self.decode_steps) if self.decode_steps > 1 else None
         self._decode_graphs = (graph.SerializeToString(), steps.SerializeToString() if steps else b"")
         try:

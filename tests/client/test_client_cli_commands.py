@@ -85,9 +85,13 @@ def test_models_and_health(charlm: CliRunner) -> None:
     assert table.returncode == 0
     for spec in ("tiny-rnn:1", "tiny-lstm:1 *", "tiny-gru:1"):
         assert spec in table.stdout
+    assert table.stdout.splitlines()[0].endswith("DECODE")
+    assert all(line.endswith(" int8") for line in table.stdout.splitlines()[1:4])  # auto, the default, on the CPU
     one = json.loads(charlm("models", "tiny-gru", "--json").stdout)
     assert one["architecture"] == "gru" and one["spec"] == "tiny-gru:1" and one["default"] is False
-    assert "architecture: lstm" in charlm("models", "tiny-lstm:1").stdout
+    assert (one["provider"], one["decode_precision"]) == ("cpu", "int8")
+    shown = charlm("models", "tiny-lstm:1").stdout
+    assert "architecture: lstm" in shown and "serving:      cpu, decode steps in int8" in shown
     health = charlm("health")
     assert health.returncode == 0 and health.stdout.strip() == "SERVING"
 

@@ -83,6 +83,7 @@ def test_corrupt_meta(model_repo: Path, tmp_path: Path, text: str, words: tuple[
         (lambda m: m["states"][0].update(input=""), ("state h",)),
         (lambda m: m.update(version=7), ("tiny-lstm:7", "tiny-lstm/1")),
         (lambda m: m.update(name="other"), ("other:1",)),
+        (lambda m: m.update(serving={"decode_precision": "int8"}), ("serving is set", "only the server")),
     ],
 )
 def test_inconsistent_meta(model_repo: Path, tmp_path: Path, change: Callable[[dict], None],

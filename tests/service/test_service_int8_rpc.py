@@ -1,6 +1,6 @@
-"""A server decoding in int8 (``--decode-precision int8``) through the real client, on the shipped model: a
-stream's text and log-probabilities do not depend on its batch mates or on how its calls split, and they are
-int8's own (not the fp32 server's)."""
+"""A server decoding in int8 (``--decode-precision auto``, the default, on the CPU) through the real client, on
+the shipped model: a stream's text and log-probabilities do not depend on its batch mates or on how its calls
+split, they are int8's own (not the fp32 server's), and the API and /metrics say which precision it runs."""
 
 from __future__ import annotations
 
@@ -44,13 +44,17 @@ async def sampled(target: str) -> tuple[list[Sampled], list[Sampled], str, str]:
 
 async def test_an_int8_server_serves_each_stream_the_same_text_alone_or_batched(server_factory) -> None:
     engine = EngineConfig(max_batch=8)
-    int8 = server_factory(model_repo=SHIPPED, default_model="shakespeare", engine=engine,
-                          runtime=RuntimeConfig(decode_precision="int8"))  # fmt: skip
-    fp32 = server_factory(model_repo=SHIPPED, default_model="shakespeare", engine=engine)
+    int8 = server_factory(model_repo=SHIPPED, default_model="shakespeare", engine=engine)  # auto, the default
+    fp32 = server_factory(model_repo=SHIPPED, default_model="shakespeare", engine=engine,
+                          runtime=RuntimeConfig(decode_precision="fp32"))  # fmt: skip
     together, alone, one_call, two_calls = await sampled(int8.target)
     assert together == alone and all(len(t) == 90 and len(lp) == 90 for t, lp in together)
     assert one_call == two_calls and len(one_call) == 60
-    for server, flag in ((int8, 1), (fp32, 0)):  # what each says in /metrics
+    for server, precision, flag in ((int8, "int8", 1), (fp32, "fp32", 0)):  # what each says in the API and /metrics
+        async with AsyncClient(server.target) as client:
+            listed, = (await client.models()).models
+            assert (await client.model()).decode_precision == listed.decode_precision == precision
+            assert listed.provider == "cpu"
         with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
             assert f'charlm_decode_int8{{model="shakespeare:1"}} {flag}.0' in r.read().decode()
     reference, _, _, _ = await sampled(fp32.target)

@@ -65,7 +65,7 @@ async def test_metrics_endpoint(server, stub) -> None:
     # the lanes and the choices measured at start (service/tuning.py)
     assert m['charlm_lanes{model="tiny-lstm:1"}'] >= 1 and m['charlm_lane_fill{model="tiny-lstm:1"}'] >= 1
     assert m['charlm_lane_all_threads_rows{model="tiny-lstm:1"}'] >= 1
-    assert m['charlm_decode_int8{model="tiny-lstm:1"}'] == 0  # fp32, the default
+    assert m['charlm_decode_int8{model="tiny-lstm:1"}'] == 1  # auto, the default: int8 on the CPU
     with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
         assert "charlm_sessions_removed_total" in r.read().decode()  # declared even before any removal
 

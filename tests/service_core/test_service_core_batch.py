@@ -28,8 +28,8 @@ def reference(rt: Runtime, j: Joiner, steps: int) -> tuple[np.ndarray, tuple[np.
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_rows_survive_membership_changes(tiny_runtimes: dict[str, Runtime], arch: str) -> None:
-    rt = tiny_runtimes[arch]
+def test_rows_survive_membership_changes(fp32_runtimes: dict[str, Runtime], arch: str) -> None:
+    rt = fp32_runtimes[arch]
     batch = DecodeBatch(rt, capacity=8)
     js = [joiner(rt, i) for i in range(5)]
     batch.rebuild([], js[:3])  # rows: j0 j1 j2
@@ -47,8 +47,8 @@ def test_rows_survive_membership_changes(tiny_runtimes: dict[str, Runtime], arch
         assert all(np.array_equal(a, r[:, 0]) for a, r in zip(batch.row_state(row), ref_states, strict=True))
 
 
-def test_single_row_and_empty_batches(tiny_runtimes: dict[str, Runtime]) -> None:
-    rt = tiny_runtimes["rnn"]
+def test_single_row_and_empty_batches(fp32_runtimes: dict[str, Runtime]) -> None:
+    rt = fp32_runtimes["rnn"]
     batch = DecodeBatch(rt, capacity=4)
     j = joiner(rt, 9)
     batch.rebuild([], [j])

@@ -47,7 +47,7 @@ def test_lanes_rate_splits_the_batch_over_threads_side_by_side(model_repo: Path)
 
 
 def test_raw_steps_of_an_int8_server_are_its_int8_steps(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert server_precision(["--decode-precision=INT8"]) == "int8" and server_precision(["--lanes", "2"]) == "fp32"
+    assert server_precision(["--decode-precision=INT8"]) == "int8" and server_precision(["--lanes", "2"]) == "auto"
     assert server_precision(["--decode-precision", "int8", "--max-batch=4"]) == "int8"
     monkeypatch.setenv("CHARLM_DECODE_PRECISION", "int8")  # the server child inherits the environment
     assert server_precision(["--lanes", "2"]) == "int8" and server_precision(["--decode-precision=fp32"]) == "fp32"

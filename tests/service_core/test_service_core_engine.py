@@ -19,20 +19,20 @@ PROMPT = "The keeper "
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-async def test_greedy_equals_single_stream_reference(make_engine: EngineFactory, tiny_runtimes: dict[str, Runtime],
+async def test_greedy_equals_single_stream_reference(make_engine: EngineFactory, fp32_runtimes: dict[str, Runtime],
                                                      arch: str) -> None:  # fmt: skip
-    engine = make_engine(arch)
+    engine = make_engine(arch, fp32=True)  # held to the artifact's graph
     text, finish = await collect(engine, engine.new_state(), PROMPT, GenerateParams(Sampling(temperature=0), 60))
-    assert text == reference_greedy(tiny_runtimes[arch], PROMPT, 60)
+    assert text == reference_greedy(fp32_runtimes[arch], PROMPT, 60)
     assert finish.reason == "length" and finish.generated_chars == 60 and finish.prompt_chars == len(PROMPT)
 
 
 @pytest.mark.parametrize("temperature", [1e-7, 1e-38, 1e-45])
-async def test_a_vanishing_temperature_samples_as_greedy(make_engine: EngineFactory, tiny_runtimes: dict[str, Runtime],
+async def test_a_vanishing_temperature_samples_as_greedy(make_engine: EngineFactory, fp32_runtimes: dict[str, Runtime],
                                                          temperature: float) -> None:  # fmt: skip
-    engine = make_engine("lstm")  # (1/T overflows the sampling head's float32 below ~3e-39: every id was 0)
+    engine = make_engine("lstm", fp32=True)  # (1/T overflows the sampling head's float32 below ~3e-39: every id was 0)
     text, _ = await collect(engine, engine.new_state(), PROMPT, GenerateParams(Sampling(temperature, seed=7), 40))
-    assert text == reference_greedy(tiny_runtimes["lstm"], PROMPT, 40)
+    assert text == reference_greedy(fp32_runtimes["lstm"], PROMPT, 40)
 
 
 @pytest.mark.parametrize(("arch", "lanes"), [(arch, 1) for arch in ARCHS] + [(arch, 2) for arch in ARCHS])
@@ -115,9 +115,9 @@ async def test_generate_after_feed_equals_generate_with_the_text_as_prompt(make_
 
 
 async def test_logprobs_are_the_raw_softmax_of_each_sampled_character(
-    make_engine: EngineFactory, tiny_runtimes: dict[str, Runtime]
+    make_engine: EngineFactory, fp32_runtimes: dict[str, Runtime]
 ) -> None:
-    engine = make_engine("lstm")
+    engine = make_engine("lstm", fp32=True)  # held to the artifact's graph
     await engine.start()
     params = GenerateParams(Sampling(temperature=0.7, seed=3), 25, logprobs=True)
     text, lps = "", []
@@ -125,7 +125,7 @@ async def test_logprobs_are_the_raw_softmax_of_each_sampled_character(
         if hasattr(event, "logprobs") and event.logprobs is not None:
             text += event.text
             lps += event.logprobs
-    rt = tiny_runtimes["lstm"]
+    rt = fp32_runtimes["lstm"]
     ids = np.array([engine.vocab.encode(PROMPT + text)])
     logits, _ = rt.run(ids[:, :-1], tuple(s[:, None] for s in rt.zero_state()))
     expected = log_softmax(logits[0])[np.arange(ids.shape[1] - 1), ids[0, 1:]][len(PROMPT) - 1 :]

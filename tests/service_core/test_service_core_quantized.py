@@ -4,6 +4,9 @@ the same text from an engine however its calls are made, and clear refusals of w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,6 +17,7 @@ from onnx import helper
 
 from service.artifact import Artifact
 from service.engine import Engine, EngineConfig
+from service.multistep import decode_head
 from service.quantized import read_cells
 from service.runtime import Runtime, RuntimeConfig
 from service.sampling_head import INV_TEMPERATURE, UNIFORMS
@@ -65,14 +69,14 @@ def test_an_int8_step_is_close_to_fp32_and_no_row_moves_with_its_batch_mates(
 
 
 async def test_an_int8_engine_serves_one_text_alone_or_batched_in_one_or_several_steps_a_call(
-    tiny_artifacts: dict[str, Artifact], tiny_runtimes: dict[str, Runtime]
+    tiny_artifacts: dict[str, Artifact], fp32_runtimes: dict[str, Runtime]
 ) -> None:
     artifact, prompts = tiny_artifacts["lstm"], ["The keeper ", "the ", "o", "what say you, "]
     engines = [Engine(rt, Vocab(rt.vocabulary), EngineConfig(inline_prompt_chars=chars), rt.model)
                for rt, chars in ((Runtime(artifact, RuntimeConfig(intra_op_threads=1, decode_precision="int8")), 64),
                                  (Runtime(artifact, RuntimeConfig(intra_op_threads=1, decode_precision="int8",
                                                                   decode_steps=1)), 0))]  # fmt: skip
-    fp32 = tiny_runtimes["lstm"]
+    fp32 = fp32_runtimes["lstm"]
     fp32_engine = Engine(fp32, Vocab(fp32.vocabulary), EngineConfig(), fp32.model)
 
     async def logprobs(engine: Engine, prompt: str, seed: int, asked: bool = True) -> tuple[str, list[float]]:
@@ -145,8 +149,25 @@ def test_a_graph_that_is_not_the_exporters_is_refused(tiny_artifacts: dict[str, 
         read_cells(model)
 
 
+def test_auto_decodes_in_int8_on_the_cpu_where_the_graph_allows_it(
+    tiny_artifacts: dict[str, Artifact], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    artifact = tiny_artifacts["gru"]
+    assert decode_head(artifact, "auto", "cpu")[0] == "int8"
+    assert decode_head(artifact, "auto", "cuda")[0] == "fp32"  # (int8 runs on the CPU provider only)
+    assert [decode_head(artifact, p, "cpu")[0] for p in ("fp32", "int8")] == ["fp32", "int8"]
+    other = dataclasses.replace(artifact, onnx_path=tmp_path / "model.onnx")  # a graph PyTorch's GRU does not make
+    onnx.save(edited(artifact, "GRU", linear_before_reset=0), str(other.onnx_path))
+    caplog.set_level(logging.INFO, "service.multistep")
+    precision, graph = decode_head(other, "auto", "cpu")  # served as it is, not refused
+    assert precision == "fp32" and any(n.op_type == "GRU" for n in graph.graph.node)
+    assert "decode steps in fp32 (int8 decode: a GRU needs linear_before_reset = 1" in caplog.text
+    with pytest.raises(ValueError, match="linear_before_reset = 1"):
+        decode_head(other, "int8", "cpu")  # asked for by name: refused
+
+
 @pytest.mark.parametrize(("config", "message"), [
-    ({"decode_precision": "fp16"}, "decode_precision: 'fp16' is not one of fp32, int8"),
+    ({"decode_precision": "fp16"}, "decode_precision: 'fp16' is not one of auto, fp32, int8"),
     ({"decode_precision": "int8", "provider": "cuda"}, "decode_precision: int8 runs on the cpu provider only"),
 ])  # fmt: skip
 def test_bad_precisions_are_named(config: dict[str, str], message: str) -> None:

@@ -265,7 +265,7 @@ class TrainingSummary(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., seconds: _Optional[float] = ..., val_loss_nats: _Optional[float] = ..., val_bits_per_char: _Optional[float] = ..., seed: _Optional[int] = ..., config_json: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("format_version", "name", "version", "architecture", "layers", "hidden_size", "embedding_size", "vocabulary", "vocab_size", "input_name", "logits_name", "states", "parameters", "corpus", "training", "created_at", "onnx_file", "onnx_sha256")
+    __slots__ = ("format_version", "name", "version", "architecture", "layers", "hidden_size", "embedding_size", "vocabulary", "vocab_size", "input_name", "logits_name", "states", "parameters", "corpus", "training", "created_at", "onnx_file", "onnx_sha256", "serving")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +284,7 @@ class ModelInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ONNX_FILE_FIELD_NUMBER: _ClassVar[int]
     ONNX_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     name: str
     version: int
@@ -302,7 +303,16 @@ class ModelInfo(_message.Message):
     created_at: str
     onnx_file: str
     onnx_sha256: str
-    def __init__(self, format_version: _Optional[int] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., architecture: _Optional[str] = ..., layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., embedding_size: _Optional[int] = ..., vocabulary: _Optional[str] = ..., vocab_size: _Optional[int] = ..., input_name: _Optional[str] = ..., logits_name: _Optional[str] = ..., states: _Optional[_Iterable[_Union[StateTensor, _Mapping]]] = ..., parameters: _Optional[int] = ..., corpus: _Optional[_Union[Corpus, _Mapping]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., created_at: _Optional[str] = ..., onnx_file: _Optional[str] = ..., onnx_sha256: _Optional[str] = ...) -> None: ...
+    serving: Serving
+    def __init__(self, format_version: _Optional[int] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., architecture: _Optional[str] = ..., layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., embedding_size: _Optional[int] = ..., vocabulary: _Optional[str] = ..., vocab_size: _Optional[int] = ..., input_name: _Optional[str] = ..., logits_name: _Optional[str] = ..., states: _Optional[_Iterable[_Union[StateTensor, _Mapping]]] = ..., parameters: _Optional[int] = ..., corpus: _Optional[_Union[Corpus, _Mapping]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., created_at: _Optional[str] = ..., onnx_file: _Optional[str] = ..., onnx_sha256: _Optional[str] = ..., serving: _Optional[_Union[Serving, _Mapping]] = ...) -> None: ...
+
+class Serving(_message.Message):
+    __slots__ = ("provider", "decode_precision")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    DECODE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    decode_precision: str
+    def __init__(self, provider: _Optional[str] = ..., decode_precision: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
