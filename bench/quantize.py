@@ -33,7 +33,7 @@ import onnxruntime as ort
 from bench.engine import measure_lanes_rate, parser
 from service.artifact import Artifact, ArtifactError, load_artifact
 from service.engine import available_cores
-from service.quantized import int8_step_graph
+from service.multistep import step_graph
 from service.runtime import Runtime, RuntimeConfig
 from service.sampling import log_softmax
 from service.tuning import per_call
@@ -113,10 +113,7 @@ def measure(artifact: Artifact, text: str, seconds: float, threads: int) -> dict
     with tempfile.TemporaryDirectory() as tmp:
         dynamic, steps = Path(tmp) / "int8.onnx", Path(tmp) / "steps.onnx"
         quantize(artifact.onnx_path, dynamic)
-        info = artifact.info
-        graph = int8_step_graph(onnx.load(str(artifact.onnx_path)), info.input_name,
-                                [(s.input, s.output) for s in info.states], info.logits_name)  # fmt: skip
-        onnx.save(graph, str(steps))
+        onnx.save(step_graph(artifact, "int8"), str(steps))  # the server's, without its sampling head
         for name, path in zip(GRAPHS, (artifact.onnx_path, steps, dynamic), strict=True):
             fig: dict[str, float] = {}
             for n in sorted({1, threads}):

@@ -93,15 +93,24 @@ def unroll_steps(head: onnx.ModelProto, steps: int, ids_input: str,
     return m
 
 
+def _state_names(artifact: Artifact) -> list[tuple[str, str]]:
+    """The graph's (input, output) name of each state tensor, h first."""
+    return [(s.input, s.output) for s in artifact.info.states]
+
+
+def step_graph(artifact: Artifact, precision: str = "fp32") -> onnx.ModelProto:
+    """The artifact's graph as exported, or (``precision`` "int8") its one-step form with the matrix products in
+    int8 (service/quantized.py): the same inputs and outputs either way."""
+    info, model = artifact.info, onnx.load(str(artifact.onnx_path))
+    if precision != "int8":
+        return model
+    return int8_step_graph(model, info.input_name, _state_names(artifact), info.logits_name)
+
+
 def head_graph(artifact: Artifact, precision: str = "fp32") -> onnx.ModelProto:
-    """The artifact's graph with the sampling head: what a decode call of one step runs (with ``precision``
-    "int8", its matrix products in int8: service/quantized.py)."""
+    """``step_graph`` with the sampling head: what a decode call of one step runs."""
     info = artifact.info
-    model = onnx.load(str(artifact.onnx_path))
-    if precision == "int8":
-        states = [(s.input, s.output) for s in info.states]
-        model = int8_step_graph(model, info.input_name, states, info.logits_name)
-    return add_sampling_head(model, info.logits_name, int(info.vocab_size))
+    return add_sampling_head(step_graph(artifact, precision), info.logits_name, int(info.vocab_size))
 
 
 def decode_head(artifact: Artifact, precision: str, provider: str) -> tuple[str, onnx.ModelProto]:
@@ -119,5 +128,4 @@ def decode_head(artifact: Artifact, precision: str, provider: str) -> tuple[str,
 
 def steps_graph(artifact: Artifact, head: onnx.ModelProto, steps: int) -> onnx.ModelProto:
     """``head`` (from ``head_graph``) unrolled to ``steps`` decode steps per call."""
-    info = artifact.info
-    return unroll_steps(head, steps, info.input_name, [(s.input, s.output) for s in info.states])
+    return unroll_steps(head, steps, artifact.info.input_name, _state_names(artifact))
