@@ -96,12 +96,12 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server has used (from /proc/PID/stat)."""
-        return _cpu_seconds(Path(f"/proc/{self.pid}/stat"))
+        return proc_cpu_seconds(Path(f"/proc/{self.pid}/stat"))
 
     def loop_cpu_seconds(self) -> float:
         """User + system CPU time of the server's main thread: its event loop, where gRPC's messages are made and
         handled (from /proc/PID/task/PID/stat; the step threads and gRPC's poller are threads of their own)."""
-        return _cpu_seconds(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
+        return proc_cpu_seconds(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
 
     def decode_counters(self) -> DecodeCounters | None:
         """The server's decode calls so far, from its /metrics (None when it serves none)."""
@@ -167,7 +167,7 @@ def _record(line: str) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def _cpu_seconds(stat: Path) -> float:
+def proc_cpu_seconds(stat: Path) -> float:
     """utime + stime of a /proc stat file, in seconds."""
     fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

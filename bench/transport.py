@@ -7,7 +7,13 @@ target: what the transport alone adds per character when every character is its 
 message after some work gives the round trip of a bare call whose handler works that long
 (``first_message_s``): the floor of bench/serve.py's time-to-first-character probe.
 
+``--paced`` measures what a message costs when messages are paced as a server's message budget paces them
+(charlm's ``--messages-per-s``): many streams, each sent a message every so often, either each at a phase of
+its own (spread over time) or all on one clock (sent together). It prints the CPU of the server's process and
+of the client's per message, the two alternated.
+
     python -m bench.transport --messages 20000
+    python -m bench.transport --paced --streams 64 --interval-ms 64
 """
 
 from __future__ import annotations
@@ -15,19 +21,43 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from bench.server_proc import proc_cpu_seconds
+
 METHOD = "/bench.Transport/Stream"
+PAYLOAD = b"x" * 96  # a paced message: about the characters a message of charlm's carries at 64 streams
+
+
+async def _paced(n: int, interval_s: float, together: bool) -> AsyncIterator[bytes]:
+    """``n`` messages, one every ``interval_s``: on the clock's multiples of it (every stream at once), or
+    from a random phase of this stream's own."""
+    loop = asyncio.get_running_loop()
+    due = loop.time() + (0.0 if together else random.random() * interval_s)
+    for _ in range(n):
+        if together:
+            due = (loop.time() // interval_s + 1) * interval_s
+        await asyncio.sleep(due - loop.time())
+        due += interval_s
+        yield PAYLOAD
 
 
 async def _serve() -> None:
     async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        if b"@" in request:  # "N@INTERVAL_US[+]": paced messages, "+" all streams on one clock
+            count, _, rest = request.partition(b"@")
+            async for m in _paced(int(count), int(rest.rstrip(b"+")) / 1e6, rest.endswith(b"+")):
+                yield m
+            return
         n, _, busy_us = request.partition(b":")
         if busy_us:  # compute (a busy loop) for that long first, as a server's handler would
             until = time.perf_counter() + int(busy_us) / 1e6
@@ -59,17 +89,24 @@ async def _count(target: str, messages: int) -> float:
 
 
 @contextlib.contextmanager
-def echo_server() -> Iterator[str]:
-    """The bare server, in a child process for as long as the block runs; yields its target (host:port)."""
+def _child() -> Iterator[tuple[str, int]]:
+    """The bare server in a child process for as long as the block runs: its target (host:port) and pid."""
     proc = subprocess.Popen([sys.executable, "-m", "bench.transport", "--serve"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None and proc.stdin is not None
-        yield f"127.0.0.1:{int(proc.stdout.readline())}"
+        yield f"127.0.0.1:{int(proc.stdout.readline())}", proc.pid
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[str]:
+    """The bare server, in a child process for as long as the block runs; yields its target (host:port)."""
+    with _child() as (target, _):
+        yield target
 
 
 def message_us(messages: int = 20000) -> float:
@@ -87,14 +124,68 @@ async def first_message_s(channel: grpc.aio.Channel, busy_us: int = 0) -> float:
     return first - start
 
 
+async def _paced_round(channel: grpc.aio.Channel, server_pid: int, streams: int, messages: int,
+                       interval_us: int, together: bool) -> tuple[float, float, float]:  # fmt: skip
+    """One paced run: messages/s, and the client's and the server's CPU µs per message."""
+    call = channel.unary_stream(METHOD, request_serializer=None, response_deserializer=None)
+    request = f"{messages}@{interval_us}{'+' if together else ''}".encode()
+
+    async def one() -> int:
+        return sum([1 async for _ in call(request)])
+
+    stat = Path(f"/proc/{server_pid}/stat")
+    server0, client0, start = proc_cpu_seconds(stat), time.process_time(), time.perf_counter()
+    received = sum(await asyncio.gather(*(one() for _ in range(streams))))
+    wall, client = time.perf_counter() - start, time.process_time() - client0
+    return received / wall, client / received * 1e6, (proc_cpu_seconds(stat) - server0) / received * 1e6
+
+
+def paced(streams: int, messages: int, interval_ms: float, rounds: int) -> dict[str, list[tuple[float, ...]]]:
+    """``rounds`` alternated paced runs spread and together: (messages/s, client µs, server µs) of each."""
+    out: dict[str, list[tuple[float, ...]]] = {"spread": [], "together": []}
+
+    async def run(target: str, pid: int) -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            await _paced_round(channel, pid, streams, 2, 1000, True)  # warm-up: connected, code paths run
+            for _ in range(rounds):
+                for kind in out:
+                    out[kind].append(await _paced_round(channel, pid, streams, messages, round(interval_ms * 1e3),
+                                                        kind == "together"))  # fmt: skip
+
+    with _child() as (target, pid):
+        asyncio.run(run(target, pid))
+    return out
+
+
+def _print_paced(a: argparse.Namespace) -> None:
+    runs = paced(a.streams, a.messages_per_stream, a.interval_ms, a.rounds)
+    print(f"{a.streams} streams, a {len(PAYLOAD)}-byte message every {a.interval_ms:g} ms each "
+          f"({a.messages_per_stream} per stream), {a.rounds} rounds alternated; CPU per message received:")
+    print("sent       messages/s   client µs   server µs   (each round)")
+    for kind, rows in runs.items():
+        rate, client, server = (statistics.median(r[i] for r in rows) for i in range(3))
+        each = ", ".join(f"{c:.0f}/{s:.0f}" for _, c, s in rows)
+        print(f"{kind:9s} {rate:11,.0f} {client:11.0f} {server:11.0f}   ({each})")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--messages", type=int, default=20000, help="messages in the measured stream")
+    p.add_argument("--paced", action="store_true", help="paced messages, spread over time against sent together")
+    p.add_argument("--streams", type=int, default=64, help="--paced: concurrent streams (default 64)")
+    p.add_argument("--interval-ms", type=float, default=64.0,
+                   help="--paced: milliseconds between a stream's messages (default 64: charlm's 1,000 messages/s "
+                        "over 64 streams)")  # fmt: skip
+    p.add_argument("--messages-per-stream", type=int, default=40, help="--paced: messages of each stream a round")
+    p.add_argument("--rounds", type=int, default=3, help="--paced: rounds of each, alternated (default 3)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     a = p.parse_args(argv)
     if a.serve:
         asyncio.run(_serve())
+        return 0
+    if a.paced:
+        _print_paced(a)
         return 0
     us = message_us(a.messages)
     print(f"one streamed message on loopback: {us:.1f} µs ({1e6 / us:,.0f} messages/s on one stream)")

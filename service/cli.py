@@ -108,7 +108,8 @@ OPTIONS = [
     Option("--stream-buffer-chars", "engine.stream_buffer_chars", int,
            "characters buffered per stream for a slow reader"),
     Option("--messages-per-s", "engine.messages_per_s", float, "generated-text messages per second a model's "
-           "streams aim at in all; a large batch coalesces more characters per message (0 = one per step)",
+           "streams aim at in all, sent together at ticks they share; a large batch coalesces more characters per "
+           "message (0 = one per step)",
            metavar="RATE"),
     Option("--steps-wait-ms", "engine.steps_wait_ms", float, "how long a call of several decode steps may hold "
            "back a character where the message budget lets characters wait less (0 = the budget alone)",

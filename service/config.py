@@ -48,10 +48,11 @@ class EngineConfig:
     inline_prompt_chars: int = 64
     # Consumers are woken (and so messages sent) about messages_per_s times a second at most, over all the
     # decoding streams: with n streams in the batch, a stream's characters wait up to n / messages_per_s
-    # seconds and leave together. A message costs ~50-100 µs of CPU (server and client together), a
-    # character at batch 64 ~21 µs of engine CPU, so a message per character would cost several times the
-    # engine (docs/performance.md). A stream's first character leaves at once. 0 = wake every stream at
-    # every step.
+    # seconds and leave together, at ticks that all the model's streams share (their messages then cost gRPC
+    # half the CPU of messages spread over time). A message costs ~80-200 µs of CPU (server and client
+    # together), a character at batch 64 ~15-21 µs of engine CPU, so a message per character would cost
+    # several times the engine (docs/performance.md). A stream's first character leaves at once. 0 = wake
+    # every stream at every step.
     messages_per_s: float = 1000.0
     # How long a call of several decode steps (--decode-steps) may hold back its first character (K - 1
     # steps) where the message budget above lets characters wait less: a lane runs K steps per call while

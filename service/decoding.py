@@ -74,12 +74,12 @@ class Decoding(Scheduler):
         state after the step of its last character kept. Returns the characters kept."""
         post, chunk_event, cap = self._handoff.post, Stream.on_chunk, self.config.stream_buffer_chars
         now, hold = time.perf_counter(), self._hold()
-        due, kept = now - hold, 0  # streams last woken at or before `due` are woken
+        due, kept = self._release_tick(now, hold), 0  # streams last released at or before `due` are released
         # This loop runs for every row at every call: plain locals, one attribute per fact (~1 µs a row).
         for i, (s, text) in enumerate(zip(self._rows, texts, strict=True)):
             first = s.t_first is None
             if first:
-                self._first_seen(s, now, hold)
+                self._first_seen(s, now)
             end, stop = min(k, s.max_chars - s.generated, cap - s.generated + s.taken), None  # (all >= 1 here)
             if s.has_stops:
                 for m, c in enumerate(text[:end], 1):

@@ -67,7 +67,8 @@ class Scheduler:
         self._index = len(self._peers)
         self._peers.append(self)
         self._own_prompts: ort.InferenceSession | None = None  # see prepare_prompts
-        self._phase = 0.0  # of the latest stream's release phase (see _first_seen)
+        # the model's release ticks count from its first lane's start (see _release_tick)
+        self._origin: float = self._peers[0]._origin if len(self._peers) > 1 else time.perf_counter()
 
     def _enqueue(self, s: Stream) -> None:
         """Queue a stream for a batch row."""
@@ -169,6 +170,16 @@ class Scheduler:
         rate = self.config.messages_per_s  # the model's, over the rows of all its lanes
         return self._model_rows() / rate if rate > 0 else 0.0
 
+    def _release_tick(self, now: float, hold: float) -> float:
+        """The model's latest release tick at or before ``now``; a stream last released before it is due.
+
+        Ticks come every ``hold`` seconds on one clock for all the model's lanes, so a batch's streams are
+        released in the same call and their messages leave together: gRPC then costs about half the CPU a
+        message, in the server and in its clients alike, of messages spread over time (~80 against ~150 µs
+        each at 1,000 messages/s; ``python -m bench.transport --paced``, docs/performance.md).
+        """
+        return now - (now - self._origin) % hold if hold > 0 else now
+
     def _model_rows(self) -> int:
         """Rows in the decode batches of all the model's lanes."""
         return sum(p._batch.n for p in self._peers)
@@ -188,15 +199,9 @@ class Scheduler:
             return None
         return self._own_prompts
 
-    def _first_seen(self, s: Stream, now: float, hold: float) -> None:
-        """A stream's first character: its clocks, and a release phase of its own.
-
-        The phase (a low-discrepancy sequence in [0, 1), golden-ratio steps) spreads the releases of streams
-        that started together over different steps: a burst of messages would stall the next step.
-        """
-        s.t_first = now
-        self._phase = (self._phase + 0.6180339887498949) % 1.0
-        s.t_wake = now - self._phase * hold
+    def _first_seen(self, s: Stream, now: float) -> None:
+        """A stream's first character, released at once: its clocks (its next release is at the next tick)."""
+        s.t_first = s.t_wake = now
         if self.observer is not None:
             self.observer.first_char(self.model, now - s.t0)
 
@@ -245,7 +250,7 @@ class Scheduler:
     def _first_char(self, s: Stream, logits: np.ndarray) -> None:
         """A prompt is consumed: its last logits (V,) draw the first character, with no decode step."""
         reason = s.first_char(logits, self.vocab.chars)
-        self._first_seen(s, time.perf_counter(), self._hold())
+        self._first_seen(s, time.perf_counter())
         if self.observer is not None:
             self.observer.chars(self.model, 1)
         if reason is not None:

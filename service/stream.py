@@ -74,7 +74,7 @@ class Stream:
         self._stop_keep = max((len(s) for s in self.params.stop), default=1) - 1  # tail chars kept between steps
         self.t0 = time.perf_counter()
         self.t_first: float | None = None
-        self.t_wake = 0.0  # when the engine last released characters (shifted by a phase)
+        self.t_wake = 0.0  # when the engine last released characters
         self.t_end: float | None = None
         # the rng is read in blocks; `sync_rng` rewinds it to exactly the draws used
         self._ublock: list[float] = []

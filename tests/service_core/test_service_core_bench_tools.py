@@ -17,7 +17,7 @@ from bench.latency_ab import METRICS
 from bench.latency_ab import main as latency_ab
 from bench.ops import main as ops
 from bench.quantize import main as quantize
-from bench.transport import echo_server, first_message_s
+from bench.transport import echo_server, first_message_s, paced
 
 
 async def _first_messages(target: str, busy_us: int) -> tuple[float, float]:
@@ -29,6 +29,13 @@ def test_a_bare_call_answers_after_its_handler_worked_as_long_as_asked() -> None
     with echo_server() as target:
         plain, busy = asyncio.run(_first_messages(target, 50_000))
     assert plain > 0 and busy >= 0.05  # the handler computed 50 ms before its one message
+
+
+def test_paced_streams_get_every_message_spread_and_together() -> None:
+    runs = paced(streams=4, messages=3, interval_ms=2, rounds=2)
+    assert list(runs) == ["spread", "together"]
+    for rows in runs.values():  # (messages/s, client µs, server µs a message) of each round
+        assert len(rows) == 2 and all(rate > 0 and client > 0 and server >= 0 for rate, client, server in rows)
 
 
 @pytest.mark.timeout(180)

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from fixtures.service_core import EngineFactory
 
+from service.decoding import Decoding
 from service.engine import Engine
 from service.types import Chunk, Finish, GenerateParams, Sampling
 
@@ -35,17 +36,15 @@ async def test_a_low_message_rate_sends_the_first_character_alone_then_holds_the
 
 async def test_a_low_message_rate_holds_the_characters_of_streams_batched_together(
         make_engine: EngineFactory) -> None:  # fmt: skip
-    # 4 streams at 0.001 messages/s may send every 4000 s (1000 s a row each), so each gets at most three
-    # messages: its first character, at most one release between, and the rest when it ends. The release
-    # between: a stream's release phase (Scheduler._first_seen) places its last release up to 3000 s back, and
-    # when a batch mate that joined a step or two earlier ends first (or sits in another lane: the lane fill is
-    # measured), the hold shrinks by 1000 s and the stream falls due. (A reader that falls behind gets chunks
-    # released meanwhile as one message, its first character included.)
+    # 4 streams at 0.001 messages/s may send every 4000 s (1000 s a row each; 3000 s once a batch mate has
+    # ended), and the model's release ticks count from the engine's start, so none comes: each gets its first
+    # character, then the rest when it ends. (A reader that falls behind gets chunks released meanwhile as one
+    # message, its first character included.)
     engine = make_engine("lstm", messages_per_s=0.001)
     results = await asyncio.gather(*(chunks_of(engine, seed, 60) for seed in range(4)))
     for texts, finish in results:
         assert finish.time_to_first_char_ms > 0 and finish.generated_chars == 60 == sum(map(len, texts))
-        assert 1 <= len(texts) <= 3, [len(t) for t in texts]
+        assert 1 <= len(texts) <= 2, [len(t) for t in texts]
 
 
 async def test_coalescing_changes_messages_not_text(make_engine: EngineFactory) -> None:
@@ -60,3 +59,33 @@ async def test_a_held_stream_still_pauses_when_its_buffer_fills(make_engine: Eng
     texts, finish = await chunks_of(engine, 5, 70)
     assert texts[0] and all(len(t) <= 16 for t in texts) and sum(map(len, texts)) == 70
     assert finish.reason == "length"
+
+
+async def test_the_streams_of_a_batch_are_released_in_the_same_calls(
+        make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    # Releases come at the model's ticks, one clock for every stream (Scheduler._release_tick), so that messages
+    # leave together: a stream past its first character is released in the same decode calls as its batch mates.
+    # Two streams may differ once, at the first tick between their first characters.
+    releases: list[set[int]] = []  # per decode call: the streams released in the middle of their text
+    mid: list[set[int]] = []  # per decode call: the streams in the middle of their text
+    deliver = Decoding._deliver
+
+    def spy(self: Decoding, texts: list[str], k: int) -> int:
+        rows = list(self._rows)
+        before = [(s.sent, s.t_first is not None) for s in rows]
+        kept = deliver(self, texts, k)
+        going = [(s, sent) for s, (sent, seen) in zip(rows, before, strict=True) if seen and s.generated < s.max_chars]
+        mid.append({id(s) for s, _ in going})
+        releases.append({id(s) for s, sent in going if s.sent > sent})
+        return kept
+
+    monkeypatch.setattr(Decoding, "_deliver", spy)
+    engine = make_engine("lstm", messages_per_s=2000, lanes=1)  # 4 rows: a tick every 2 ms
+    await asyncio.gather(*(chunks_of(engine, seed, 3000) for seed in range(4)))
+    streams = set().union(*mid)
+    assert len(streams) == 4 and sum(1 for r in releases if r) >= 4, "too few ticks to tell"
+    for a in streams:
+        for b in streams - {a}:
+            pair = {a, b}
+            apart = sum(1 for r, m in zip(releases, mid, strict=True) if pair <= m and len(r & pair) == 1)
+            assert apart <= 1, f"released in different calls {apart} times"
