@@ -10,8 +10,8 @@ Two choices of service/lane.py depend on the machine more than on the model:
   Spread, every step's Python runs once per lane instead of once; on the Xeon, 8 streams in one lane were
   served as fast as spread over two, on the EPYC 8 streams spread over two lanes were served 1.3x faster.
 
-So the engine times its own prepared decode calls (``measure``: ~0.55 s for the shipped model on 2 cores,
-~0.2 s for a tiny one, before it serves) and picks (``plan``); ``--all-threads-rows`` and ``--lane-fill`` set
+So the engine times its own prepared decode calls (``measure``: ~0.85 s for the shipped model on 2 cores,
+~0.4 s for a tiny one, before it serves) and picks (``plan``); ``--all-threads-rows`` and ``--lane-fill`` set
 either choice instead.
 """
 
@@ -25,7 +25,11 @@ from functools import partial
 
 ROWS = (1, 2, 4, 8, 16, 32)  # the row counts timed (a lane holds a few rows before the next gets any)
 MIN_CALLS = 3  # calls per timing, at least (the fastest of ROUNDS timings counts, so one slow call is outvoted)
-ROUNDS = 3  # each kind of call timed this often, alternating with the others; the fastest counts
+# Each kind of call is timed this often, alternating with the others; the fastest counts. Something else taking a
+# core for the ~0.5 s of 3 rounds made two lanes look slow and the plan keep the streams in one lane: 5 of 20
+# starts on a 2-core VM picked a lane fill of 4, 8 or 16 (10-17% fewer chars/s at 8 and 16 streams than 2), and
+# 0 of 20 with 6 rounds, alternated (docs/performance.md).
+ROUNDS = 6
 SPLIT_MARGIN = 0.9  # spreading n rows over two lanes must take under this share of one lane's time
 Call = Callable[[], None]
 
