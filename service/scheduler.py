@@ -175,8 +175,8 @@ class Scheduler:
 
         Ticks come every ``hold`` seconds on one clock for all the model's lanes, so a batch's streams are
         released in the same call and their messages leave together: gRPC then costs about half the CPU a
-        message, in the server and in its clients alike, of messages spread over time (~80 against ~150 µs
-        each at 1,000 messages/s; ``python -m bench.transport --paced``, docs/performance.md).
+        message, in the server and in its clients alike, of messages spread over time (~80-90 against
+        ~200 µs each at 1,000 messages/s; ``python -m bench.transport --paced``, docs/performance.md).
         """
         return now - (now - self._origin) % hold if hold > 0 else now
 

@@ -27,8 +27,8 @@ ROWS = (1, 2, 4, 8, 16, 32)  # the row counts timed (a lane holds a few rows bef
 MIN_CALLS = 3  # calls per timing, at least (the fastest of ROUNDS timings counts, so one slow call is outvoted)
 # Each kind of call is timed this often, alternating with the others; the fastest counts. Something else taking a
 # core for the ~0.5 s of 3 rounds made two lanes look slow and the plan keep the streams in one lane: 5 of 20
-# starts on a 2-core VM picked a lane fill of 4, 8 or 16 (10-17% fewer chars/s at 8 and 16 streams than 2), and
-# 0 of 20 with 6 rounds, alternated (docs/performance.md).
+# starts on a 2-core VM picked a lane fill of 4, 8 or 16 rather than 2 (with 8: 10-17% fewer chars/s at 8 and 16
+# streams), and 0 of 20 with 6 rounds, alternated (docs/performance.md).
 ROUNDS = 6
 SPLIT_MARGIN = 0.9  # spreading n rows over two lanes must take under this share of one lane's time
 Call = Callable[[], None]
