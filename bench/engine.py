@@ -40,9 +40,10 @@ class StepRate:
     lanes: int = 1  # threads stepping shares of the batch side by side (measure_lanes_rate), each its own calls
 
 
-def _runtime(artifact_path: Path | str, threads: int, provider: str = "cpu", precision: str = "fp32") -> Runtime:
+def _runtime(artifact_path: Path | str, threads: int, provider: str = "cpu", precision: str = "fp32",
+             prompts: str = "auto") -> Runtime:  # fmt: skip
     config = RuntimeConfig(provider, intra_op_threads=threads, spinning=False, prefill_spinning=False,
-                           decode_precision=precision)  # fmt: skip
+                           decode_precision=precision, prompt_precision=prompts)  # fmt: skip
     return Runtime(load_artifact(Path(artifact_path)), config)
 
 
@@ -156,6 +157,7 @@ class EngineReport:
     gemm_gflops: float
     flops_per_char: float
     precision: str = "fp32"  # the decode steps' as resolved (--decode-precision): int8 runs the server's int8 graph
+    prompt_precision: str = "fp32"  # the prefill calls' as resolved (--prompt-precision), as the server's prompts
 
     @property
     def compute_bound_chars_per_s(self) -> float:
@@ -182,18 +184,19 @@ class EngineReport:
             cells = [r.get(s.batch) for r in columns]
             beside = [f"{c.step_us:>10.1f} {c.chars_per_s:>12,.0f}" if c else f"{'-':>10} {'-':>12}" for c in cells]
             lines.append(f"{s.batch:>6} {s.step_us:>10.1f} {s.chars_per_s:>12,.0f}   " + "   ".join(beside))
-        lines.append(f"prefill {p.chars} chars: one call {p.one_call_ms:.2f} ms ({p.one_call_chars_per_s:,.0f} chars/s)"
-                     f", char steps {p.char_steps_ms:.2f} ms ({p.char_steps_chars_per_s:,.0f} chars/s)")  # fmt: skip
+        lines.append(f"prefill {p.chars} chars in {self.prompt_precision}: one call {p.one_call_ms:.2f} ms "
+                     f"({p.one_call_chars_per_s:,.0f} chars/s), char steps {p.char_steps_ms:.2f} ms "
+                     f"({p.char_steps_chars_per_s:,.0f} chars/s)")  # fmt: skip
         lines.append(f"fp32 GEMM {self.gemm_gflops:.1f} GFLOP/s / {self.flops_per_char:,.0f} FLOP per char"
                      f" = compute bound {self.compute_bound_chars_per_s:,.0f} chars/s")  # fmt: skip
         return "\n".join(lines)
 
 
 def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 1.0,
-            prefill_chars: int = 2000, precision: str = "auto") -> EngineReport:  # fmt: skip
-    """Every measurement of the artifact at ``model`` (its decode steps in ``precision``, "auto" as the server
-    resolves it; prefill is fp32)."""
-    rt = _runtime(model, threads, precision=precision)
+            prefill_chars: int = 2000, precision: str = "auto", prompts: str = "auto") -> EngineReport:  # fmt: skip
+    """Every measurement of the artifact at ``model``: its decode steps in ``precision`` and its prefill calls in
+    ``prompts`` ("auto" as the server resolves each)."""
+    rt = _runtime(model, threads, precision=precision, prompts=prompts)
     artifact = load_artifact(model)
     info = artifact.info
     lanes = available_cores()
@@ -218,6 +221,7 @@ def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 
             info.architecture, info.layers, info.hidden_size, info.embedding_size, info.vocab_size
         ),
         precision=rt.decode_precision,
+        prompt_precision=rt.prompt_precision,
     )
 
 
@@ -236,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
     p.add_argument("--prefill-chars", type=int, default=2000, help="prompt length for the prefill rate")
     p.add_argument("--decode-precision", choices=("auto", "fp32", "int8"), default="auto",
-                   help="the decode steps' matrix products, as the server's flag (prefill stays fp32)")
+                   help="the decode steps' matrix products, as the server's flag")
+    p.add_argument("--prompt-precision", choices=("auto", "fp32", "int8"), default="auto",
+                   help="the prefill calls' LSTM layers, as the server's flag")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     a = p.parse_args(argv)
     try:
@@ -244,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error(f"--batches: {a.batches!r} is not a comma-separated list of integers")
     try:
-        report = measure(a.model, batches, a.threads, a.seconds, a.prefill_chars, a.decode_precision)
+        report = measure(a.model, batches, a.threads, a.seconds, a.prefill_chars, a.decode_precision,
+                         a.prompt_precision)
     except ArtifactError as e:
         p.error(str(e))
     print(json.dumps(report.to_json(), indent=2) if a.json else report.table())

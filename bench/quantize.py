@@ -1,10 +1,12 @@
-"""int8 for a served model, measured beside its fp32 graph: the server's int8 decode step and onnxruntime's own.
+"""int8 for a served model, measured beside its fp32 graph: the server's int8 graphs and onnxruntime's own.
 
-Three graphs side by side in one process: the artifact's graph as exported (fp32); the decode step the server
+Four graphs side by side in one process: the artifact's graph as exported (fp32); the decode step the server
 runs with ``--decode-precision int8`` (``service.quantized``: hidden states quantized with a fixed scale, one
-step a call, so its sequences are stepped a character a call and it has no prompt figure); and onnxruntime's
-dynamic quantization (``onnxruntime.quantization.quantize_dynamic``: int8 weights, activations quantized at
-run time with one scale over the whole call; not adopted: docs/performance.md):
+step a call, so its sequences are stepped a character a call and it has no prompt figure); the prompt graph it
+runs with ``--prompt-precision int8`` (``service.int8_prompts``, an LSTM's only: onnxruntime's fused int8 LSTM
+with each layer's quantization range pinned); and onnxruntime's dynamic quantization
+(``onnxruntime.quantization.quantize_dynamic``: int8 weights, activations quantized at run time with one scale
+over the whole call; not adopted: docs/performance.md):
 
 - chars/s of a call of one row and one character, of a 16-character prompt, and of one step of 64 rows;
   with one onnxruntime thread and with `--threads` (default one per core);
@@ -13,7 +15,8 @@ run time with one scale over the whole call; not adopted: docs/performance.md):
   by side) in fp32 and in int8, alternated three times, the fastest of each;
 - batch invariance: the largest change of one row's logits when other rows share its call. fp32 gives 0 (a
   stream's text does not depend on its batch mates, which the engine's tests rely on), and so does the
-  server's int8 step; onnxruntime's dynamic quantization does not, as its scale depends on the others' values.
+  server's int8 step and prompt graph; onnxruntime's dynamic quantization does not, as its scale depends on
+  the others' values.
 
     python -m bench.quantize --model models/shakespeare/1 ../shared/data/tinyshakespeare.txt
 """
@@ -33,13 +36,14 @@ import onnxruntime as ort
 from bench.engine import measure_lanes_rate, parser
 from service.artifact import Artifact, ArtifactError, load_artifact
 from service.engine import available_cores
+from service.int8_prompts import int8_prompt_graph
 from service.multistep import step_graph
 from service.runtime import Runtime, RuntimeConfig
 from service.sampling import log_softmax
 from service.tuning import per_call
 
 SHAPES = {"1 row, 1 char": (1, 1), "1 row, 16-char prompt": (1, 16), "64 rows, 1 char": (64, 1)}
-GRAPHS = ("fp32", "charlm int8", "ort dynamic int8")
+GRAPHS = ("fp32", "charlm int8", "charlm int8 prompts", "ort dynamic int8")
 
 
 def quantize(src: Path, dst: Path) -> None:
@@ -111,10 +115,17 @@ def measure(artifact: Artifact, text: str, seconds: float, threads: int) -> dict
         raise ValueError("the text has fewer than 2 characters of the model's vocabulary")
     out: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        dynamic, steps = Path(tmp) / "int8.onnx", Path(tmp) / "steps.onnx"
+        dynamic, steps, prompts = Path(tmp) / "int8.onnx", Path(tmp) / "steps.onnx", Path(tmp) / "prompts.onnx"
         quantize(artifact.onnx_path, dynamic)
         onnx.save(step_graph(artifact, "int8"), str(steps))  # the server's, without its sampling head
-        for name, path in zip(GRAPHS, (artifact.onnx_path, steps, dynamic), strict=True):
+        graphs = dict(zip(GRAPHS, (artifact.onnx_path, steps, prompts, dynamic), strict=True))
+        try:
+            info = artifact.info
+            onnx.save(int8_prompt_graph(onnx.load(str(artifact.onnx_path)), info.input_name,
+                                        [(s.input, s.output) for s in info.states], info.logits_name), str(prompts))
+        except ValueError:  # not an LSTM: no int8 prompt graph
+            del graphs["charlm int8 prompts"]
+        for name, path in graphs.items():
             fig: dict[str, float] = {}
             for n in sorted({1, threads}):
                 g = Graph(artifact, path, n, one_step=path == steps)
@@ -149,18 +160,18 @@ def report(res: dict[str, dict[str, float]], artifact: Artifact, chars: int) -> 
     """The table: each figure for each graph, and each int8 one / fp32."""
     title = (f"{artifact.spec} fp32 vs int8 (charlm's decode step; onnxruntime's dynamic quantization); bits per "
              f"char over the last {chars:,} characters of the text")  # fmt: skip
-    lines = [title, f"{'':44}" + "".join(f" {g:>16}" for g in GRAPHS) + f" {'charlm/fp32':>12} {'ort/fp32':>9}"]
+    others = GRAPHS[1:]
+    lines = [title, f"{'':44}" + "".join(f" {g:>19}" for g in GRAPHS) + "".join(f" {g + '/fp32':>24}" for g in others)]
     for key, a in res["fp32"].items():
-        b, c = res["charlm int8"].get(key, 0.0), res["ort dynamic int8"].get(key, 0.0)  # (0: not measured)
+        vals = [res.get(g, {}).get(key, 0.0) for g in others]  # (0: not measured)
         if key == "batch drift":
-            cells = [f"{v:16.2e}" for v in (a, b, c)]
-            lines.append(f"{'max |change of a row logit| in a batch':44} " + " ".join(cells))
-        elif key == "bits per char":
-            lines.append(f"{key:44} {a:16.4f} {b:16.4f} {c:16.4f} {b / a:12.4f} {c / a:9.4f}")
+            cells = [f"{v:19.2e}" if v or g in res else f"{'-':>19}" for g, v in zip(others, vals, strict=True)]
+            lines.append(f"{'max |change of a row logit| in a batch':44} {a:19.2e} " + " ".join(cells))
         else:
-            mid, ratio = (f"{b:16,.0f}", f"{b / a:11.2f}x") if b else (f"{'-':>16}", f"{'-':>12}")
-            ort_, ort_ratio = (f"{c:16,.0f}", f"{c / a:8.2f}x") if c else (f"{'-':>16}", f"{'-':>9}")
-            lines.append(f"{key + ', chars/s':44} {a:16,.0f} {mid} {ort_} {ratio} {ort_ratio}")
+            unit, fmt = ("", ".4f") if key == "bits per char" else (", chars/s", ",.0f")
+            cells = [f"{v:19{fmt}}" if v else f"{'-':>19}" for v in vals]
+            ratios = [f"{v / a:24.4f}" if v and not unit else f"{v / a:23.2f}x" if v else f"{'-':>24}" for v in vals]
+            lines.append(f"{key + unit:44} {a:19{fmt}} " + " ".join(cells) + "".join(f" {r}" for r in ratios))
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,16 +147,22 @@ async def _served_unbatched(server: ServerProcess, model: str, streams: int, cha
                         "the same server and clients, one row and one step per call")  # fmt: skip
 
 
+def server_runtime(server_args: list[str]) -> RuntimeConfig:
+    """The runtime config the server is asked for: its own from these args and this environment (the child
+    inherits it), as charlm-serve builds it ("auto" precisions resolve as the server's, in Runtime)."""
+    return build_config(server_args, os.environ).runtime
+
+
 def server_precision(server_args: list[str]) -> str:
-    """The decode precision the server is asked for: its own config from these args and this environment (the
-    child inherits it), as charlm-serve builds it ("auto" resolves as the server's, in Runtime)."""
-    return build_config(server_args, os.environ).runtime.decode_precision
+    """The decode precision the server is asked for (``server_runtime``'s)."""
+    return server_runtime(server_args).decode_precision
 
 
 def served_precision(target: str, model: str) -> str:
-    """The decode precision the running server reports for ``model`` ("" from a server that does not say)."""
+    """The precisions the running server reports for ``model``: "decode steps D, prompts P" ("?" unsaid)."""
     with Client(target) as client:
-        return client.model(model, timeout=10).decode_precision
+        m = client.model(model, timeout=10)
+    return f"decode steps {m.decode_precision or '?'}, prompts {m.prompt_precision or '?'}"
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -165,9 +171,11 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     # The raw engine: one call per step with onnxruntime's threads spinning (its default) and not (the server's
     # default), and the batch split over one single-threaded lane per core side by side (the server's lanes);
     # each level is judged against the fastest. Its decode steps are the server's (int8 where it runs int8).
-    precision = server_precision(a.server_arg)
+    served = server_runtime(a.server_arg)
+    precision, prompts = served.decode_precision, served.prompt_precision
     runtimes = {name: Runtime(artifact, RuntimeConfig(intra_op_threads=a.threads, spinning=spin, prefill_spinning=spin,
-                                                      spin_between_calls=spin, decode_precision=precision))
+                                                      spin_between_calls=spin, decode_precision=precision,
+                                                      prompt_precision=prompts))
                 for name, spin in (("spinning", True), ("no spinning", False))}  # fmt: skip
     runtime = runtimes["spinning"]
     lane_runtime = Runtime(artifact, RuntimeConfig(intra_op_threads=1, decode_precision=precision))
@@ -177,11 +185,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"model": model, "shape": f"{info.architecture} {info.layers}x{info.hidden_size}",
                            "nproc": os.cpu_count(), "load_avg": os.getloadavg(), "chars": a.chars,
                            "server_args": a.server_arg, "threads": a.threads,
-                           "precision": runtime.decode_precision}  # fmt: skip
+                           "precision": runtime.decode_precision,
+                           "prompt_precision": runtime.prompt_precision}  # fmt: skip
     args = ["--default-model", model, "--intra-op-threads", str(a.threads), *a.server_arg]
     # the server's prompt-call settings, for the raw prefill calls measured between the first-character probe's
     # requests (decode_steps=1: no graphs of several steps are built, which only decode calls use)
-    prefill_config = RuntimeConfig(intra_op_threads=a.threads, decode_steps=1)
+    prefill_config = replace(served, intra_op_threads=a.threads, decode_steps=1)
     prefill_runtime = None if a.no_probes else Runtime(artifact, prefill_config)
     with ServerProcess(a.model.parent.parent, args, cwd=a.server_cwd) as server:
         res["server_precision"] = served_precision(server.target, model)

@@ -125,7 +125,8 @@ def report_table(res: dict[str, Any]) -> str:
     la = ", ".join(f"{x:.2f}" for x in res["load_avg"])
     lines = [f"{res['model']} ({res['shape']}) on {res['nproc']} cores; load average at start {la}; "
              f"{res['chars']} chars per stream; server args {res['server_args'] or 'none'}; decode steps in "
-             f"{res.get('precision', 'fp32')} (the server says {res.get('server_precision') or '?'})"
+             f"{res.get('precision', 'fp32')}, prompts in {res.get('prompt_precision', 'fp32')} (the server says "
+             f"{res.get('server_precision') or '?'})"
              + (f"; lanes measured: {res['lanes']}" if res.get("lanes") else ""), ""]  # fmt: skip
     lines += _levels_table(res.get("levels", []))
     lines.append("  (served: real server process + real clients over loopback; engine: raw onnxruntime steps at "

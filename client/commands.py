@@ -144,7 +144,7 @@ def _model_lines(m: ModelInfo, default: bool) -> list[str]:
             f"corpus:       {m.corpus_name} ({m.corpus_chars} chars)",
             f"training:     {m.training_steps} steps, val {m.val_bits_per_char:.3f} bits/char",
             f"created:      {m.created_at}", f"serving:      {m.provider or '?'}, decode steps in "
-            f"{m.decode_precision or '?'}"]
+            f"{m.decode_precision or '?'}, prompts in {m.prompt_precision or '?'}"]
 
 
 def cmd_models(args: argparse.Namespace, opts: ConnectOptions) -> int:

@@ -150,6 +150,7 @@ def model_info(msg: pb.ModelInfo) -> ModelInfo:
         created_at=msg.created_at,
         provider=msg.serving.provider,
         decode_precision=msg.serving.decode_precision,
+        prompt_precision=msg.serving.prompt_precision,
     )
 
 

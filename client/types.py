@@ -89,6 +89,7 @@ class ModelInfo:
     created_at: str
     provider: str = ""  # how the server runs it: "cpu" | "cuda" ("" from a server that does not say)
     decode_precision: str = ""  # its decode steps' products: "fp32" | "int8" (a seeded text depends on it)
+    prompt_precision: str = ""  # its prompt calls' recurrent layers: "fp32" | "int8" (so does the text on it)
 
     @property
     def spec(self) -> str:

@@ -107,7 +107,7 @@ class Engine:
         if self.observer is not None:  # (what was measured differs by machine: operators see it in /metrics)
             cfg = self.config
             self.observer.lanes(self.model, len(self.lanes), cfg.all_threads_rows, cfg.lane_fill,
-                                self.runtime.decode_precision)  # fmt: skip
+                                self.runtime.decode_precision, self.runtime.prompt_precision)  # fmt: skip
 
     def _measured_plan(self) -> LanePlan:
         """What service/tuning.py picks from this engine's own prepared calls (fixed where there is no choice)."""

@@ -67,6 +67,8 @@ class Metrics:
                                registry=r),
             "decode_int8": Gauge("charlm_decode_int8", "1 where the decode steps run in int8 (--decode-precision).",
                                  ["model"], registry=r),
+            "prompt_int8": Gauge("charlm_prompt_int8", "1 where the prompt calls run in int8 (--prompt-precision).",
+                                 ["model"], registry=r),
         }
         self._step_children: dict[str, tuple[Any, Any, Any]] = {}  # model -> batch, step, chars children
         self._ttfc_children: dict[str, Any] = {}  # model -> its time-to-first-char histogram
@@ -99,10 +101,12 @@ class Metrics:
             child = self._ttfc_children[model] = self.ttfc_seconds.labels(model)
         child.observe(seconds)
 
-    def lanes(self, model: str, lanes: int, all_threads_rows: int, lane_fill: int, precision: str) -> None:
-        """The engine's lanes, how it shares streams among them and its decode precision (set once, at start)."""
+    def lanes(self, model: str, lanes: int, all_threads_rows: int, lane_fill: int, precision: str,
+              prompt_precision: str) -> None:  # fmt: skip
+        """The engine's lanes, how it shares streams among them and its precisions (set once, at start)."""
         plan = (("lanes", lanes), ("all_threads_rows", all_threads_rows), ("lane_fill", lane_fill),
-                ("decode_int8", int(precision == "int8")))  # fmt: skip
+                ("decode_int8", int(precision == "int8")),
+                ("prompt_int8", int(prompt_precision == "int8")))  # fmt: skip
         for name, value in plan:
             self.lane_plan[name].labels(model).set(value)
 

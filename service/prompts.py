@@ -58,7 +58,7 @@ class LonePrompts:
         self._io: dict[int, _Io] = {}
         self._one_row: ort.InferenceSession | None = None
         if runtime.provider != "cpu" if one_row is None else one_row:
-            graph = one_row_graph(onnx.load(runtime.onnx_path), runtime.min_batch, runtime.input_name,
+            graph = one_row_graph(onnx.load_from_string(runtime.prompt_graph), runtime.min_batch, runtime.input_name,
                                   runtime.logits_name, runtime.state_inputs)  # fmt: skip
             self._one_row = runtime.prompt_session(graph.SerializeToString())
 

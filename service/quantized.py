@@ -13,8 +13,9 @@ quantized per output column, symmetric, to ±63: on AVX2 without VNNI u8 x s8 pa
 
 The first layer's input product is a lookup: embedding @ W^T + the biases, a (vocab, gates) table computed once
 in fp32. The derived graph keeps the artifact's inputs and outputs (names and shapes), so the sampling head and
-the unrolling (service/multistep.py) apply to it as to the artifact's own. Prompts are still consumed by the
-artifact's graph, in fp32: a stream's text differs from fp32 decoding's, but not with its batch mates.
+the unrolling (service/multistep.py) apply to it as to the artifact's own. Prompts are consumed by sequence calls
+of another graph (service/int8_prompts.py, in int8 for an LSTM, else the artifact's in fp32): a stream's text
+differs from fp32 serving's, but not with its batch mates.
 """
 
 from __future__ import annotations

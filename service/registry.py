@@ -43,6 +43,7 @@ class Model:
         info.CopyFrom(self.artifact.info)
         rt = self.engine.runtime
         info.serving.provider, info.serving.decode_precision = rt.provider, rt.decode_precision
+        info.serving.prompt_precision = rt.prompt_precision
         return info
 
 
@@ -78,8 +79,8 @@ class Registry:
                 log.error("skipping model %s: %s: %s", art.spec, type(e).__name__, e)
                 continue
             models.append(Model(art, Engine(rt, vocab, engine, art.spec, observer), vocab))
-            log.info("loaded model %s from %s (provider %s, decode steps in %s)", art.spec, art.path, rt.provider,
-                     rt.decode_precision)
+            log.info("loaded model %s from %s (provider %s, decode steps in %s, prompts in %s)", art.spec, art.path,
+                     rt.provider, rt.decode_precision, rt.prompt_precision)
         if not models:
             raise FileNotFoundError(f"{repo}: no loadable model version (expected {repo}/<name>/<version>/meta.json)")
         try:

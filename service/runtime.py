@@ -11,8 +11,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
+from service.int8_prompts import prompt_graph
 from service.multistep import STEP_IDS, decode_head, step_state_name, steps_graph
-from service.providers import PROVIDERS, Providers, graph_run_options, providers, session_options, with_cuda_graphs
+from service.providers import (
+    PROVIDERS,
+    Providers,
+    graph_run_options,
+    probe_min_batch,
+    providers,
+    session_options,
+    with_cuda_graphs,
+)
 from service.sampling_head import INV_TEMPERATURE, NEXT_IDS, UNIFORMS
 
 if TYPE_CHECKING:
@@ -55,26 +64,24 @@ class RuntimeConfig:
     cuda_graphs: bool = True
     # Decode steps' matrix products: fp32 as exported, int8 (service/quantized.py), or auto = int8 on the CPU
     decode_precision: str = "auto"  # provider where the graph allows it, else fp32 (multistep.decode_head)
+    # Prompt calls' LSTM layers: fp32 as exported, int8 (service/int8_prompts.py), or auto = int8 where decode steps
+    prompt_precision: str = "auto"  # run in int8 and the graph is an LSTM's, else fp32
 
     def __post_init__(self) -> None:
-        if self.provider not in PROVIDERS:
-            raise ValueError(f"provider: {self.provider!r} is not one of {sorted(PROVIDERS)}")
-        if self.device_batch not in ("auto", "on", "off"):
-            raise ValueError(f"device_batch: {self.device_batch!r} is not one of auto, on, off")
-        if self.decode_precision not in ("auto", "fp32", "int8"):
-            raise ValueError(f"decode_precision: {self.decode_precision!r} is not one of auto, fp32, int8")
-        if self.decode_precision == "int8" and self.provider != "cpu":
-            raise ValueError("decode_precision: int8 runs on the cpu provider only")
+        precisions = ("auto", "fp32", "int8")
+        choices = {"provider": sorted(PROVIDERS), "device_batch": ("auto", "on", "off"),
+                   "decode_precision": precisions, "prompt_precision": precisions}  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("decode_precision", "prompt_precision"):
+            if getattr(self, name) == "int8" and self.provider != "cpu":
+                raise ValueError(f"{name}: int8 runs on the cpu provider only")
         if not 1 <= self.decode_steps <= 64:
             raise ValueError(f"decode_steps: must be 1..64, got {self.decode_steps}")
         for name in ("intra_op_threads", "inter_op_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
-
-
-# On a GPU every call runs this many rows (EngineConfig.max_batch's default), so that a row's results do not
-# depend on how many others share its call; a batch of more rows than this may still differ (docs/service.md).
-DEVICE_ROWS = 256
 
 
 class Runtime:
@@ -84,11 +91,8 @@ class Runtime:
         info = artifact.info
         self.model = f"{info.name}:{info.version}"
         self.vocabulary: str = info.vocabulary
-        self.vocab_size = int(info.vocab_size)
-        self.layers = int(info.layers)
-        self.hidden = int(info.hidden_size)
-        self.input_name: str = info.input_name
-        self.logits_name: str = info.logits_name
+        self.vocab_size, self.layers, self.hidden = int(info.vocab_size), int(info.layers), int(info.hidden_size)
+        self.input_name, self.logits_name = str(info.input_name), str(info.logits_name)
         self.state_inputs = tuple(s.input for s in info.states)
         self.state_outputs = tuple(s.output for s in info.states)
         self.output_names = [self.logits_name, *self.state_outputs]
@@ -101,8 +105,8 @@ class Runtime:
         # engine lanes at once the server's memory kept growing (a 300 s soak: +16.6% after warm-up, +3.9% with
         # this lock, flat from the 7th round; docs/performance.md).
         self.prompt_lock = threading.Lock()
-        self.onnx_path, self._providers = str(artifact.onnx_path), names
-        self._config, self._one_thread = config, replace(config, intra_op_threads=1, inter_op_threads=1)
+        self._providers, self._config = names, config
+        self._one_thread = replace(config, intra_op_threads=1, inter_op_threads=1)
         self.provider = "cuda" if PROVIDERS["cuda"] in self.session.get_providers() else "cpu"
         # decode batches' states in onnxruntime's values on the device (service/device.py), and CUDA graphs there
         self.device_batch = config.device_batch == "on" or (config.device_batch == "auto" and self.provider != "cpu")
@@ -111,6 +115,15 @@ class Runtime:
         # decode steps (`bind_decoder`): the graph with a sampling head (service/sampling_head.py) in fp32 or int8,
         # and the same unrolled to several steps per call (service/multistep.py)
         self.decode_precision, graph = decode_head(artifact, config.decode_precision, self.provider)
+        self.prompt_precision, self.prompt_graph = prompt_graph(artifact, config, self.decode_precision, self.provider)
+        self.row_session = self.session  # one-row prompt calls (`run`, `bind`)
+        if self.prompt_precision == "int8":  # (the artifact's session above told where calls run)
+            self.session = ort.InferenceSession(self.prompt_graph, opts, providers=names)
+            # One row on the fused int8 LSTM gains nothing from a second thread (its steps are sequential, each
+            # product one row) and waking it costs: a lone 16-char prompt after 2 ms idle took 349 µs on one
+            # thread against 864 µs on two spinning (docs/performance-history.md, the twenty-second pass).
+            self.row_session = ort.InferenceSession(self.prompt_graph, session_options(self._one_thread, False),
+                                                    providers=names)  # fmt: skip
         self.decode_steps = config.decode_steps
         steps = steps_graph(artifact, graph, self.decode_steps) if self.decode_steps > 1 else None
         self._decode_graphs = (graph.SerializeToString(), steps.SerializeToString() if steps else b"")
@@ -129,7 +142,7 @@ class Runtime:
         self._zero = tuple(np.zeros((self.layers, self.hidden), np.float32) for _ in self.state_inputs)
         for a in self._zero:
             a.flags.writeable = False
-        self.min_batch = self._probe_min_batch()  # the smallest batch a call runs with (see there)
+        self.min_batch = probe_min_batch(self)  # the smallest batch a call runs with (see there)
 
     def zero_state(self) -> States:
         """A fresh state: one zero [layers, hidden] array per state tensor, shared by every fresh state and
@@ -142,30 +155,30 @@ class Runtime:
         if self.provider != "cpu":
             return None
         opts = session_options(self._one_thread, False)
-        return ort.InferenceSession(self.onnx_path, opts, providers=self._providers)
+        return ort.InferenceSession(self.prompt_graph, opts, providers=self._providers)
 
     def prompt_session(self, graph: bytes) -> ort.InferenceSession:
-        """A session of a graph derived from the artifact's, made as ``session`` is (providers, prompt options)."""
+        """A session of a graph derived from ``prompt_graph``, made as ``session`` is (providers, prompt options)."""
         return ort.InferenceSession(graph, session_options(self._config, self._config.prefill_spinning),
                                     providers=self._providers)  # fmt: skip
 
     def run(self, ids: np.ndarray, states: States,
             session: ort.InferenceSession | None = None) -> tuple[np.ndarray, States]:  # fmt: skip
         """ids int64 (B, T), states each (layers, B, hidden) -> logits float32 (B, T, V), new states. On all of
-        onnxruntime's threads, or on ``session`` (one of ``lane_prompts``, its caller's own)."""
+        onnxruntime's threads (one row: ``row_session``), or on ``session`` (one of ``lane_prompts``, its caller's
+        own)."""
         b = ids.shape[0]
-        if b < self.min_batch:  # see _probe_min_batch: pad so that results do not depend on the batch size
+        if b < self.min_batch:  # see probe_min_batch: pad so that results do not depend on the batch size
             pad = self.min_batch - b  # (copies of the first row; every row keeps its own results)
             ids = np.concatenate((ids, np.repeat(ids[:1], pad, axis=0)))
             states = tuple(np.concatenate((s, np.repeat(s[:, :1], pad, axis=1)), axis=1) for s in states)
-        feed = {self.input_name: np.ascontiguousarray(ids, dtype=np.int64)}
-        for name, s in zip(self.state_inputs, states, strict=True):
-            feed[name] = np.ascontiguousarray(s, dtype=np.float32)
+        feed = dict(zip(self.state_inputs, (np.ascontiguousarray(s, dtype=np.float32) for s in states), strict=True))
+        feed[self.input_name] = np.ascontiguousarray(ids, dtype=np.int64)
         if session is not None:
             logits, *new = session.run(self.output_names, feed)
         else:
             with self.prompt_lock:
-                logits, *new = self.session.run(self.output_names, feed)
+                logits, *new = (self.row_session if ids.shape[0] == 1 else self.session).run(self.output_names, feed)
         return logits[:b], tuple(s[:, :b] for s in new)
 
     def bind(self, ids: np.ndarray, states: States, logits_out: np.ndarray, states_out: States) -> Callable[[], None]:
@@ -174,7 +187,8 @@ class Runtime:
         All arrays must be C-contiguous (the call holds them: they live as long as it); ids (B, T) with
         B >= ``min_batch``, logits_out (B, T, V), states (layers, B, hidden). Saves ~40 µs a call over ``run``.
         """
-        return self._bind(self.session, *self._io(ids, states, logits_out, states_out))
+        session = self.row_session if ids.shape[0] == 1 else self.session
+        return self._bind(session, *self._io(ids, states, logits_out, states_out))
 
     def bind_decoder(self, ids: np.ndarray, states: States, logits_out: np.ndarray, states_out: States,
                      uniforms: np.ndarray, inv_temperature: np.ndarray,
@@ -272,29 +286,3 @@ class Runtime:
         if self.provider != "cpu":
             return shared, shared
         return shared, ort.InferenceSession(graph, session_options(self._one_thread, False), providers=names)
-
-    def _probe_min_batch(self) -> int:
-        """1, or 2 when a row's outputs differ bitwise between batch 1 and larger batches.
-
-        onnxruntime's CPU GEMM takes a matrix-vector path at batch 1 whose rounding differs from the
-        batched path (seen with the RNN operator; LSTM and GRU agree, and batches 2..256 agree with each
-        other). Where it differs, ``run`` and the engine pad single-row calls to two rows, so that a seeded
-        stream samples the same text alone or batched.
-        """
-        self.min_batch = 1
-        rng = np.random.default_rng(0)
-        ids = rng.integers(0, self.vocab_size, (9, 2), dtype=np.int64)
-        states = tuple(rng.standard_normal((self.layers, 9, self.hidden)).astype(np.float32) for _ in self.state_inputs)
-        row0 = [self.run(ids[:b], tuple(s[:, :b] for s in states))[0][0] for b in (1, 2, 9)]
-        if self.provider != "cpu" and not all(np.array_equal(row0[0], r) for r in row0[1:]):
-            # (cuBLAS and cuDNN pick their kernels by shape) one shape for every call costs a GPU little: its time
-            # per call hardly grows with the rows
-            log.info("%s: every call is padded to %d rows (batch-invariant results)", self.model, DEVICE_ROWS)
-            return DEVICE_ROWS
-        if not np.array_equal(row0[1], row0[2]):
-            log.warning("%s: results differ between batch sizes at float precision; seeded streams may "
-                        "sample differently alone and batched", self.model)  # fmt: skip
-        if np.array_equal(row0[0], row0[1]):
-            return 1
-        log.info("%s: batch-1 calls are padded to 2 rows (batch-invariant results)", self.model)
-        return 2

@@ -154,5 +154,7 @@ class EngineObserver(Protocol):
     def first_char(self, model: str, seconds: float) -> None:
         """A request produced its first character ``seconds`` after it arrived."""
 
-    def lanes(self, model: str, lanes: int, all_threads_rows: int, lane_fill: int, precision: str) -> None:
-        """The engine's lanes and how it shares streams among them, as measured at start or set (EngineConfig)."""
+    def lanes(self, model: str, lanes: int, all_threads_rows: int, lane_fill: int, precision: str,
+              prompt_precision: str) -> None:  # fmt: skip
+        """The engine's lanes and how it shares streams among them, as measured at start or set (EngineConfig),
+        and the precisions of its decode steps and prompt calls."""

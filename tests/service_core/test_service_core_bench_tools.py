@@ -67,17 +67,31 @@ def test_int8_keeps_the_loss_and_only_charlms_keeps_batch_invariance(
     text.write_text("".join(np.random.default_rng(0).choice(list(vocabulary), 3000)), encoding="utf-8")
     assert quantize([str(text), "--model", str(model), "--seconds", "0.01", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    fp32, ours, int8 = res["fp32"], res["charlm int8"], res["ort dynamic int8"]
+    fp32, ours, prompts, int8 = (res[g] for g in ("fp32", "charlm int8", "charlm int8 prompts", "ort dynamic int8"))
     assert fp32["batch drift"] == 0.0  # a row's logits do not depend on its batch mates
     assert ours["batch drift"] == 0.0  # nor with the server's int8 step: h's scale is fixed ahead
+    assert prompts["batch drift"] == 0.0  # nor with its int8 prompts: each layer's range is pinned
     assert int8["batch drift"] > 0.0  # one activation scale over the whole call: they do
-    for q in (ours, int8):
+    assert prompts["1 row, 16-char prompt, 1 thread(s)"] > 0 and prompts.keys() == int8.keys()
+    for q in (ours, prompts, int8):
         assert q["bits per char"] == pytest.approx(fp32["bits per char"], rel=0.02)
         assert q["bits per char"] != fp32["bits per char"]  # (the int8 graphs are what was scored)
     assert int8.keys() < fp32.keys() and all(v > 0 for k, v in int8.items() if "thread" in k)
     assert all(v > 0 for k, v in ours.items() if "thread" in k) and not any("prompt" in k for k in ours)
     calls = [k for k in fp32 if "steps" in k]  # the server's decode calls: fp32's and charlm's int8 only
     assert len(calls) == 3 and all(ours[k] > 0 and k not in int8 for k in calls)
+
+
+@pytest.mark.timeout(120)
+def test_a_graph_other_than_an_lstm_has_no_int8_prompt_figures(
+    model_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = model_repo / "tiny-gru" / "1"
+    text = tmp_path / "text.txt"
+    text.write_text("".join(json.loads((model / "meta.json").read_text())["vocabulary"]) * 20, encoding="utf-8")
+    assert quantize([str(text), "--model", str(model), "--seconds", "0.01", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert "charlm int8 prompts" not in res and {"fp32", "charlm int8", "ort dynamic int8"} <= res.keys()
 
 
 def test_a_text_outside_the_vocabulary_is_an_error(model_repo: Path, tmp_path: Path,

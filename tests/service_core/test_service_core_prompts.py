@@ -59,7 +59,7 @@ def test_the_one_row_graph_runs_the_padded_rows(arch: str, tiny_artifacts: dict[
                                                 tiny_runtimes: dict[str, Runtime]) -> None:  # fmt: skip
     """With 8 rows: what a call of the row and 7 copies of it gives for its first row."""
     rt = tiny_runtimes[arch]
-    graph = one_row_graph(onnx.load(tiny_artifacts[arch].onnx_path), 8, rt.input_name, rt.logits_name,
+    graph = one_row_graph(onnx.load_from_string(rt.prompt_graph), 8, rt.input_name, rt.logits_name,
                           rt.state_inputs)  # fmt: skip
     session = rt.prompt_session(graph.SerializeToString())
     rng = np.random.default_rng(1)

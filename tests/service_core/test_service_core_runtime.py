@@ -13,7 +13,8 @@ from fixtures.service_core import ARCHS
 from service import cores
 from service.artifact import Artifact
 from service.errors import InvalidArgument
-from service.runtime import DEVICE_ROWS, Runtime, RuntimeConfig
+from service.providers import DEVICE_ROWS, probe_min_batch
+from service.runtime import Runtime, RuntimeConfig
 from service.vocab import Vocab
 
 
@@ -192,9 +193,9 @@ def test_a_device_whose_results_depend_on_the_batch_size_pads_every_call(tiny_ar
         return logits + np.float32(ids.shape[0] * 1e-6), new  # as kernels chosen by shape round differently
 
     monkeypatch.setattr(rt, "run", shape_dependent)
-    assert rt._probe_min_batch() == 2  # on the CPU: only batch 1 is padded (and a warning)
+    assert probe_min_batch(rt) == 2  # on the CPU: only batch 1 is padded (and a warning)
     rt.provider = "cuda"
-    assert rt._probe_min_batch() == DEVICE_ROWS
+    assert probe_min_batch(rt) == DEVICE_ROWS
 
 
 def test_a_padded_call_gives_every_row_its_own_results(tiny_artifacts: dict[str, Artifact]) -> None:
@@ -206,7 +207,7 @@ def test_a_padded_call_gives_every_row_its_own_results(tiny_artifacts: dict[str,
     rt.min_batch = 8  # as a GPU's DEVICE_ROWS: 3 rows padded to 8
     logits, new = rt.run(ids, states)
     assert logits.shape[0] == 3 and all(s.shape[1] == 3 for s in new)
-    for i, (row_logits, row_states) in enumerate(alone):  # (batch sizes agree on the CPU, see _probe_min_batch)
+    for i, (row_logits, row_states) in enumerate(alone):  # (batch sizes agree on the CPU, see probe_min_batch)
         np.testing.assert_allclose(logits[i], row_logits[0], rtol=1e-5, atol=1e-5)
         for a, b in zip(new, row_states, strict=True):
             np.testing.assert_allclose(a[:, i], b[:, 0], rtol=1e-5, atol=1e-5)

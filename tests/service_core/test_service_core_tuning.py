@@ -93,7 +93,7 @@ async def test_an_engine_measures_what_its_config_leaves_to_be_measured(
     await fixed.start()
     assert (fixed.config.lane_fill, fixed.config.all_threads_rows) == (3, 5)
     assert fixed_observer.lane_plans == [(2, 5, 3)]  # reported as set, nothing measured
-    assert observer.precisions == fixed_observer.precisions == ["int8"]  # auto, the default, on the CPU
+    assert observer.precisions == fixed_observer.precisions == [("int8", "int8")]  # auto, the default, on the CPU
     assert not any("lanes measured" in r.getMessage() for r in caplog.records)
     alone = make_engine("lstm", lanes=1)  # one lane on one thread (the tiny runtimes'): nothing to choose
     await alone.start()

@@ -307,12 +307,14 @@ class ModelInfo(_message.Message):
     def __init__(self, format_version: _Optional[int] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., architecture: _Optional[str] = ..., layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., embedding_size: _Optional[int] = ..., vocabulary: _Optional[str] = ..., vocab_size: _Optional[int] = ..., input_name: _Optional[str] = ..., logits_name: _Optional[str] = ..., states: _Optional[_Iterable[_Union[StateTensor, _Mapping]]] = ..., parameters: _Optional[int] = ..., corpus: _Optional[_Union[Corpus, _Mapping]] = ..., training: _Optional[_Union[TrainingSummary, _Mapping]] = ..., created_at: _Optional[str] = ..., onnx_file: _Optional[str] = ..., onnx_sha256: _Optional[str] = ..., serving: _Optional[_Union[Serving, _Mapping]] = ...) -> None: ...
 
 class Serving(_message.Message):
-    __slots__ = ("provider", "decode_precision")
+    __slots__ = ("provider", "decode_precision", "prompt_precision")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     DECODE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_PRECISION_FIELD_NUMBER: _ClassVar[int]
     provider: str
     decode_precision: str
-    def __init__(self, provider: _Optional[str] = ..., decode_precision: _Optional[str] = ...) -> None: ...
+    prompt_precision: str
+    def __init__(self, provider: _Optional[str] = ..., decode_precision: _Optional[str] = ..., prompt_precision: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
