@@ -1,11 +1,11 @@
 """Prompt calls: streams' next ids through one sequence call from their own states, and a lone prompt's call.
 
-A prompt (or fed text) is consumed by sequence calls of the artifact's graph; a lane takes the prompts that
-wait together in one call (``consume``). A short prompt that comes alone is consumed on the event loop
-(service/engine.py), on its way to the request's first character: ``LonePrompts`` makes that call through a
-binding prepared for its length, which skips onnxruntime's feed conversion and output allocation: a
-one-character request with a 16-character prompt, after 1 ms idle, 831-862 µs in process against 854-883 µs
-through ``Runtime.run`` (the two toggled in one process, 300 requests each, three runs); the same outputs.
+A prompt (or fed text) is consumed by sequence calls of the prompt graph (``Runtime.prompt_graph``); a lane takes
+the prompts that wait together in one call (``consume``). A short prompt that comes alone is consumed on the event
+loop (service/engine.py), on its way to the request's first character: ``LonePrompts`` makes that call through a
+binding prepared for its length, which skips onnxruntime's feed conversion and output allocation: a one-character
+request with a 16-character prompt, after 1 ms idle, 831-862 µs in process against 854-883 µs through
+``Runtime.run`` (the two toggled in one process, 300 requests each, three runs); the same outputs.
 
 On a device every call runs ``min_batch`` (256) rows, and ``Runtime.run`` copied all of them in and out: the
 padded states in, and every row's logits at every position and states out (~3 MB for a 16-character prompt).

@@ -97,7 +97,7 @@ class Runtime:
         self.state_outputs = tuple(s.output for s in info.states)
         self.output_names = [self.logits_name, *self.state_outputs]
         names = providers(config.provider)
-        # prompts and plain calls (`run`, `bind`): the artifact's graph as it is
+        # prompts and plain calls (`run`, `bind`): the artifact's graph as it is, or its int8 prompt graph (below)
         opts = session_options(config, config.prefill_spinning)
         self.threads: int = opts.intra_op_num_threads  # onnxruntime's threads of a call on all of them
         self.session = ort.InferenceSession(str(artifact.onnx_path), opts, providers=names)
