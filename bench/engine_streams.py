@@ -60,10 +60,11 @@ async def engine_rate(engine: Engine, streams: int, chars: int, prompt: str) -> 
 
 
 async def run(model: Path, levels: list[int], chars: int, repeats: int, threads: int,
-              engine_seconds: float = 1.0) -> list[str]:  # fmt: skip
-    """One table line per level: the median of ``repeats`` (engine, raw) pairs."""
+              engine_seconds: float = 1.0, prompt_precision: str = "auto") -> list[str]:  # fmt: skip
+    """One table line per level: the median of ``repeats`` (engine, raw) pairs; the engine's prompts in
+    ``prompt_precision`` (as the server's flag)."""
     artifact = load_artifact(model)
-    runtime = Runtime(artifact, RuntimeConfig(intra_op_threads=threads))
+    runtime = Runtime(artifact, RuntimeConfig(intra_op_threads=threads, prompt_precision=prompt_precision))
     raw = Runtime(artifact, RuntimeConfig(intra_op_threads=threads, spinning=True, prefill_spinning=True,
                                           spin_between_calls=True))  # onnxruntime's defaults  # fmt: skip
     lanes = Runtime(artifact, RuntimeConfig(intra_op_threads=1))
@@ -71,7 +72,8 @@ async def run(model: Path, levels: list[int], chars: int, repeats: int, threads:
     engine = Engine(runtime, Vocab(runtime.vocabulary), EngineConfig(), runtime.model)
     prompt = fit_prompt(PROMPT16, runtime.vocabulary, len(PROMPT16))  # PROMPT16 itself for the shipped model
     await engine.start()
-    lines = [f"{runtime.model} in-process engine vs raw onnxruntime steps (the fastest of: {' / '.join(engines)})",
+    lines = [f"{runtime.model} in-process engine (prompts in {runtime.prompt_precision}) vs raw onnxruntime steps "
+             f"(the fastest of: {' / '.join(engines)})",
              f"{'streams':>7} {'engine c/s':>11} {'raw c/s':>9} {'ratio':>6} {'c/chunk':>8} {'TTFC p50/p99 ms':>16}"
              "  all ratios"]  # fmt: skip
     try:
@@ -98,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", default="1,8,64,256", help="comma-separated concurrency levels")
     p.add_argument("--chars", type=int, default=2000, help="characters per stream")
     p.add_argument("--repeats", type=int, default=3, help="(engine, raw) pairs per level; the median is shown")
+    p.add_argument("--prompt-precision", choices=("auto", "fp32", "int8"), default="auto",
+                   help="the engine's prompt calls, as the server's flag")
     a = p.parse_args(argv)
     levels = [int(x) for x in a.streams.split(",")]
-    print("\n".join(asyncio.run(run(a.model, levels, a.chars, a.repeats, a.threads))))
+    print("\n".join(asyncio.run(run(a.model, levels, a.chars, a.repeats, a.threads,
+                                     prompt_precision=a.prompt_precision))))
     return 0
 
 

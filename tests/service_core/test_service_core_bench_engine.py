@@ -85,3 +85,11 @@ def test_engine_streams_reports_each_level_beside_raw_steps(model_repo: Path) ->
         p50, p99 = (float(v) for v in r[5].split("/"))
         assert 0 < p50 <= p99  # each stream's time to its first chunk
         assert len(r[6:]) == 2  # both pairs listed
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_engine_streams_runs_the_engines_prompts_in_the_precision_asked(model_repo: Path, precision: str) -> None:
+    lines = asyncio.run(engine_streams.run(model_repo / "tiny-lstm" / "1", [2], chars=20, repeats=1, threads=1,
+                                           engine_seconds=0.02, prompt_precision=precision))  # fmt: skip
+    expected = "int8" if precision == "auto" else "fp32"  # (an LSTM with int8 decode steps: auto is int8)
+    assert f"(prompts in {expected})" in lines[0] and int(lines[2].split()[0]) == 2
