@@ -26,6 +26,8 @@ def format_report(r: LoadReport) -> str:
         f"target {r.target}: {r.streams} streams x {r.requests_per_stream} request(s) x {r.chars_per_stream} chars "
         f"over {r.channels} channel(s)",
         f"  aggregate              {r.chars_per_s:,.0f} chars/s ({r.total_chars} chars in {r.wall_s:.2f} s)",
+        f"  all streaming          {r.all_streaming_chars_per_s:,.0f} chars/s for {r.all_streaming_s:.2f} s (from "
+        f"the last stream's first chunk to the first one's last)",
         f"  requests               {r.requests_per_s:,.1f} requests/s ({r.completed} completed)",
         f"  messages               {r.total_chunks} ({r.chars_per_chunk:.2f} chars per message)",
         f"  {'latency (ms)':<22} {'p50':>9} {'p90':>9} {'p99':>9} {'mean':>9}",

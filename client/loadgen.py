@@ -4,7 +4,9 @@ Each stream makes one request, or several one after another (many short requests
 takes new calls). Used by ``charlm bench`` and by ``bench/serve.py``. Latencies are measured at the client:
 time to first chunk from each call's start; inter-chunk gaps between messages; inter-character gaps spreading each
 chunk's gap over its characters, so that coalescing (several characters per message) shows as a lower
-per-character latency than per-chunk latency.
+per-character latency than per-chunk latency. The rate while every stream was streaming (from the last stream's
+first chunk to the first stream's last) leaves out the start and the end, when streams are still arriving or
+already done: on a fast engine they are a large share of a short load.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class LoadReport:
     errors: dict[str, int] = field(default_factory=dict)  # status name -> count
     requests_per_stream: int = 1  # requests each stream made, one after another
     error_messages: dict[str, str] = field(default_factory=dict)  # status name -> the first such error's message
+    all_streaming_s: float = 0.0  # from the last stream's first chunk to the first stream's last (0: never all)
+    all_streaming_chars: int = 0  # characters that arrived in that window
 
     @property
     def requests(self) -> int:
@@ -86,9 +90,15 @@ class LoadReport:
         """Requests completed per second of wall time."""
         return self.completed / self.wall_s if self.wall_s > 0 else math.nan
 
+    @property
+    def all_streaming_chars_per_s(self) -> float:
+        """Aggregate chars/s while every stream was streaming; nan when they never all were."""
+        return self.all_streaming_chars / self.all_streaming_s if self.all_streaming_s > 0 else math.nan
+
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dict (percentile groups as nested dicts)."""
-        return {**asdict(self), "chars_per_chunk": self.chars_per_chunk, "requests_per_s": self.requests_per_s}
+        return {**asdict(self), "chars_per_chunk": self.chars_per_chunk, "requests_per_s": self.requests_per_s,
+                "all_streaming_chars_per_s": self.all_streaming_chars_per_s}
 
 
 @dataclass
@@ -100,6 +110,7 @@ class _StreamStats:
     char_gaps_ms: list[float] = field(default_factory=list)
     completed: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (status name, message) of each failed request
+    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (perf_counter, characters) of each chunk
 
 
 async def _one_request(client: AsyncClient, prompt: str, chars: int, model: str, temperature: float | None,
@@ -118,6 +129,7 @@ async def _one_request(client: AsyncClient, prompt: str, chars: int, model: str,
                 stats.chunk_gaps_ms.append(gap_ms)
                 stats.char_gaps_ms.extend([gap_ms / len(text)] * len(text))
             last = now
+            stats.arrivals.append((now, len(text)))
             stats.chars += len(text)
             stats.chunks += 1
             if progress is not None:
@@ -126,6 +138,18 @@ async def _one_request(client: AsyncClient, prompt: str, chars: int, model: str,
     except CharlmError as e:
         rid = f" (request id {e.request_id})" if e.request_id else ""  # to find the call in the server's log
         stats.errors.append((e.status, " ".join(e.message.split()) + rid))
+
+
+def all_streaming(arrivals: Sequence[Sequence[tuple[float, int]]]) -> tuple[float, int]:
+    """The window in which every stream was streaming, from the last stream's first chunk to the first stream's
+    last, and the characters that arrived in it: (seconds, characters); (0.0, 0) when there is none.
+    ``arrivals``: each stream's (time, characters) of its chunks, in order."""
+    if not arrivals or not all(arrivals):
+        return 0.0, 0
+    lo, hi = max(a[0][0] for a in arrivals), min(a[-1][0] for a in arrivals)
+    if hi <= lo:
+        return 0.0, 0
+    return hi - lo, sum(n for a in arrivals for t, n in a if lo < t <= hi)
 
 
 def _first_messages(errors: list[tuple[str, str]]) -> dict[str, str]:
@@ -173,6 +197,7 @@ async def run_load(
         for c in clients:
             await c.close()
     total_chars = sum(r.chars for r in results)
+    window_s, window_chars = all_streaming([r.arrivals for r in results])
     return LoadReport(
         target=target,
         streams=streams,
@@ -189,4 +214,6 @@ async def run_load(
         errors=dict(Counter(status for r in results for status, _ in r.errors)),
         requests_per_stream=requests,
         error_messages=_first_messages([e for r in results for e in r.errors]),
+        all_streaming_s=window_s,
+        all_streaming_chars=window_chars,
     )

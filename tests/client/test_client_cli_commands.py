@@ -119,7 +119,7 @@ def test_bench_small(charlm: CliRunner) -> None:
     assert 0 < report["inter_char_ms"]["count"] <= 120 - 3  # every character after each stream's first chunk
     table = charlm("bench", "-c", "2", "-n", "30", "--prompt", PROMPT, "--channels", "2", "--no-progress")
     assert table.returncode == 0, table.stderr
-    for needle in ("chars/s", "time to first chunk", "inter-character", "p99", "errors: none"):
+    for needle in ("chars/s", "all streaming", "time to first chunk", "inter-character", "p99", "errors: none"):
         assert needle in table.stdout
     short = json.loads(charlm("bench", "-c", "2", "-n", "1", "-r", "4", "--prompt", PROMPT, "--json").stdout)
     assert short["completed"] == 8 == short["total_chars"] == short["ttfc_ms"]["count"] and short["requests_per_s"] > 0

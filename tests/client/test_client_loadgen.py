@@ -9,7 +9,7 @@ import pytest
 from fixtures.charlm_client import PROMPT
 from fixtures.server import RunningServer
 
-from client.loadgen import percentile, run_load, summarize
+from client.loadgen import all_streaming, percentile, run_load, summarize
 
 
 def test_percentile_interpolates() -> None:
@@ -49,3 +49,21 @@ async def test_run_load_reports_errors_by_status(server: RunningServer) -> None:
     assert report.to_dict()["errors"] == {"NOT_FOUND": 6} and report.requests_per_s == 0
     assert "no-such-model" in report.error_messages["NOT_FOUND"]
     assert re.search(r"\(request id [0-9a-f]{16}\)$", report.error_messages["NOT_FOUND"])  # to find it in the log
+
+
+def test_all_streaming_is_the_window_every_stream_shares() -> None:
+    # Stream a streams from t=1 to t=5, stream b from t=2 to t=4: all stream from 2 to 4. What arrives then
+    # counts, the chunk that opens the window does not (its characters came before it).
+    a = [(1.0, 10), (3.0, 10), (5.0, 10)]
+    b = [(2.0, 7), (2.5, 1), (4.0, 2)]
+    assert all_streaming([a, b]) == (2.0, 10 + 1 + 2)
+    assert all_streaming([a, [(5.5, 3)]]) == (0.0, 0)  # b began after a ended: never all streaming
+    assert all_streaming([a, []]) == (0.0, 0) and all_streaming([]) == (0.0, 0)  # a stream got nothing
+    assert all_streaming([a]) == (4.0, 20)  # one stream: its rate after its first chunk
+
+
+async def test_run_load_reports_the_rate_while_every_stream_streams(server: RunningServer) -> None:
+    report = await run_load(server.target, streams=3, chars=400, prompt=PROMPT)
+    assert 0 < report.all_streaming_s < report.wall_s and 0 < report.all_streaming_chars < report.total_chars
+    assert report.all_streaming_chars_per_s == pytest.approx(report.all_streaming_chars / report.all_streaming_s)
+    assert report.to_dict()["all_streaming_chars_per_s"] == report.all_streaming_chars_per_s

@@ -49,6 +49,9 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
     assert out["lanes"].startswith("all threads from ") and ", lane fill " in out["lanes"]  # the server's log line
     for lv in out["levels"]:
         assert lv["served"]["total_chars"] == 30 * lv["streams"] and not lv["served"]["errors"]
+        # the window in which every stream of the level streamed, and what arrived in it
+        assert 0 <= lv["served"]["all_streaming_s"] < lv["served"]["wall_s"]
+        assert 0 <= lv["served"]["all_streaming_chars"] < lv["served"]["total_chars"]
         assert set(lv["engines"]) == engines and lv["ratio"] > 0
         assert len(lv["ratios"]) == 2 and lv["ratio"] in lv["ratios"]  # two pairs, the median (upper) one kept
         # the server's decode calls during the level, from its /metrics: every character but a stream's first
