@@ -38,9 +38,8 @@ class Decoding(Scheduler):
         # Alone: the only lane with rows may use all of onnxruntime's threads; lanes side by side use one each.
         alone = self._model_rows() == n and n >= self.config.all_threads_rows
         if k > 1:
-            u = b.step_uniforms
-            for i, s in enumerate(self._rows):  # a row's K draws, in the order K single steps would take them
-                u[i] = s.next_uniforms(k)
+            # each row's K draws, in the order K single steps would take them; one numpy conversion for the batch
+            b.step_uniforms[...] = [s.next_uniforms(k) for s in self._rows]
             start = time.perf_counter()
             ids = b.steps_call(alone)  # (n, K)
             dt = time.perf_counter() - start

@@ -21,7 +21,10 @@ from service.sampling import BatchParams, by_head, draw_one, effective, log_soft
 from service.types import Chunk, FinishReason, GenerateParams, Sampling, SeqState
 
 Where = Literal["prefill", "ready", "batch", "paused", "done"]
-UNIFORM_BLOCK = 64  # uniforms drawn from a stream's rng at once: one numpy call per 64 characters
+# Uniforms drawn from a stream's rng at once. Refilling a block (the generator's state saved, one numpy call) was
+# most of a lane's per-call Python for uniforms with 64: 256 took that part of a 32-row call from a median of ~75
+# to ~55 µs, in-process (docs/performance.md, "The step thread's Python"); a list of 256 floats is ~8 KB a stream.
+UNIFORM_BLOCK = 256
 
 
 class Stream:

@@ -9,7 +9,7 @@ import pytest
 
 from service.errors import InvalidArgument
 from service.sampling import BatchParams, apply_repetition_penalty, draw_one, log_softmax, sample, validate
-from service.stream import Stream
+from service.stream import UNIFORM_BLOCK, Stream
 from service.types import GenerateParams, Sampling, SeqState
 
 V = 12
@@ -137,7 +137,7 @@ def test_draw_one_is_the_batch_draw_of_one_row() -> None:
 
 
 @pytest.mark.parametrize("top_k", [0, 5])  # the first character drawn by draw_one, or by the batch sampler
-@pytest.mark.parametrize("blocks", [[], [3], [40, 40], [8] * 17])
+@pytest.mark.parametrize("blocks", [[], [3], [40, 40], [UNIFORM_BLOCK - 20, 40], [8] * (UNIFORM_BLOCK // 8 + 1)])
 def test_a_stream_uses_its_seeds_uniforms_one_after_another(top_k: int, blocks: list[int]) -> None:
     """The first character's uniform (from the seed: the generator is not built for it), then blocks of them
     from the generator, leave the generator exactly after the ones used."""
@@ -159,13 +159,17 @@ def test_a_stream_uses_its_seeds_uniforms_one_after_another(top_k: int, blocks: 
     assert stream.state.rng.random() == by_hand[used]
 
 
-@pytest.mark.parametrize(("calls", "unused"), [(17, 3), (16, 2), (16, 1), (16, 0)])
+BLOCK_CALLS = UNIFORM_BLOCK // 8  # decode calls of 8 steps a block lasts
+
+
+@pytest.mark.parametrize(("calls", "unused"), [(2 * BLOCK_CALLS + 1, 3), (2 * BLOCK_CALLS, 2), (2 * BLOCK_CALLS, 1),
+                                               (2 * BLOCK_CALLS, 0)])
 def test_blocks_used_to_their_end_leave_the_generator_after_them(calls: int, unused: int) -> None:
     """Blocks taken 8 at a time (a decode call's steps) are used to their end, the first with the seed's draw
     at its head, or nearly; the generator goes on from the first uniform not used."""
     params = GenerateParams(Sampling(temperature=0.8), max_chars=1000)
     stream = Stream(SeqState((np.zeros((1, 4), np.float32),), seed=7), np.zeros(0, np.int64), 3, params, None, V)
-    expected = [SeqState((), seed=7).first_uniform(), *np.random.default_rng(7).random(200).tolist()]
+    expected = [SeqState((), seed=7).first_uniform(), *np.random.default_rng(7).random(8 * calls + 8).tolist()]
     assert [u for _ in range(calls) for u in stream.next_uniforms(8)] == expected[: 8 * calls]
     stream.unuse_uniforms(unused)  # (a row that ended inside its last call)
     stream.end("length")

@@ -15,11 +15,12 @@ from fixtures.service_core import EngineFactory, collect
 from service.artifact import Artifact
 from service.engine import Engine, EngineConfig
 from service.runtime import Runtime, RuntimeConfig
+from service.stream import UNIFORM_BLOCK
 from service.types import Chunk, GenerateParams, Sampling
 from service.vocab import Vocab
 
 PROMPT = "The keeper "
-N = 60
+N = UNIFORM_BLOCK + 60  # past a stream's first block of uniforms
 SAMPLINGS = [Sampling(temperature=0.9), Sampling(temperature=1.0, top_k=6), Sampling(temperature=0.8, top_p=0.9)]
 
 
@@ -55,7 +56,7 @@ async def test_two_calls_equal_one_wherever_the_first_ends(engines: list[Engine]
         ref = await whole(engines[1], sampling, seed)
         for engine in engines:
             assert await whole(engine, sampling, seed) == ref
-            for n in (1, 2, 7, 8, 9, 13, 25, 59):
+            for n in (1, 2, 7, 8, 9, 13, 25, 59, UNIFORM_BLOCK - 1, UNIFORM_BLOCK, UNIFORM_BLOCK + 1, N - 1):
                 state = engine.new_state()
                 a, _ = await collect(engine, state, PROMPT, GenerateParams(seeded(sampling, seed), n))
                 b, _ = await collect(engine, state, "", GenerateParams(sampling, N - n))
