@@ -143,7 +143,7 @@ class Engine:
         ``state`` ends advanced past the prompt and the output. Log-probabilities, when asked, are those of
         each sampled character under the model's raw softmax (temperature 1, before penalty and truncation).
         """
-        lane, s = self._submit(state, prompt, params, cancel)
+        s = self._submit(state, prompt, params, cancel)
         self._reading += 1
         try:
             while True:
@@ -156,13 +156,14 @@ class Engine:
                     return
                 elif s.paused:  # the reader caught up with a paused stream: back into the batch
                     s.paused = False
-                    lane.resume(s)
+                    assert s.lane is not None
+                    s.lane.resume(s)
                 else:
                     await s.wait()
         finally:
             self._reading -= 1
             if not s.finished:
-                await self._let_go(lane, s)
+                await self._let_go(s)
 
     async def feed(self, state: SeqState, text: str, field: str = "text") -> FeedResult:
         """Advance ``state`` over ``text`` and score it: each character by the step that consumed the previous
@@ -179,8 +180,8 @@ class Engine:
             return FeedResult(chars_consumed=1)
         s = Stream(state, todo, int(ids[-1]), None, None, self.runtime.vocab_size, score=True)
         s.text_chars = int(ids.size)
-        lane = self._lane()
-        lane.accept(s)
+        s.lane = self._lane()
+        s.lane.accept(s)
         self._feeds += 1
         try:
             while not s.finished:
@@ -188,7 +189,7 @@ class Engine:
         finally:
             self._feeds -= 1
             if not s.finished:
-                await self._let_go(lane, s)
+                await self._let_go(s)
         if s.error is not None:
             raise s.error
         return FeedResult(chars_consumed=int(ids.size), chars_scored=s.scored, nll_nats=s.nll)
@@ -196,7 +197,7 @@ class Engine:
     # ------------------------------------------------------------------ requests in and out
 
     def _submit(self, state: SeqState, prompt: str, params: GenerateParams,
-                cancel: asyncio.Event | None) -> tuple[Lane, Stream]:  # fmt: skip
+                cancel: asyncio.Event | None) -> Stream:  # fmt: skip
         """Validate a generate request and queue it on a lane (prefill first when there is anything to feed)."""
         self._check_running()
         validate(params.sampling, self.runtime.vocab_size)
@@ -216,14 +217,14 @@ class Engine:
         s = Stream(state, todo, None, params, cancel, self.runtime.vocab_size)
         s.seen[ids] = True
         s.prompt_chars = s.text_chars = int(ids.size)
-        lane = self._lane()
+        s.lane = lane = self._lane()
         # Only a request that comes alone: while others are being read, more are arriving, and on the loop their
         # prompts would be consumed one call each, in turn with their gRPC work; a lane takes them together.
         short = s.where == "prefill" and s.todo.size <= self.config.inline_prompt_chars
         alone = self._reading == 0 and self.active_streams == 0 and self._feeds == 0
         if not (short and alone and self._prefill_here(s)):
             lane.accept(s)
-        return lane, s
+        return s
 
     def _prefill_here(self, s: Stream) -> bool:
         """Consume a stream's prompt and draw its first character on the event loop (see
@@ -246,11 +247,12 @@ class Engine:
         return True
 
     @staticmethod
-    async def _let_go(lane: Lane, s: Stream) -> None:
+    async def _let_go(s: Stream) -> None:
         """Abandon a stream whose consumer went away, and wait until its lane has let go of the state (at its
         next step at the latest): until then the step thread may still write the state, so a session must not
         be handed to the next request (or forked) before."""
-        lane.abandon(s)
+        assert s.lane is not None
+        s.lane.abandon(s)
         while not s.finished:
             await s.wait()
 

@@ -141,6 +141,9 @@ class Scheduler:
             if s.cancel is not None and s.cancel.is_set():
                 self._end(s, "cancelled")
                 continue
+            if s.abandoned:  # (its consumer went away while it moved here from another lane: Lane._abandon)
+                self._end(s, None)
+                continue
             assert s.state.pending is not None
             s.where = "batch"
             joining.append(Joiner(s.state.arrays, s.state.pending, s.seen))

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -20,7 +20,10 @@ from service.logs import REQUEST_ID
 from service.sampling import BatchParams, by_head, draw_one, effective, log_softmax, sample
 from service.types import Chunk, FinishReason, GenerateParams, Sampling, SeqState
 
-Where = Literal["prefill", "ready", "batch", "paused", "done"]
+if TYPE_CHECKING:
+    from service.lane import Lane
+
+Where = Literal["prefill", "ready", "batch", "moving", "paused", "done"]
 # Uniforms drawn from a stream's rng at once. Refilling a block (the generator's state saved, one numpy call) was
 # most of a lane's per-call Python for uniforms with 64: 256 took that part of a 32-row call from a median of ~75
 # to ~55 µs, in-process (docs/performance.md, "The step thread's Python"); a list of 256 floats is ~8 KB a stream.
@@ -32,7 +35,8 @@ class Stream:
 
     Lifecycle: "prefill" (sequence calls over ``todo``) -> "ready" (waiting for a batch row) -> "batch"
     (one character per engine step) <-> "paused" (too many unread characters until the reader catches up)
-    -> "done". A feed request is done when its prefill is.
+    -> "done"; "batch" -> "moving" -> "ready" when its lane gives the row to a peer that ran dry (Lane._give).
+    A feed request is done when its prefill is.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class Stream:
         self.paused = False  # the step thread paused the stream; the reader resumes it once caught up
         self.finished = False  # on_done ran: the stream's results and state are final
         self.waiter: asyncio.Future[Any] | None = None
+        self.lane: Lane | None = None  # the lane that holds it (set by the engine; changed by Lane._moved)
 
     @property
     def remaining(self) -> int:
