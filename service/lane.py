@@ -190,11 +190,13 @@ class Lane(Decoding):
         state saved as a pause saves it; the event loop then queues them on ``to`` (_moved). While too few rows
         are in the batch but more are on their way (prompts), it waits for them. A row's text is the same in
         any lane's batch (tests/service_core)."""
-        if len(self._rows) < SHARE_MIN_ROWS and (self._prefilling or self._ready) and not self._stopping:
-            return  # (asked again at the next step)
+        # (to._active: read across threads, as a hint that it took requests of its own meanwhile)
+        off = self._stopping or to._closing is not None or to._active > 0
+        if not off and len(self._rows) < SHARE_MIN_ROWS and (self._prefilling or self._ready):
+            return  # asked again at the next step
         self._share_to = None
-        if self._stopping or to._closing is not None or to._active or len(self._rows) < SHARE_MIN_ROWS:
-            return  # (to._active: read across threads, as a hint; it took requests of its own meanwhile)
+        if off or len(self._rows) < SHARE_MIN_ROWS:
+            return
         rows = [(i, s) for i, s in enumerate(self._rows) if _movable(s)]
         for i, s in rows[-(len(self._rows) // 2) :]:
             self._save_row(s, i)
