@@ -192,13 +192,14 @@ class Lane(Decoding):
         any lane's batch (tests/service_core)."""
         # (to._active: read across threads, as a hint that it took requests of its own meanwhile)
         off = self._stopping or to._closing is not None or to._active > 0
-        if not off and len(self._rows) < SHARE_MIN_ROWS and (self._prefilling or self._ready):
+        live = [(i, s) for i, s in enumerate(self._rows) if s.where == "batch"]  # (not those that left this step)
+        if not off and len(live) < SHARE_MIN_ROWS and (self._prefilling or self._ready):
             return  # asked again at the next step
         self._share_to = None
-        if off or len(self._rows) < SHARE_MIN_ROWS:
+        if off or len(live) < SHARE_MIN_ROWS:
             return
-        rows = [(i, s) for i, s in enumerate(self._rows) if _movable(s)]
-        for i, s in rows[-(len(self._rows) // 2) :]:
+        rows = [(i, s) for i, s in live if _movable(s)]
+        for i, s in rows[-(len(live) // 2) :]:
             self._save_row(s, i)
             s.where = "moving"
             self._handoff.post(self._moved, s, to)
@@ -211,6 +212,6 @@ class Lane(Decoding):
 
 
 def _movable(s: Stream) -> bool:
-    """A batch row that may move to another lane: not leaving, with enough left to generate."""
+    """A live batch row that may move to another lane: not leaving, with enough left to generate."""
     cancelled = s.cancel is not None and s.cancel.is_set()
-    return s.where == "batch" and not s.abandoned and not cancelled and s.max_chars - s.generated >= SHARE_MIN_CHARS
+    return not s.abandoned and not cancelled and s.max_chars - s.generated >= SHARE_MIN_CHARS

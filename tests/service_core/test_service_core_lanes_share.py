@@ -69,7 +69,7 @@ async def test_rows_move_to_a_lane_that_runs_dry_and_keep_their_text(make_engine
     for _ in range(3):
         before = second.moved_rows
         assert await short_and_long(engine) == refs
-        assert before < second.moved_rows <= before + LONGS // 2  # (at most half of its rows: once)
+        assert before < second.moved_rows < before + LONGS  # (half of its rows, never all)
     assert engine.active_streams == 0 and first.active == second.active == 0
 
 
@@ -89,8 +89,8 @@ async def test_consumers_that_go_away_or_cancel_around_a_move_leave_nothing_behi
         for i, text in enumerate(texts):
             assert text == refs[i] if i % 3 == 0 else refs[i].startswith(text), (after, i)
         assert engine.active_streams == 0, after
-    assert engine.lanes[1].moved_rows > 0
     assert await short_and_long(engine) == refs  # the engine still serves, its counts right
+    assert engine.lanes[1].moved_rows > 0
 
 
 async def test_rows_on_their_way_when_the_engine_closes_end_unavailable(make_engine: EngineFactory) -> None:
