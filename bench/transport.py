@@ -69,6 +69,11 @@ async def _serve() -> None:
     server = grpc.aio.server()
     handler = grpc.unary_stream_rpc_method_handler(stream)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Transport", {"Stream": handler}),))
+    await serve_in_child(server)
+
+
+async def serve_in_child(server: grpc.aio.Server) -> None:
+    """(in the child of ``child_server``) Serves on a free loopback port, printed first, until stdin closes."""
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(port, flush=True)
@@ -89,9 +94,10 @@ async def _count(target: str, messages: int) -> float:
 
 
 @contextlib.contextmanager
-def _child() -> Iterator[tuple[str, int]]:
-    """The bare server in a child process for as long as the block runs: its target (host:port) and pid."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.transport", "--serve"], stdin=subprocess.PIPE,
+def child_server(module: str = "bench.transport") -> Iterator[tuple[str, int]]:
+    """``python -m MODULE --serve`` (the bare server, by default) in a child process for as long as the block
+    runs: its target (host:port) and pid. The child serves through ``serve_in_child``."""
+    proc = subprocess.Popen([sys.executable, "-m", module, "--serve"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None and proc.stdin is not None
@@ -105,7 +111,7 @@ def _child() -> Iterator[tuple[str, int]]:
 @contextlib.contextmanager
 def echo_server() -> Iterator[str]:
     """The bare server, in a child process for as long as the block runs; yields its target (host:port)."""
-    with _child() as (target, _):
+    with child_server() as (target, _):
         yield target
 
 
@@ -152,7 +158,7 @@ def paced(streams: int, messages: int, interval_ms: float, rounds: int) -> dict[
                     out[kind].append(await _paced_round(channel, pid, streams, messages, round(interval_ms * 1e3),
                                                         kind == "together"))  # fmt: skip
 
-    with _child() as (target, pid):
+    with child_server() as (target, pid):
         asyncio.run(run(target, pid))
     return out
 

@@ -1,6 +1,6 @@
 """The smaller benchmark tools end to end on tiny models (no timings asserted): bench/transport.py's bare grpc.aio
-server, bench/latency_ab.py's alternating servers, bench/quantize.py's int8 graph beside the fp32 one, bench/ops.py's
-decode call by operator."""
+server, bench/calls.py's bursts of new calls (bare, charlm-shaped, real), bench/latency_ab.py's alternating servers,
+bench/quantize.py's int8 graph beside the fp32 one, bench/ops.py's decode call by operator."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
+from bench.calls import main as calls
 from bench.latency_ab import METRICS
 from bench.latency_ab import main as latency_ab
 from bench.ops import main as ops
@@ -127,3 +128,16 @@ def test_a_call_of_one_step_is_refused(model_repo: Path) -> None:
     with pytest.raises(SystemExit) as e:
         ops(["--model", str(model_repo / "tiny-lstm" / "1"), "--steps", "1"])
     assert e.value.code == 2
+
+
+@pytest.mark.timeout(120)
+def test_bursts_of_calls_are_answered_by_the_bare_the_shaped_and_the_real_server(
+        model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    argv = ["--model", str(model_repo / "tiny-lstm" / "1"), "--calls", "3", "--bursts", "2", "--rounds", "2", "--json"]
+    assert calls(argv) == 0
+    rounds = json.loads(capsys.readouterr().out)
+    assert len(rounds) == 2 and [r["kind"] for r in rounds[0]] == ["bare", "shaped", "charlm"]
+    for r in (r for rnd in rounds for r in rnd):
+        assert r["answered"] == 6  # every call of the round's 2 bursts of 3 got its first message
+        assert 0 < r["first_p50_ms"] <= r["first_p99_ms"]
+        assert r["server_us"] >= 0 and r["loop_us"] >= 0 and r["client_us"] > 0
