@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 States = tuple[np.ndarray, ...]
+# int8 prompt calls (service/int8_prompts.py) of at most this many characters in all (rows x characters) run on one
+# thread: as fast as on two up to here and at a third of the CPU, where the second thread spins through every
+# time step (a call of 4 x 16 characters after 1 ms idle 462 against 604 µs, 32 x 1 329 against 326 µs, 64 x 1
+# 560 against 463; 8 x 16 887 against 626). In bursts of one-character requests the server then spent 0.81x the
+# CPU a request (docs/performance.md, "What a new call costs").
+SMALL_PROMPT_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -116,14 +122,15 @@ class Runtime:
         # and the same unrolled to several steps per call (service/multistep.py)
         self.decode_precision, graph = decode_head(artifact, config.decode_precision, self.provider)
         self.prompt_precision, self.prompt_graph = prompt_graph(artifact, config, self.decode_precision, self.provider)
-        self.row_session = self.session  # one-row prompt calls (`run`, `bind`)
+        self.small_session = self.session  # one-row and small prompt calls (`run`, `bind`): see `session_for`
         if self.prompt_precision == "int8":  # (the artifact's session above told where calls run)
             self.session = ort.InferenceSession(self.prompt_graph, opts, providers=names)
             # One row on the fused int8 LSTM gains nothing from a second thread (its steps are sequential, each
             # product one row) and waking it costs: a lone 16-char prompt after 2 ms idle took 349 µs on one
-            # thread against 864 µs on two spinning (docs/performance-history.md, the twenty-second pass).
-            self.row_session = ort.InferenceSession(self.prompt_graph, session_options(self._one_thread, False),
-                                                    providers=names)  # fmt: skip
+            # thread against 864 µs on two spinning (docs/performance-history.md, the twenty-second pass); nor
+            # do a few rows (SMALL_PROMPT_CHARS).
+            self.small_session = ort.InferenceSession(self.prompt_graph, session_options(self._one_thread, False),
+                                                      providers=names)  # fmt: skip
         self.decode_steps = config.decode_steps
         steps = steps_graph(artifact, graph, self.decode_steps) if self.decode_steps > 1 else None
         self._decode_graphs = (graph.SerializeToString(), steps.SerializeToString() if steps else b"")
@@ -165,8 +172,8 @@ class Runtime:
     def run(self, ids: np.ndarray, states: States,
             session: ort.InferenceSession | None = None) -> tuple[np.ndarray, States]:  # fmt: skip
         """ids int64 (B, T), states each (layers, B, hidden) -> logits float32 (B, T, V), new states. On all of
-        onnxruntime's threads (one row: ``row_session``), or on ``session`` (one of ``lane_prompts``, its caller's
-        own)."""
+        onnxruntime's threads (one row or a few characters: ``small_session``), or on ``session`` (one of
+        ``lane_prompts``, its caller's own)."""
         b = ids.shape[0]
         if b < self.min_batch:  # see probe_min_batch: pad so that results do not depend on the batch size
             pad = self.min_batch - b  # (copies of the first row; every row keeps its own results)
@@ -178,7 +185,7 @@ class Runtime:
             logits, *new = session.run(self.output_names, feed)
         else:
             with self.prompt_lock:
-                logits, *new = (self.row_session if ids.shape[0] == 1 else self.session).run(self.output_names, feed)
+                logits, *new = self.session_for(ids).run(self.output_names, feed)
         return logits[:b], tuple(s[:, :b] for s in new)
 
     def bind(self, ids: np.ndarray, states: States, logits_out: np.ndarray, states_out: States) -> Callable[[], None]:
@@ -187,8 +194,12 @@ class Runtime:
         All arrays must be C-contiguous (the call holds them: they live as long as it); ids (B, T) with
         B >= ``min_batch``, logits_out (B, T, V), states (layers, B, hidden). Saves ~40 µs a call over ``run``.
         """
-        session = self.row_session if ids.shape[0] == 1 else self.session
-        return self._bind(session, *self._io(ids, states, logits_out, states_out))
+        return self._bind(self.session_for(ids), *self._io(ids, states, logits_out, states_out))
+
+    def session_for(self, ids: np.ndarray) -> ort.InferenceSession:
+        """The session of a prompt call of ``ids`` (B, T), padded: ``small_session`` for one row or at most
+        SMALL_PROMPT_CHARS characters in all, else ``session``. Either gives the same bits (tested)."""
+        return self.small_session if ids.shape[0] == 1 or ids.size <= SMALL_PROMPT_CHARS else self.session
 
     def bind_decoder(self, ids: np.ndarray, states: States, logits_out: np.ndarray, states_out: States,
                      uniforms: np.ndarray, inv_temperature: np.ndarray,

@@ -9,7 +9,7 @@ import pytest
 from fixtures.service_core import ARCHS
 
 from service.artifact import Artifact
-from service.runtime import Runtime, RuntimeConfig, States
+from service.runtime import SMALL_PROMPT_CHARS, Runtime, RuntimeConfig, States
 
 
 def lstm_runtimes(artifact: Artifact) -> tuple[Runtime, Runtime]:
@@ -86,14 +86,29 @@ def test_one_row_int8_prompts_run_on_one_thread_with_the_same_bits_as_in_a_batch
 ) -> None:
     int8 = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=2))
     fp32 = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=2, prompt_precision="fp32"))
-    assert int8.row_session.get_session_options().intra_op_num_threads == 1
-    assert int8.session.get_session_options().intra_op_num_threads == 2 and fp32.row_session is fp32.session
+    assert int8.small_session.get_session_options().intra_op_num_threads == 1
+    assert int8.session.get_session_options().intra_op_num_threads == 2 and fp32.small_session is fp32.session
     rng = np.random.default_rng(5)
     ids, states = rng.integers(0, int8.vocab_size, (4, 16)), real_states(int8, 4, 6)
-    logits, new = int8.run(ids, states)  # 4 rows: the shared session, on both threads
+    logits, new = int8.run(ids, states, int8.session)  # 4 rows on the shared session, on both threads
     out = np.zeros((1, 16, int8.vocab_size), np.float32)
     out_states = tuple(np.zeros((s.shape[0], 1, s.shape[2]), np.float32) for s in states)
     one = tuple(np.ascontiguousarray(s[:, 2:3]) for s in states)
     int8.bind(np.ascontiguousarray(ids[2:3]), one, out, out_states)()  # one row bound: on one thread
     assert np.array_equal(out[0], logits[2])
     assert all(np.array_equal(a[:, 0], b[:, 2]) for a, b in zip(out_states, new, strict=True))
+
+
+def test_small_int8_prompt_calls_run_on_one_thread_with_the_same_bits_as_on_all(
+    tiny_artifacts: dict[str, Artifact],
+) -> None:
+    rt = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=2))
+    rng = np.random.default_rng(6)
+    for rows, chars in ((4, SMALL_PROMPT_CHARS // 4), (2, 1), (SMALL_PROMPT_CHARS, 1)):
+        ids, states = rng.integers(0, rt.vocab_size, (rows, chars)), real_states(rt, rows, 7)
+        assert rt.session_for(ids) is rt.small_session  # a few characters in all: one thread
+        logits, new = rt.run(ids, states)
+        all_logits, all_new = rt.run(ids, states, rt.session)  # the same call on both threads
+        assert np.array_equal(logits, all_logits)
+        assert all(np.array_equal(a, b) for a, b in zip(new, all_new, strict=True))
+    assert rt.session_for(np.zeros((4, SMALL_PROMPT_CHARS // 4 + 1), np.int64)) is rt.session  # more: both
