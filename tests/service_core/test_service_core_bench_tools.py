@@ -1,6 +1,7 @@
 """The smaller benchmark tools end to end on tiny models (no timings asserted): bench/transport.py's bare grpc.aio
 server, bench/calls.py's bursts of new calls (bare, charlm-shaped, real), bench/latency_ab.py's alternating servers,
-bench/quantize.py's int8 graph beside the fp32 one, bench/ops.py's decode call by operator."""
+bench/quantize.py's int8 graph beside the fp32 one, bench/ops.py's decode call by operator, bench/prompt_threads.py's
+prompt calls on all threads and on one."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from bench.calls import main as calls
 from bench.latency_ab import METRICS
 from bench.latency_ab import main as latency_ab
 from bench.ops import main as ops
+from bench.prompt_threads import measure as prompt_threads
 from bench.quantize import main as quantize
 from bench.transport import echo_server, first_message_s, paced
+from service.artifact import Artifact
+from service.runtime import Runtime, RuntimeConfig
 
 
 async def _first_messages(target: str, busy_us: int) -> tuple[float, float]:
@@ -141,3 +145,11 @@ def test_bursts_of_calls_are_answered_by_the_bare_the_shaped_and_the_real_server
         assert r["answered"] == 6  # every call of the round's 2 bursts of 3 got its first message
         assert 0 < r["first_p50_ms"] <= r["first_p99_ms"]
         assert r["server_us"] >= 0 and r["loop_us"] >= 0 and r["client_us"] > 0
+
+
+def test_prompt_calls_on_all_threads_and_on_one_are_timed_for_every_shape(tiny_artifacts: dict[str, Artifact]) -> None:
+    rt = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=2))
+    rows = prompt_threads(rt, rows=[2, 3], chars=[1, 4], blocks=2, calls=2, idle_s=0.0)
+    assert [(r["chars"], r["rows"]) for r in rows] == [(1, 2), (1, 3), (4, 2), (4, 3)]
+    for r in rows:
+        assert all(r[f"{kind}_wall_us"] > 0 and r[f"{kind}_cpu_us"] >= 0 for kind in ("all", "one"))
