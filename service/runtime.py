@@ -31,10 +31,9 @@ log = logging.getLogger(__name__)
 
 States = tuple[np.ndarray, ...]
 # int8 prompt calls (service/int8_prompts.py) of at most this many characters in all (rows x characters) run on one
-# thread: as fast as on two up to here and at a third of the CPU, where the second thread spins through every
-# time step (a call of 4 x 16 characters after 1 ms idle 462 against 604 µs, 32 x 1 329 against 326 µs, 64 x 1
-# 560 against 463; 8 x 16 887 against 626). In bursts of one-character requests the server then spent 0.81x the
-# CPU a request (docs/performance.md, "What a new call costs").
+# thread: up to here as fast as on two (0.43-1.01x the time) at 0.1-0.7x the process's CPU, the second thread
+# spinning; from 8 x 16, two threads were 1.1-1.8x faster (`python -m bench.prompt_threads`, two runs). In bursts of
+# one-character requests the server spent 0.84x the CPU a request (docs/performance.md, "What a new call costs").
 SMALL_PROMPT_CHARS = 64
 
 
