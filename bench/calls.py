@@ -15,6 +15,7 @@ beyond the bare one is charlm.v1's messages. A burst's last first message comes 
 event loop has handled every call of it.
 
     python -m bench.calls --calls 64 --bursts 30 --rounds 3
+    python -m bench.calls --server-cwd ../before   # and another checkout's server beside it, as "other"
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from client.aio import AsyncClient
 from client.loadgen import percentile
 from service.requestid import attach, request_id
 
-KINDS = ("bare", "shaped", "charlm")
 Call = Callable[[int], AsyncIterable[object]]  # starts call i of a burst; its messages
 
 
@@ -108,16 +108,16 @@ async def _round(kind: str, call: Call, pid: int, calls: int, bursts: int) -> Ro
 
 
 async def measure(targets: dict[str, tuple[str, int]], calls: int, bursts: int, rounds: int) -> list[list[Round]]:
-    """``rounds`` rounds, each of every server in ``targets`` (kind -> (host:port, pid)) in turn, after a
-    warm-up burst each; returns the rounds' results."""
+    """``rounds`` rounds, each of every server in ``targets`` (kind -> (host:port, pid); "bare" first, every
+    other one a charlm.v1 server) in turn, after a warm-up burst each; returns the rounds' results."""
     async with grpc.aio.insecure_channel(targets["bare"][0]) as channel:
         bare = channel.unary_stream(METHOD, request_serializer=None, response_deserializer=None)
-        clients = {k: AsyncClient(targets[k][0]) for k in KINDS[1:]}
+        clients = {k: AsyncClient(target) for k, (target, _) in targets.items() if k != "bare"}
         try:
             starts: dict[str, Call] = {"bare": lambda i: bare(b"1"), **{k: _generate(c) for k, c in clients.items()}}
-            for kind in KINDS:
-                await _burst(starts[kind], calls)  # connected, and every code path run once
-            return [[await _round(k, starts[k], targets[k][1], calls, bursts) for k in KINDS] for _ in range(rounds)]
+            for call in starts.values():
+                await _burst(call, calls)  # connected, and every code path run once
+            return [[await _round(k, starts[k], targets[k][1], calls, bursts) for k in targets] for _ in range(rounds)]
         finally:
             for c in clients.values():
                 await c.close()
@@ -128,7 +128,7 @@ def table(results: list[list[Round]], calls: int, bursts: int) -> str:
     lines = [f"{calls} calls at once, {bursts} bursts a round, {len(results)} rounds alternated (medians of the "
              "rounds); first message from the burst's start; CPU a call",
              "server   first p50 ms  first p99 ms  server µs (event loop)  client µs  answered"]  # fmt: skip
-    for i, kind in enumerate(KINDS):
+    for i, kind in enumerate(r.kind for r in results[0]):
         rows = [r[i] for r in results]
 
         def med(field: str, rows: list[Round] = rows) -> float:
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=64, help="calls started at once (default 64)")
     p.add_argument("--bursts", type=int, default=30, help="bursts of each server a round (default 30)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, each of every server in turn (default 3)")
+    p.add_argument("--server-cwd", type=Path, metavar="DIR",
+                   help="also another checkout's server (its service/), as \"other\": a before/after")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print every round as JSON instead of the table")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the shaped server's child process
     a = p.parse_args(argv)
@@ -155,10 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         with ExitStack() as stack:
-            charlm = stack.enter_context(ServerProcess(a.model.parent.parent, ["--default-model", a.model.parent.name]))
+            args = ["--default-model", a.model.parent.name]
+            servers = {"charlm": ServerProcess(a.model.parent.parent, args)}
+            if a.server_cwd is not None:
+                servers["other"] = ServerProcess(a.model.parent.parent, args, cwd=a.server_cwd)
             targets = {"bare": stack.enter_context(child_server()),
-                       "shaped": stack.enter_context(child_server("bench.calls")),
-                       "charlm": (charlm.target, charlm.pid)}  # fmt: skip
+                       "shaped": stack.enter_context(child_server("bench.calls"))}  # fmt: skip
+            for kind, server in servers.items():
+                stack.enter_context(server)
+                targets[kind] = (server.target, server.pid)
             results = asyncio.run(measure(targets, a.calls, a.bursts, a.rounds))
     except ServerError as e:
         print(f"bench.calls: error: {e}", file=sys.stderr)

@@ -153,3 +153,15 @@ def test_prompt_calls_on_all_threads_and_on_one_are_timed_for_every_shape(tiny_a
     assert [(r["chars"], r["rows"]) for r in rows] == [(1, 2), (1, 3), (4, 2), (4, 3)]
     for r in rows:
         assert all(r[f"{kind}_wall_us"] > 0 and r[f"{kind}_cpu_us"] >= 0 for kind in ("all", "one"))
+
+
+@pytest.mark.timeout(120)
+def test_another_checkouts_server_is_measured_beside_as_other(model_repo: Path, capsys: pytest.CaptureFixture[str],
+                                                                tmp_path: Path) -> None:  # fmt: skip
+    (tmp_path / "service").symlink_to(Path(__file__).resolve().parents[2] / "service")  # "another checkout"
+    argv = ["--model", str(model_repo / "tiny-lstm" / "1"), "--calls", "2", "--bursts", "1", "--rounds", "1",
+            "--server-cwd", str(tmp_path)]  # fmt: skip
+    assert calls(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["bare", "shaped", "charlm", "other"]
+    assert all(line.split()[-1] == "2/2" for line in lines[2:])  # every call answered
