@@ -33,7 +33,7 @@ States = tuple[np.ndarray, ...]
 # int8 prompt calls (service/int8_prompts.py) of at most this many characters in all (rows x characters) run on one
 # thread: up to here as fast as on two (0.43-1.01x the time) at 0.1-0.7x the process's CPU, the second thread
 # spinning; from 8 x 16, two threads were 1.1-1.8x faster (`python -m bench.prompt_threads`, two runs). In bursts of
-# one-character requests the server spent 0.84x the CPU a request (docs/performance.md, "What a new call costs").
+# one-character requests the server spent 0.84-0.97x the CPU a request (docs/performance.md, "What a new call costs").
 SMALL_PROMPT_CHARS = 64
 
 
