@@ -6,7 +6,7 @@
   and a Finish, with the request id in its trailers, as charlm's server does; through charlm's client;
 - ``charlm``: the real server (``python -m service``) and charlm's client, one-character requests.
 
-Each server runs in a process of its own. Each round takes the three in turn: ``--bursts`` bursts of
+Each server runs in a process of its own. Each round takes every server in turn: ``--bursts`` bursts of
 ``--calls`` calls started at once, each call's first message timed from its burst's start (p50 and p99 over
 the round), and the CPU a call of the server (all its threads, and its main thread, the event loop, apart)
 and of this client. What charlm's server spends beyond the shaped one is its own path to a first character
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print every round as JSON instead of the table")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the shaped server's child process
     a = p.parse_args(argv)
+    if a.server_cwd is not None and not (a.server_cwd / "service").is_dir():
+        p.error(f"--server-cwd: {a.server_cwd} has no service/ to run")
     if a.serve:
         asyncio.run(_serve_shaped())
         return 0

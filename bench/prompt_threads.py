@@ -78,18 +78,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="the prompt calls' LSTM layers, as the server's flag")  # fmt: skip
     a = p.parse_args(argv)
     try:
+        rows, chars = [int(x) for x in a.rows.split(",")], [int(x) for x in a.chars.split(",")]
+    except ValueError:
+        p.error(f"--rows/--chars: {a.rows!r}, {a.chars!r}: comma-separated integers, please")
+    try:
         rt = Runtime(load_artifact(a.model), RuntimeConfig(intra_op_threads=a.threads,
                                                            prompt_precision=a.prompt_precision))  # fmt: skip
     except ArtifactError as e:
         p.error(str(e))
-    rows = measure(rt, [int(x) for x in a.rows.split(",")], [int(x) for x in a.chars.split(",")], a.blocks,
-                   a.calls, a.idle_ms / 1e3)  # fmt: skip
+    results = measure(rt, rows, chars, a.blocks, a.calls, a.idle_ms / 1e3)
     print(f"{rt.model}: prompts in {rt.prompt_precision}, all = {rt.threads} threads (spinning within the call), "
           f"one = one thread; after {a.idle_ms:g} ms idle; µs a call (wall: median; CPU: median of the blocks); "
           f"the server's int8 prompt calls of at most {SMALL_PROMPT_CHARS} characters in all run on one "
           "thread")  # fmt: skip
     print("chars  rows   all wall   all CPU   one wall   one CPU   one/all wall")
-    for r in rows:
+    for r in results:
         ratio = r["one_wall_us"] / r["all_wall_us"]
         print(f"{r['chars']:5.0f} {r['rows']:5.0f} {r['all_wall_us']:10.0f} {r['all_cpu_us']:9.0f} "
               f"{r['one_wall_us']:10.0f} {r['one_cpu_us']:9.0f} {ratio:14.2f}")  # fmt: skip
