@@ -28,17 +28,22 @@ def params_from_pb(p: pb.SamplingParams, max_chars: int, stop: Any, logprobs: bo
     return GenerateParams(sampling_from_pb(p), max_chars, tuple(stop), logprobs)
 
 
-def generated_to_pb(event: Chunk | Done) -> pb.GenerateResponse:
-    """A chunk of text, or the final message with the finish."""
+def generated_to_pb(event: Chunk | Done, last: Chunk | None = None) -> pb.GenerateResponse:
+    """A chunk of text, or the final message with the finish (and the ``last`` chunk's text, if given)."""
     if isinstance(event, Chunk):  # the hot path: one call per message
         if event.logprobs is None:
             return pb.GenerateResponse(text=event.text)  # half the cost of passing an empty logprobs
         return pb.GenerateResponse(text=event.text, logprobs=event.logprobs)
     f = event.finish
-    return pb.GenerateResponse(finish=pb.Finish(
+    msg = pb.GenerateResponse(finish=pb.Finish(
         reason=_FINISH[f.reason], stop_sequence=f.stop_sequence, prompt_chars=f.prompt_chars,
         generated_chars=f.generated_chars, time_to_first_char_ms=f.time_to_first_char_ms, total_ms=f.total_ms,
         model=event.model, session_id=event.session_id, seed=f.seed))
+    if last is not None:
+        msg.text = last.text
+        if last.logprobs is not None:
+            msg.logprobs.extend(last.logprobs)
+    return msg
 
 
 def session_to_pb(s: Session) -> pb.Session:
@@ -70,13 +75,13 @@ def chat_action_from_pb(r: pb.ChatRequest) -> ChatAction:
     raise errors.InvalidArgument("action", "a ChatRequest must set one of open, feed, generate, cancel")
 
 
-def chat_event_to_pb(e: ChatEvent) -> pb.ChatResponse:
-    """One Chat event as a message."""
+def chat_event_to_pb(e: ChatEvent, last: Chunk | None = None) -> pb.ChatResponse:
+    """One Chat event as a message (a Done with the ``last`` chunk's text, if given)."""
     if isinstance(e, Session):
         return pb.ChatResponse(opened=session_to_pb(e))
     if isinstance(e, Fed):
         return pb.ChatResponse(fed=fed_to_pb(e))
-    return pb.ChatResponse(generated=generated_to_pb(e))
+    return pb.ChatResponse(generated=generated_to_pb(e, last))
 
 
 async def feed_chunks(requests: AsyncIterator[pb.FeedRequest], call: Call) -> AsyncIterator[FeedChunk]:

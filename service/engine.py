@@ -148,7 +148,9 @@ class Engine:
         try:
             while True:
                 if s.out:
-                    yield s.take()
+                    chunk = s.take()
+                    chunk.final = s.finished and s.error is None  # (every chunk is released before the end)
+                    yield chunk
                 elif s.finished:
                     if s.error is not None:
                         raise s.error

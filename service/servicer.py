@@ -162,10 +162,14 @@ class Servicer(charlm_pb2_grpc.TextGenerationServicer):
         call.model, call.session_id = request.model, request.session_id
         params = params_from_pb(request.sampling, request.max_chars, request.stop, request.logprobs)
         event: Chunk | Done | None = None
+        last: Chunk | None = None
         req = GenerateRequest(request.model, request.prompt, params, request.session_id)
         async with contextlib.aclosing(self._dp.generate(req)) as events:
             async for event in events:
-                yield generated_to_pb(event)
+                if isinstance(event, Chunk) and event.final:
+                    last = event  # its Finish comes next, at once: both leave in one message (one gRPC send)
+                    continue
+                yield generated_to_pb(event, last)
         if isinstance(event, Done):  # the last event: read once the stream has ended, not per message
             call.model, f = event.model, event.finish
             call.chars_consumed, call.chars_generated = f.prompt_chars, f.generated_chars
@@ -219,8 +223,13 @@ class Servicer(charlm_pb2_grpc.TextGenerationServicer):
             opened = cast(Session, await anext(events))  # always the session first: the loop need not look
             call.model, call.session_id, start = opened.model, opened.id, opened.state.chars_consumed
             yield chat_event_to_pb(opened)
+            last: Chunk | None = None
             async for event in events:
-                yield chat_event_to_pb(event)
+                if isinstance(event, Chunk) and event.final:
+                    last = event  # (as in Generate)
+                    continue
+                yield chat_event_to_pb(event, last)
+                last = None
         call.chars_consumed = opened.state.chars_consumed - start  # fed and generated: what the state advanced
 
     @_rpc

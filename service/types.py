@@ -108,6 +108,8 @@ class Chunk:
 
     text: str
     logprobs: list[float] | None = None
+    # The stream's last chunk: its Finish comes next, at once (the servicer sends both in one message).
+    final: bool = False
 
 
 @dataclass

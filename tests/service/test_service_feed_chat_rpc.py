@@ -93,6 +93,23 @@ async def test_chat_interleaves_feed_and_generate_and_cancels(stub) -> None:
     assert not s.busy and s.chars_consumed == 16 + 40 + finish.generated_chars + 5
 
 
+async def test_a_chat_reply_ends_with_its_last_characters_and_the_finish(stub) -> None:
+    call = stub.Chat()
+    await call.write(pb.ChatRequest(open=pb.ChatOpen(model="tiny-lstm")))
+    await call.read()
+    await call.write(pb.ChatRequest(feed="He lit the stove"))
+    await call.read()
+    for max_chars in (1, 30):
+        await call.write(pb.ChatRequest(generate=pb.ChatGenerate(max_chars=max_chars)))
+        messages = []
+        while not messages or not messages[-1].generated.HasField("finish"):
+            messages.append(await call.read())
+        assert messages[-1].generated.text and sum(len(m.generated.text) for m in messages) == max_chars
+        assert len(messages) == 1 if max_chars == 1 else len(messages) > 1
+    await call.done_writing()
+    assert await call.read() == grpc.aio.EOF  # type: ignore[attr-defined]
+
+
 async def test_chat_on_an_existing_session_continues_it(stub) -> None:
     s = await stub.CreateSession(pb.CreateSessionRequest(model="tiny-rnn", prime="The "))
     call = stub.Chat()

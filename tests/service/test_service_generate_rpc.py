@@ -70,3 +70,16 @@ async def test_batched_equals_unbatched_for_seeded_requests(stub, model: str) ->
                                       for p, sp in zip(prompts, sampling, strict=True)))
     assert [t[0] for t in together] == alone
     assert len(set(alone)) > 32  # the seeds really differ
+
+
+async def test_the_last_characters_leave_with_the_finish(stub) -> None:
+    # The engine hands over a generation's last characters and its end together: one message (one gRPC send)
+    # carries both, so a one-character request is answered in a single message, alone or in a batch.
+    short = await asyncio.gather(*(generate(stub, prompt="Th", max_chars=1, logprobs=True,
+                                            sampling=pb.SamplingParams(seed=s)) for s in range(8)))
+    assert [(len(text), len(lps), messages) for text, lps, _, messages in short] == [(1, 1, 1)] * 8
+    request = pb.GenerateRequest(prompt="The ", max_chars=300, sampling=pb.SamplingParams(seed=3))
+    messages = [r async for r in stub.Generate(request)]
+    assert messages[-1].HasField("finish") and messages[-1].text
+    assert "".join(m.text for m in messages) == (await generate(stub, prompt="The ", max_chars=300,
+                                                                sampling=pb.SamplingParams(seed=3)))[0]
