@@ -63,8 +63,7 @@ class Decoding(Scheduler):
             kept = self._deliver([chars[i] for i in ids.tolist()], 1)
         self._step_s = dt / k
         if self.observer is not None:
-            for _ in range(k):
-                self.observer.step(self.model, n, dt / k)
+            self.observer.step(self.model, n, dt / k, k)
             self.observer.chars(self.model, kept)
 
     def _deliver(self, texts: list[str], k: int) -> int:

@@ -147,8 +147,8 @@ class FeedResult:
 class EngineObserver(Protocol):
     """What the engine reports as it runs (the Prometheus metrics implement it; tests may record it)."""
 
-    def step(self, model: str, batch: int, seconds: float) -> None:
-        """One engine step of ``batch`` streams took ``seconds``."""
+    def step(self, model: str, batch: int, seconds: float, steps: int = 1) -> None:
+        """``steps`` engine steps of ``batch`` streams took ``seconds`` each (a call of several steps)."""
 
     def chars(self, model: str, n: int) -> None:
         """``n`` characters were generated."""

@@ -17,6 +17,7 @@ import pytest
 from bench.calls import main as calls
 from bench.latency_ab import METRICS
 from bench.latency_ab import main as latency_ab
+from bench.observer import MODEL, calls_before, calls_now
 from bench.ops import main as ops
 from bench.prompt_threads import measure as prompt_threads
 from bench.quantize import main as quantize
@@ -165,3 +166,17 @@ def test_another_checkouts_server_is_measured_beside_as_other(model_repo: Path, 
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[2:]] == ["bare", "shaped", "charlm", "other"]
     assert all(line.split()[-1] == "2/2" for line in lines[2:])  # every call answered
+
+
+def test_a_decode_calls_metrics_count_the_same_both_ways() -> None:
+    # bench.observer times the metrics as they were against now: both must record the same steps and characters
+    ways = [calls_before(8), calls_now(8)]
+    for call, _ in ways:
+        call()
+        call()
+    for name in ("charlm_batch_size_count", "charlm_batch_size_sum", "charlm_step_seconds_count",
+                 "charlm_step_seconds_bucket", "charlm_chars_generated_total"):
+        labels = {"model": MODEL, **({"le": "0.00025"} if name.endswith("_bucket") else {})}
+        before, now = (registry.get_sample_value(name, labels) for _, registry in ways)
+        assert before is not None and before == pytest.approx(now, rel=1e-12), name
+    assert ways[1][1].get_sample_value("charlm_batch_size_count", {"model": MODEL}) == 16
