@@ -105,7 +105,8 @@ async def test_a_chat_reply_ends_with_its_last_characters_and_the_finish(stub) -
         while not messages or not messages[-1].generated.HasField("finish"):
             messages.append(await call.read())
         assert messages[-1].generated.text and sum(len(m.generated.text) for m in messages) == max_chars
-        assert len(messages) == 1 if max_chars == 1 else len(messages) > 1
+        # How a longer reply is split depends on how far the reader lags, so only its end is fixed.
+        assert max_chars > 1 or len(messages) == 1
     await call.done_writing()
     assert await call.read() == grpc.aio.EOF  # type: ignore[attr-defined]
 
