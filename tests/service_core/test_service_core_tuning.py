@@ -78,7 +78,7 @@ async def test_an_engine_measures_what_its_config_leaves_to_be_measured(
         make_engine: EngineFactory, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     caplog.set_level(logging.INFO, "service.engine")
     observer = RecordingObserver()
-    measured = make_engine("lstm", observer, lanes=2, lane_fill=0, all_threads_rows=0)  # 0: measured
+    measured = make_engine("lstm", observer, lanes=2, measure_lanes=True)
     await measured.start()
     assert measured.config.all_threads_rows in (1, 2, 4, 8, 16, 32, 64)
     assert 1 <= measured.config.lane_fill <= 16
@@ -96,7 +96,7 @@ async def test_an_engine_measures_what_its_config_leaves_to_be_measured(
     assert observer.precisions == fixed_observer.precisions == [("int8", "int8")]  # auto, the default, on the CPU
     assert not any("lanes measured" in r.getMessage() for r in caplog.records)
     # one lane on one thread (the tiny runtimes'): nothing to choose
-    alone = make_engine("lstm", lanes=1, lane_fill=0, all_threads_rows=0)
+    alone = make_engine("lstm", lanes=1, measure_lanes=True)
     await alone.start()
     assert (alone.config.lane_fill, alone.config.all_threads_rows) == (16, 1)
     assert not any("lanes measured" in r.getMessage() for r in caplog.records)
