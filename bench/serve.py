@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="one-character requests each stream of the short-requests probe makes in turn (0 = skip it)")
     p.add_argument("--soak-streams", type=int, default=256)
     p.add_argument("--soak-seconds", type=float, default=60.0)
-    p.add_argument("--soak-warmup-rounds", type=int, default=2, help="soak rounds before the measured seconds")
+    p.add_argument("--soak-warmup-rounds", type=int, default=3, help="soak rounds before the measured seconds")
     p.add_argument("--no-soak", action="store_true", help="skip the soak")
     p.add_argument("--no-baseline", action="store_true", help="skip the no-batching baselines")
     p.add_argument("--no-probes", action="store_true", help="skip the TTFC, message and long-prompt probes")

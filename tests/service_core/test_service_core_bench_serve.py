@@ -27,11 +27,21 @@ def test_a_figure_just_under_its_target_never_prints_as_reaching_it() -> None:
 
 def test_the_soak_is_judged_on_where_memory_settled_not_on_one_round() -> None:
     # RSS (KiB) after each round, 2 of warm-up: the warm-up ends on a round where malloc had handed memory back
-    swings = Soak(256, 2000, 60.0, rss_rounds_kib=[231, 220, 238, 228, 232, 230, 223, 221, 219, 235, 232])
+    swings = Soak(256, 2000, 60.0, 2, rss_rounds_kib=[231, 220, 238, 228, 232, 230, 223, 221, 219, 235, 232])
     assert swings.growth > 0.05  # the last round against the warm-up's last reads the swing as growth
     assert swings.rss_warm_high_kib == 231 and swings.rss_settled_kib == 223 and swings.settled_growth < 0
-    creep = Soak(256, 2000, 300.0, rss_rounds_kib=[242, 244, 253, 253, 253, 255, 256, 257, 259, 260])
+    creep = Soak(256, 2000, 300.0, 2, rss_rounds_kib=[242, 244, 253, 253, 253, 255, 256, 257, 259, 260])
     assert creep.rss_settled_kib == 258 and creep.settled_growth > 0.05  # memory that keeps growing still fails
+    late = Soak(256, 2000, 300.0, rss_rounds_kib=[242, 244, 245, 254, 256, 258, 260, 262, 264, 266, 268])
+    assert late.warmup_rounds == 3 and late.settled_growth > 0.05  # nor when it starts after the warm-up
+
+
+def test_the_soak_warms_up_until_the_pools_reached_their_size() -> None:
+    # shaped as a full run's rounds (tenths of MiB; the twenty-seventh pass): the pools reached their size in round 3
+    rounds = [2057, 2065, 2198, 2210, 2204, 2221, 2213, 2209, 2199, 2215, 2125]
+    assert Soak(256, 2000, 60.0, 2, rss_rounds_kib=rounds).settled_growth > 0.05  # 2 rounds read it as growth
+    default = Soak(256, 2000, 60.0, rss_rounds_kib=rounds)
+    assert default.rss_warm_high_kib == 2198 and abs(default.settled_growth) < 0.01
 
 
 @pytest.mark.timeout(180)
@@ -68,7 +78,7 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
     assert len(three["batched"]) == 2 and all(x > 0 for x in three["batched"]) and three["loop_chars_per_s"] > 0
     kept = three["served"]["chars_per_s"] / three["loop_chars_per_s"]  # the pair shown is one of the two
     assert min(abs(kept - x) for x in three["batched"]) < 1e-9
-    assert out["soak"]["rounds"] >= 3 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0  # 2 warm-up
+    assert out["soak"]["rounds"] >= 4 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0  # 3 warm-up
     assert out["soak"]["rss_warm_high_kib"] >= out["soak"]["rss_warm_kib"] and out["soak"]["rss_settled_kib"] > 0
     assert out["ttfc16"]["count"] == 3 and out["long_ttfc"]["count"] == 1 and out["message_us"] > 0
     assert out["ttfc16_engine"]["count"] == 3 and out["ttfc16_engine"]["p50"] > 0
