@@ -2,7 +2,9 @@
 
 The server's prompt calls run on all threads with the second one spinning through the time steps
 (``--ort-prefill-spinning``), except a lone row's and, with int8 prompts, a call of at most
-``service.runtime.SMALL_PROMPT_CHARS`` characters in all, which run on one thread. This measures why: calls of
+``--small-prompt-chars`` (64) characters in all, which run on one thread. This measures why, and where on a
+machine a second thread starts to pay (the largest rows x chars whose one-thread wall time is still about all
+threads' is a value for that flag): calls of
 ``rows`` x ``chars`` ids through the server's own prompt sessions (``Runtime.session`` and
 ``Runtime.small_session``'s kind, one thread), in blocks alternated, each call after ``--idle-ms`` of sleep as a
 server's calls come (its threads asleep, its calls going from one session to another). CPU is the whole
@@ -21,7 +23,7 @@ import onnxruntime as ort
 
 from bench.engine import parser
 from service.artifact import ArtifactError, load_artifact
-from service.runtime import SMALL_PROMPT_CHARS, Runtime, RuntimeConfig
+from service.runtime import Runtime, RuntimeConfig
 
 
 def block(session: ort.InferenceSession, rt: Runtime, ids: np.ndarray, calls: int,
@@ -89,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(rt, rows, chars, a.blocks, a.calls, a.idle_ms / 1e3)
     print(f"{rt.model}: prompts in {rt.prompt_precision}, all = {rt.threads} threads (spinning within the call), "
           f"one = one thread; after {a.idle_ms:g} ms idle; µs a call (wall: median; CPU: median of the blocks); "
-          f"the server's int8 prompt calls of at most {SMALL_PROMPT_CHARS} characters in all run on one "
-          "thread")  # fmt: skip
+          f"the server's int8 prompt calls of at most {rt.small_prompt_chars} characters in all run on one "
+          "thread (--small-prompt-chars)")  # fmt: skip
     print("chars  rows   all wall   all CPU   one wall   one CPU   one/all wall")
     for r in results:
         ratio = r["one_wall_us"] / r["all_wall_us"]

@@ -92,6 +92,9 @@ OPTIONS = [
            "(onnxruntime's fused int8 LSTM: a lone short prompt's first character ~0.2 ms sooner at the same "
            "loss; cpu provider, LSTM models only), fp32 as exported, or auto = int8 where decode steps run in int8 "
            "and the model is an LSTM, else fp32", ("auto", "fp32", "int8")),
+    Option("--small-prompt-chars", "runtime.small_prompt_chars", int, "int8 prompt calls of at most this many "
+           "characters in all (rows x characters) run on one thread, as a lone row's do (0 = those only); "
+           "`python -m bench.prompt_threads` measures where a second thread starts to pay"),
     Option("--device-batch", "runtime.device_batch", str.lower, "where decode batches keep their states between "
            "calls: auto = in device memory on CUDA, else numpy; on = onnxruntime values on any provider (every call "
            "runs --max-batch rows); off = numpy, copied in and out at every call", ("auto", "on", "off")),

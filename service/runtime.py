@@ -30,11 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 States = tuple[np.ndarray, ...]
-# int8 prompt calls (service/int8_prompts.py) of at most this many characters in all (rows x characters) run on one
-# thread: up to here as fast as on two (0.43-1.01x the time) at 0.1-0.7x the process's CPU, the second thread
-# spinning; from 8 x 16, two threads were 1.1-1.8x faster (`python -m bench.prompt_threads`, two runs). In bursts of
-# one-character requests the server spent 0.84-0.97x the CPU a request (docs/performance.md, "What a new call costs").
-SMALL_PROMPT_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -71,6 +66,11 @@ class RuntimeConfig:
     decode_precision: str = "auto"  # provider where the graph allows it, else fp32 (multistep.decode_head)
     # Prompt calls' LSTM layers: fp32 as exported, int8 (service/int8_prompts.py), or auto = int8 where decode steps
     prompt_precision: str = "auto"  # run in int8 and the graph is an LSTM's, else fp32
+    # int8 prompt calls of at most this many characters in all (rows x characters) run on one thread: on the 2-core
+    # VMs up to 64 as fast as on two (0.43-1.01x the time) at 0.1-0.7x the process's CPU, the second thread spinning;
+    # from 8 x 16, two threads were 1.1-1.8x faster. `python -m bench.prompt_threads` measures a machine's (0 = a
+    # lone row's calls only); in bursts of one-character requests, 0.84-0.97x the server's CPU a request at 64.
+    small_prompt_chars: int = 64
 
     def __post_init__(self) -> None:
         precisions = ("auto", "fp32", "int8")
@@ -84,7 +84,7 @@ class RuntimeConfig:
                 raise ValueError(f"{name}: int8 runs on the cpu provider only")
         if not 1 <= self.decode_steps <= 64:
             raise ValueError(f"decode_steps: must be 1..64, got {self.decode_steps}")
-        for name in ("intra_op_threads", "inter_op_threads"):
+        for name in ("intra_op_threads", "inter_op_threads", "small_prompt_chars"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
@@ -122,12 +122,13 @@ class Runtime:
         self.decode_precision, graph = decode_head(artifact, config.decode_precision, self.provider)
         self.prompt_precision, self.prompt_graph = prompt_graph(artifact, config, self.decode_precision, self.provider)
         self.small_session = self.session  # one-row and small prompt calls (`run`, `bind`): see `session_for`
+        self.small_prompt_chars = config.small_prompt_chars
         if self.prompt_precision == "int8":  # (the artifact's session above told where calls run)
             self.session = ort.InferenceSession(self.prompt_graph, opts, providers=names)
             # One row on the fused int8 LSTM gains nothing from a second thread (its steps are sequential, each
             # product one row) and waking it costs: a lone 16-char prompt after 2 ms idle took 349 µs on one
             # thread against 864 µs on two spinning (docs/performance-history.md, the twenty-second pass); nor
-            # do a few rows (SMALL_PROMPT_CHARS).
+            # do a few rows (small_prompt_chars).
             self.small_session = ort.InferenceSession(self.prompt_graph, session_options(self._one_thread, False),
                                                       providers=names)  # fmt: skip
         self.decode_steps = config.decode_steps
@@ -197,8 +198,8 @@ class Runtime:
 
     def session_for(self, ids: np.ndarray) -> ort.InferenceSession:
         """The session of a prompt call of ``ids`` (B, T), padded: ``small_session`` for one row or at most
-        SMALL_PROMPT_CHARS characters in all, else ``session``. Either gives the same bits (tested)."""
-        return self.small_session if ids.shape[0] == 1 or ids.size <= SMALL_PROMPT_CHARS else self.session
+        ``small_prompt_chars`` characters in all, else ``session``. Either gives the same bits (tested)."""
+        return self.small_session if ids.shape[0] == 1 or ids.size <= self.small_prompt_chars else self.session
 
     def bind_decoder(self, ids: np.ndarray, states: States, logits_out: np.ndarray, states_out: States,
                      uniforms: np.ndarray, inv_temperature: np.ndarray,

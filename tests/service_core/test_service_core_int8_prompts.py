@@ -9,7 +9,7 @@ import pytest
 from fixtures.service_core import ARCHS
 
 from service.artifact import Artifact
-from service.runtime import SMALL_PROMPT_CHARS, Runtime, RuntimeConfig, States
+from service.runtime import Runtime, RuntimeConfig, States
 
 
 def lstm_runtimes(artifact: Artifact) -> tuple[Runtime, Runtime]:
@@ -103,12 +103,24 @@ def test_small_int8_prompt_calls_run_on_one_thread_with_the_same_bits_as_on_all(
     tiny_artifacts: dict[str, Artifact],
 ) -> None:
     rt = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=2))
-    rng = np.random.default_rng(6)
-    for rows, chars in ((4, SMALL_PROMPT_CHARS // 4), (2, 1), (SMALL_PROMPT_CHARS, 1)):
+    rng, small = np.random.default_rng(6), RuntimeConfig().small_prompt_chars
+    assert rt.small_prompt_chars == small == 64
+    for rows, chars in ((4, small // 4), (2, 1), (small, 1)):
         ids, states = rng.integers(0, rt.vocab_size, (rows, chars)), real_states(rt, rows, 7)
         assert rt.session_for(ids) is rt.small_session  # a few characters in all: one thread
         logits, new = rt.run(ids, states)
         all_logits, all_new = rt.run(ids, states, rt.session)  # the same call on both threads
         assert np.array_equal(logits, all_logits)
         assert all(np.array_equal(a, b) for a, b in zip(new, all_new, strict=True))
-    assert rt.session_for(np.zeros((4, SMALL_PROMPT_CHARS // 4 + 1), np.int64)) is rt.session  # more: both
+    assert rt.session_for(np.zeros((4, small // 4 + 1), np.int64)) is rt.session  # more: both
+
+
+def test_the_small_prompt_threshold_is_a_setting(tiny_artifacts: dict[str, Artifact]) -> None:
+    rt = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=2, small_prompt_chars=8))
+    assert rt.session_for(np.zeros((2, 4), np.int64)) is rt.small_session
+    assert rt.session_for(np.zeros((2, 5), np.int64)) is rt.session  # 10 characters: over the setting
+    lone = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=2, small_prompt_chars=0))
+    assert lone.session_for(np.zeros((1, 300), np.int64)) is lone.small_session  # a lone row: one thread always
+    assert lone.session_for(np.zeros((2, 1), np.int64)) is lone.session
+    with pytest.raises(ValueError, match="small_prompt_chars"):
+        RuntimeConfig(small_prompt_chars=-1)
