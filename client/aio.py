@@ -37,8 +37,8 @@ class AsyncClient:
         metadata, rid = self._metadata.for_call(request_id)
         try:
             return await method(request, timeout=timeout or self.options.timeout, metadata=metadata)
-        except grpc.RpcError as e:  # the health service logs no ids
-            raise from_rpc_error(e, rpc, None if rpc == "Health.Check" else rid) from None
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, rpc, rid) from None
 
     def generate(
         self,
@@ -124,9 +124,10 @@ class AsyncClient:
         """One model (``"name"`` or ``"name:version"``; empty = the default)."""
         return convert.model_info(await self._unary("GetModel", pb.GetModelRequest(model=name), timeout, request_id))
 
-    async def health(self, service: str = "", timeout: float | None = None) -> str:
+    async def health(self, service: str = "", timeout: float | None = None, *, request_id: str | None = None) -> str:
         """The standard health status: "SERVING", "NOT_SERVING", ... ("" = the whole server)."""
-        response = await self._unary("Health.Check", health_pb2.HealthCheckRequest(service=service), timeout)
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = await self._unary("Health.Check", request, timeout, request_id)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     async def wait_ready(self, timeout: float = 10.0) -> None:

@@ -47,8 +47,8 @@ class Client:
         metadata, rid = self._metadata.for_call(request_id)
         try:
             return method(request, timeout=timeout or self.options.timeout, metadata=metadata)
-        except grpc.RpcError as e:  # the health service logs no ids
-            raise from_rpc_error(e, rpc, None if rpc == "Health.Check" else rid) from None
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, rpc, rid) from None
 
     def generate(
         self,
@@ -133,9 +133,9 @@ class Client:
         """One model (``"name"`` or ``"name:version"``; empty = the default)."""
         return convert.model_info(self._unary("GetModel", pb.GetModelRequest(model=name), timeout, request_id))
 
-    def health(self, service: str = "", timeout: float | None = None) -> str:
+    def health(self, service: str = "", timeout: float | None = None, *, request_id: str | None = None) -> str:
         """The standard health status: "SERVING", "NOT_SERVING", ... ("" = the whole server)."""
-        response = self._unary("Health.Check", health_pb2.HealthCheckRequest(service=service), timeout)
+        response = self._unary("Health.Check", health_pb2.HealthCheckRequest(service=service), timeout, request_id)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     def wait_ready(self, timeout: float = 10.0) -> None:

@@ -9,8 +9,7 @@ from typing import Any
 
 import grpc
 from charlm.v1 import charlm_pb2, charlm_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.auth import TokenAuth, Tokens
 from service.config import ServiceConfig
@@ -19,6 +18,7 @@ from service.metrics import Metrics
 from service.registry import Registry
 from service.servicer import Servicer
 from service.sessions import InMemorySessionStore
+from service.standard import Health, add_reflection
 from service.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Server:
         self.started = False  # True once start() has succeeded: a failed start has nothing to drain
         self.metrics_port: int | None = None  # bound /metrics port, None when disabled
         self.metrics = Metrics()
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs predate aio
+        self.health = Health()
         self._grpc: grpc.aio.Server | None = None
         self._dataplane: DataPlane | None = None
         self._registry: Registry | None = None
@@ -75,9 +75,7 @@ class Server:
         charlm_pb2_grpc.add_TextGenerationServicer_to_server(servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         if cfg.reflection:
-            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                     reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, self._grpc)
+            add_reflection(self._grpc, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
         address = f"{cfg.host}:{cfg.port}"
         try:
             if credentials is None:

@@ -63,7 +63,8 @@ def test_out_of_range_options_are_named(charlm: CliRunner) -> None:
 
 
 def test_health_of_an_unknown_service(charlm: CliRunner) -> None:
-    line = assert_one_line_error(charlm("health", "--service", "bogus"), "Health.Check", "NOT_FOUND", "--service")
+    line = assert_one_line_error(charlm("health", "--service", "bogus", "--request-id", "probe-3"), "'bogus'",
+                                 "charlm.v1.TextGeneration", "SERVICE_NOT_FOUND", "--service", "request id probe-3")
     assert "RpcError" not in line and "model" not in line and "session" not in line
 
 

@@ -112,7 +112,10 @@ def test_models_and_health(client: Client) -> None:
     assert listing.default_model == "tiny-lstm:1"
     gru = client.model("tiny-gru")
     assert gru.architecture == "gru" and gru.vocab_size == len(gru.vocabulary) and gru.parameters > 0
-    assert client.health() == "SERVING"
+    assert client.health() == "SERVING" and client.health("charlm.v1.TextGeneration", request_id="hc-1") == "SERVING"
+    with pytest.raises(NotFound) as unknown:
+        client.health("charlm.v2.Nope", request_id="hc-2")
+    assert unknown.value.reason == "SERVICE_NOT_FOUND" and unknown.value.request_id == "hc-2"
 
 
 def test_errors_keep_status_and_reason(client: Client) -> None:

@@ -49,6 +49,30 @@ async def test_health_and_reflection(server) -> None:
             assert {SERVICE, "grpc.health.v1.Health"} <= names
 
 
+
+async def test_health_and_reflection_calls_carry_request_ids(server) -> None:
+    tagged = (("x-request-id", "probe-7"),)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        call = health.Check(health_pb2.HealthCheckRequest(service=SERVICE), metadata=tagged)
+        assert (await call).status == SERVING and ("x-request-id", "probe-7") in tuple(await call.trailing_metadata())
+        call = health.Check(health_pb2.HealthCheckRequest())  # no id sent: a fresh one
+        await call
+        fresh = [v for k, v in await call.trailing_metadata() if k == "x-request-id"]
+        assert len(fresh) == 1 and len(fresh[0]) == 16 and int(fresh[0], 16) >= 0
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await health.Check(health_pb2.HealthCheckRequest(service="charlm.v2.Nope"), metadata=tagged)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "'charlm.v2.Nope'" in (e.value.details() or "") and repr(SERVICE) in (e.value.details() or "")
+        assert ("x-request-id", "probe-7") in tuple(e.value.trailing_metadata() or ())
+        assert error_info(e.value).reason == "SERVICE_NOT_FOUND"
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                            metadata=tagged)  # fmt: skip
+        assert [r.list_services_response.service[0].name async for r in call]
+        assert ("x-request-id", "probe-7") in tuple(await call.trailing_metadata())
+
+
 async def test_metrics_endpoint(server, stub) -> None:
     s = await stub.CreateSession(pb.CreateSessionRequest(prime="The "))
     await generate(stub, session_id=s.id, max_chars=30)
