@@ -106,21 +106,25 @@ def _decode_table(levels: list[Level]) -> list[str]:
     lines = ["decode calls during each level (the server's /metrics): lanes busy = call seconds per second of load; "
              "served / raw lanes = busy / lanes x raw / server µs x kept",
              f"{'streams':>7} {'lanes busy':>10} {'server µs/char':>14} {'raw µs/char':>11} {'kept/computed':>13} "
-             f"{'cores: loop':>11} {'other srv':>9} {'client':>6} {'all streaming':>13} "
-             f"{'ratio then':>10}"]  # fmt: skip
+             f"{'cores: loop':>11} {'other srv':>9} {'client':>6} {'waiting: loop':>13} {'other srv':>9} "
+             f"{'all streaming':>13} {'ratio then':>10}"]  # fmt: skip
     for lv in levels:
         wall = lv.served.wall_s or math.nan
         cores = (lv.loop_cpu_s / wall, (lv.server_cpu_s - lv.loop_cpu_s) / wall, lv.client_cpu_s / wall)
         then = lv.served.all_streaming_chars_per_s / lv.engine.chars_per_s
         lines.append(f"{lv.streams:>7} {lv.busy:>10.2f} {lv.call_us:>14.1f} {lv.lane_us:>11.1f} {lv.kept:>13.3f} "
-                     f"{cores[0]:>11.2f} {cores[1]:>9.2f} {cores[2]:>6.2f} {lv.served.all_streaming_s / wall:>13.0%} "
+                     f"{cores[0]:>11.2f} {cores[1]:>9.2f} {cores[2]:>6.2f} {lv.waits_s[0] / wall:>13.2f} "
+                     f"{lv.waits_s[1] / wall:>9.2f} {lv.served.all_streaming_s / wall:>13.0%} "
                      f"{then:>10.0%}")  # fmt: skip
     lines.append("  (µs/char: a decode call's wall time per row-step on its calling thread; raw: the fastest raw "
                  "setting of the kind the server stepped with: lanes side by side where it kept more than one lane "
                  "busy, else one call on all threads; cores: CPU seconds per second of load of the server's event "
                  "loop (its main thread: gRPC's messages), of its other threads (the step threads, gRPC's poller) "
-                 "and of the load generator; all streaming: the share of the load's wall time in which every stream "
-                 "was streaming (after the last one's first chunk, before the first one's last), and the served "
+                 "and of the load generator; waiting: seconds per second of load that the server's event loop and "
+                 "its other threads were ready to run but waited for a core (/proc schedstat): a step thread's call "
+                 "that waits takes longer than a raw lane's; all streaming: the share of the load's wall time in "
+                 "which every stream was streaming (after the last one's first chunk, before the first one's last), "
+                 "and the served "
                  "rate then against the same raw engine: the gap left without the streams' start and end)")  # fmt: skip
     return lines
 

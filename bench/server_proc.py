@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -102,6 +103,24 @@ class ServerProcess:
         """User + system CPU time of the server's main thread: its event loop, where gRPC's messages are made and
         handled (from /proc/PID/task/PID/stat; the step threads and gRPC's poller are threads of their own)."""
         return proc_cpu_seconds(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
+
+    def waiting_seconds(self) -> tuple[float, float]:
+        """Seconds the server's threads have spent runnable but waiting for a core: its main thread's (the event
+        loop) and its other threads' together (the step threads, gRPC's poller), from the second field of each
+        /proc/PID/task/TID/schedstat (a thread that has ended no longer counts); NaN where the kernel keeps none."""
+        main, other = 0, 0
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                waited = int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):  # ended since the listing, or no schedstat in this kernel
+                if task.name == str(self.pid):
+                    return math.nan, math.nan
+                continue
+            if task.name == str(self.pid):
+                main = waited
+            else:
+                other += waited
+        return main / 1e9, other / 1e9
 
     def decode_counters(self) -> DecodeCounters | None:
         """The server's decode calls so far, from its /metrics (None when it serves none)."""

@@ -76,6 +76,8 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
     one, three = out["levels"]
     assert one["batched"] == [] and one["loop_chars_per_s"] is None
     assert len(three["batched"]) == 2 and all(x > 0 for x in three["batched"]) and three["loop_chars_per_s"] > 0
+    # the server's threads' waits for a core (/proc schedstat), in seconds of the load's wall time at most
+    assert all(0 <= lv[k] <= 4 * lv["served"]["wall_s"] for lv in (one, three) for k in ("loop_wait_s", "other_wait_s"))
     kept = three["served"]["chars_per_s"] / three["loop_chars_per_s"]  # the pair shown is one of the two
     assert min(abs(kept - x) for x in three["batched"]) < 1e-9
     assert out["soak"]["rounds"] >= 4 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0  # 3 warm-up
