@@ -74,6 +74,8 @@ class LoadReport:
     error_messages: dict[str, str] = field(default_factory=dict)  # status name -> the first such error's message
     all_streaming_s: float = 0.0  # from the last stream's first chunk to the first stream's last (0: never all)
     all_streaming_chars: int = 0  # characters that arrived in that window
+    all_streaming_from_s: float = 0.0  # when that window began, from the first call's start
+    started: float = 0.0  # time.perf_counter() at the first call's start (to line up other measurements with it)
 
     @property
     def requests(self) -> int:
@@ -140,16 +142,16 @@ async def _one_request(client: AsyncClient, prompt: str, chars: int, model: str,
         stats.errors.append((e.status, " ".join(e.message.split()) + rid))
 
 
-def all_streaming(arrivals: Sequence[Sequence[tuple[float, int]]]) -> tuple[float, int]:
+def all_streaming(arrivals: Sequence[Sequence[tuple[float, int]]]) -> tuple[float, int, float]:
     """The window in which every stream was streaming, from the last stream's first chunk to the first stream's
-    last, and the characters that arrived in it: (seconds, characters); (0.0, 0) when there is none.
-    ``arrivals``: each stream's (time, characters) of its chunks, in order."""
+    last, the characters that arrived in it, and when it began: (seconds, characters, perf_counter); (0.0, 0,
+    0.0) when there is none. ``arrivals``: each stream's (time, characters) of its chunks, in order."""
     if not arrivals or not all(arrivals):
-        return 0.0, 0
+        return 0.0, 0, 0.0
     lo, hi = max(a[0][0] for a in arrivals), min(a[-1][0] for a in arrivals)
     if hi <= lo:
-        return 0.0, 0
-    return hi - lo, sum(n for a in arrivals for t, n in a if lo < t <= hi)
+        return 0.0, 0, 0.0
+    return hi - lo, sum(n for a in arrivals for t, n in a if lo < t <= hi), lo
 
 
 def _first_messages(errors: list[tuple[str, str]]) -> dict[str, str]:
@@ -197,7 +199,7 @@ async def run_load(
         for c in clients:
             await c.close()
     total_chars = sum(r.chars for r in results)
-    window_s, window_chars = all_streaming([r.arrivals for r in results])
+    window_s, window_chars, window_from = all_streaming([r.arrivals for r in results])
     return LoadReport(
         target=target,
         streams=streams,
@@ -216,4 +218,6 @@ async def run_load(
         error_messages=_first_messages([e for r in results for e in r.errors]),
         all_streaming_s=window_s,
         all_streaming_chars=window_chars,
+        all_streaming_from_s=window_from - start if window_s else 0.0,
+        started=start,
     )

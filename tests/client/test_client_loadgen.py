@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
 import pytest
 from fixtures.charlm_client import PROMPT
@@ -56,14 +57,17 @@ def test_all_streaming_is_the_window_every_stream_shares() -> None:
     # counts, the chunk that opens the window does not (its characters came before it).
     a = [(1.0, 10), (3.0, 10), (5.0, 10)]
     b = [(2.0, 7), (2.5, 1), (4.0, 2)]
-    assert all_streaming([a, b]) == (2.0, 10 + 1 + 2)
-    assert all_streaming([a, [(5.5, 3)]]) == (0.0, 0)  # b began after a ended: never all streaming
-    assert all_streaming([a, []]) == (0.0, 0) and all_streaming([]) == (0.0, 0)  # a stream got nothing
-    assert all_streaming([a]) == (4.0, 20)  # one stream: its rate after its first chunk
+    assert all_streaming([a, b]) == (2.0, 10 + 1 + 2, 2.0)  # (and it began at b's first chunk)
+    assert all_streaming([a, [(5.5, 3)]]) == (0.0, 0, 0.0)  # b began after a ended: never all streaming
+    assert all_streaming([a, []]) == (0.0, 0, 0.0) and all_streaming([]) == (0.0, 0, 0.0)  # a stream got nothing
+    assert all_streaming([a]) == (4.0, 20, 1.0)  # one stream: its rate after its first chunk
 
 
 async def test_run_load_reports_the_rate_while_every_stream_streams(server: RunningServer) -> None:
     report = await run_load(server.target, streams=3, chars=400, prompt=PROMPT)
     assert 0 < report.all_streaming_s < report.wall_s and 0 < report.all_streaming_chars < report.total_chars
     assert report.all_streaming_chars_per_s == pytest.approx(report.all_streaming_chars / report.all_streaming_s)
+    # the window lies within the load, which began at `started` (this process's perf_counter)
+    assert 0 < report.all_streaming_from_s < report.all_streaming_from_s + report.all_streaming_s <= report.wall_s
+    assert 0 < report.started < time.perf_counter() - report.wall_s
     assert report.to_dict()["all_streaming_chars_per_s"] == report.all_streaming_chars_per_s
