@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from typing import Any
 
 import grpc
 import pytest
 from fixtures.charlm_client import PROMPT
 from fixtures.server import RunningServer
+from grpc_health.v1 import health, health_pb2_grpc
 
 from client import (
     CharlmError,
@@ -243,7 +245,15 @@ def test_options_without_a_target_use_charlm_target(server: RunningServer, monke
         Client(" ")
 
 
-def test_an_error_without_a_message_names_the_call(client: Client) -> None:
-    with pytest.raises(NotFound) as missing:
-        client.health("no-such-service")
+def test_an_error_without_a_message_names_the_call() -> None:
+    # grpc's own health servicer answers an unknown service with NOT_FOUND and no message (charlm's names them)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{port}") as plain, pytest.raises(NotFound) as missing:
+            plain.health("no-such-service")
+    finally:
+        server.stop(None)
     assert missing.value.message == "Health.Check failed with NOT_FOUND and no message"
