@@ -49,7 +49,9 @@ class Schedstat:
                     if fd is None:
                         fd = self.files[pid, tid] = os.open(f"/proc/{pid}/task/{tid}/schedstat", os.O_RDONLY)
                     run, wait = map(int, os.pread(fd, 128, 0).split()[:2])
-                except (OSError, ValueError):  # ended since the listing
+                except (OSError, ValueError):  # ended since the listing (a new thread may reuse its id: reopen)
+                    if (fd := self.files.pop((pid, tid), None)) is not None:
+                        os.close(fd)
                     continue
                 g = "client" if pid != self.server_pid else "loop" if tid == str(pid) else "server"
                 out[g] = (out[g][0] + run, out[g][1] + wait)
