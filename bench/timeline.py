@@ -23,7 +23,7 @@ import time
 
 from bench.engine import parser
 from bench.serve_runs import PROMPT16, fit_prompt
-from bench.server_proc import ServerProcess
+from bench.server_proc import ServerProcess, ThreadStats
 from client.loadgen import LoadReport, run_load
 from service.artifact import ArtifactError, load_artifact
 
@@ -31,37 +31,11 @@ GROUPS = ("loop", "server", "client")  # the server's main thread, its other thr
 Totals = dict[str, tuple[int, int]]  # group -> (ns running, ns waiting for a core)
 
 
-class Schedstat:
-    """The open schedstat files of the server's threads and of this process's: a sample is a pread each (~2 µs)
-    and a listing of each process's threads (~10 µs), where opening every file anew took ~60 µs a thread."""
-
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
-        self.files: dict[tuple[int, str], int] = {}  # (pid, tid) -> an open descriptor
-
-    def read(self) -> Totals:
-        """Each group's totals now (threads that ended since no longer count)."""
-        out = {g: (0, 0) for g in GROUPS}
-        for pid in (self.server_pid, os.getpid()):
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                try:
-                    fd = self.files.get((pid, tid))
-                    if fd is None:
-                        fd = self.files[pid, tid] = os.open(f"/proc/{pid}/task/{tid}/schedstat", os.O_RDONLY)
-                    run, wait = map(int, os.pread(fd, 128, 0).split()[:2])
-                except (OSError, ValueError):  # ended since the listing (a new thread may reuse its id: reopen)
-                    if (fd := self.files.pop((pid, tid), None)) is not None:
-                        os.close(fd)
-                    continue
-                g = "client" if pid != self.server_pid else "loop" if tid == str(pid) else "server"
-                out[g] = (out[g][0] + run, out[g][1] + wait)
-        return out
-
-    def close(self) -> None:
-        """Closes the files."""
-        for fd in self.files.values():
-            os.close(fd)
-        self.files.clear()
+def totals(server: ThreadStats, client: ThreadStats) -> Totals:
+    """Each group's totals now (a process whose threads cannot be read counts 0)."""
+    none = ((0, 0), (0, 0))
+    (loop, others), (main, rest) = server.read() or none, client.read() or none
+    return {"loop": loop, "server": others, "client": (main[0] + rest[0], main[1] + rest[1])}
 
 
 class Sampler(threading.Thread):
@@ -69,17 +43,18 @@ class Sampler(threading.Thread):
 
     def __init__(self, server_pid: int, bin_s: float) -> None:
         super().__init__(daemon=True)
-        self.stat, self.bin_s = Schedstat(server_pid), bin_s
+        self.stats, self.bin_s = (ThreadStats(server_pid), ThreadStats(os.getpid())), bin_s
         self.samples: list[tuple[float, Totals]] = []
         self.halt = threading.Event()
 
     def run(self) -> None:
         try:
             while not self.halt.is_set():
-                self.samples.append((time.perf_counter(), self.stat.read()))
+                self.samples.append((time.perf_counter(), totals(*self.stats)))
                 self.halt.wait(self.bin_s)
         finally:
-            self.stat.close()
+            for stats in self.stats:
+                stats.close()
 
 
 def shares(samples: list[tuple[float, Totals]], t0: float, t1: float) -> dict[str, tuple[float, float]]:
