@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from charlm.v1 import charlm_pb2 as pb
@@ -29,14 +29,18 @@ class _Record:
         """All text received so far."""
         return "".join(self._texts)
 
-    def _take(self, msg: pb.GenerateResponse) -> Chunk | None:
+    def _take(self, msg: pb.GenerateResponse, as_text: bool) -> str | Chunk | None:
+        # What the iterator yields for one message: its text (plain iteration), its Chunk, or None (no text).
+        # Per message, on the load generator's hot path: no Chunk built where only the text is wanted.
         if msg.HasField("finish"):
             self.finish = convert.finish(msg.finish)
-        if not msg.text:
+        text = msg.text
+        if not text:
             return None
-        self._texts.append(msg.text)
-        self.logprobs.extend(msg.logprobs)
-        return convert.chunk(msg)
+        self._texts.append(text)
+        if msg.logprobs:
+            self.logprobs.extend(msg.logprobs)
+        return text if as_text else convert.chunk(msg)
 
     def _check_finished(self) -> Finish:
         if self.finish is None:
@@ -63,21 +67,24 @@ class Generation(_Record):
 
     def chunks(self) -> Iterator[Chunk]:
         """Chunks as they arrive; raises a CharlmError if the call fails."""
+        return cast(Iterator[Chunk], self._items(as_text=False))
+
+    def __iter__(self) -> Iterator[str]:
+        return cast(Iterator[str], self._items(as_text=True))
+
+    def _items(self, as_text: bool) -> Iterator[str | Chunk]:
         try:
             for msg in self._responses:
-                chunk = self._take(msg)
-                if chunk is not None:
-                    yield chunk
+                item = self._take(msg, as_text)
+                if item is not None:
+                    yield item
         except grpc.RpcError as e:
             if not self._quiet(e):
                 raise from_rpc_error(e, request_id=self.request_id) from None
 
-    def __iter__(self) -> Iterator[str]:
-        return (chunk.text for chunk in self.chunks())
-
     def result(self) -> Finish:
         """Consumes the rest of the stream and returns its summary."""
-        for _ in self.chunks():
+        for _ in self:
             pass
         return self._check_finished()
 
@@ -104,13 +111,20 @@ class AsyncGeneration(_Record):
         self._responses = responses
         self._cancel = cancel
 
-    async def chunks(self) -> AsyncIterator[Chunk]:
+    def chunks(self) -> AsyncIterator[Chunk]:
         """Chunks as they arrive; raises a CharlmError if the call fails."""
+        return cast(AsyncIterator[Chunk], self._items(as_text=False))
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        # One generator between the caller and gRPC's, not two: each layer costs every message a resumption.
+        return cast(AsyncIterator[str], self._items(as_text=True))
+
+    async def _items(self, as_text: bool) -> AsyncIterator[str | Chunk]:
         try:
             async for msg in self._responses:
-                chunk = self._take(msg)
-                if chunk is not None:
-                    yield chunk
+                item = self._take(msg, as_text)
+                if item is not None:
+                    yield item
         except grpc.RpcError as e:
             if not self._quiet(e):
                 raise from_rpc_error(e, request_id=self.request_id) from None
@@ -120,13 +134,9 @@ class AsyncGeneration(_Record):
             if not self._cancelled or (task is not None and task.cancelling()):
                 raise
 
-    async def __aiter__(self) -> AsyncIterator[str]:
-        async for chunk in self.chunks():
-            yield chunk.text
-
     async def result(self) -> Finish:
         """Consumes the rest of the stream and returns its summary."""
-        async for _ in self.chunks():
+        async for _ in self:
             pass
         return self._check_finished()
 

@@ -105,35 +105,45 @@ class LoadReport:
 
 @dataclass
 class _StreamStats:
-    chars: int = 0
-    chunks: int = 0
-    ttfc_ms: list[float] = field(default_factory=list)  # one per request
-    chunk_gaps_ms: list[float] = field(default_factory=list)
-    char_gaps_ms: list[float] = field(default_factory=list)
+    # Per message only a (time, characters) pair is kept: the gaps are worked out after the load, so that the
+    # load generator spends as little as it can of the cores it shares with the server.
+    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (perf_counter, characters) of each chunk
+    requests: list[tuple[float, int]] = field(default_factory=list)  # (start, index of its first arrival) each
     completed: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (status name, message) of each failed request
-    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (perf_counter, characters) of each chunk
+
+    @property
+    def chars(self) -> int:
+        return sum(n for _, n in self.arrivals)
+
+    def latencies(self) -> tuple[list[float], list[float], list[float]]:
+        """Milliseconds: each request's time to first chunk, the gaps between its chunks, and each gap spread over
+        the characters of the chunk that ended it (one value a character)."""
+        ttfc: list[float] = []
+        chunk_gaps: list[float] = []
+        char_gaps: list[float] = []
+        bounds = [i for _, i in self.requests[1:]] + [len(self.arrivals)]
+        for (last, first), end in zip(self.requests, bounds, strict=True):
+            for k in range(first, end):
+                now, n = self.arrivals[k]
+                gap_ms = (now - last) * 1000.0
+                if k == first:
+                    ttfc.append(gap_ms)
+                else:
+                    chunk_gaps.append(gap_ms)
+                    char_gaps.extend([gap_ms / n] * n)
+                last = now
+        return ttfc, chunk_gaps, char_gaps
 
 
 async def _one_request(client: AsyncClient, prompt: str, chars: int, model: str, temperature: float | None,
                        seed: int | None, progress: Progress | None, stats: _StreamStats) -> None:  # fmt: skip
-    last = time.perf_counter()  # the call's start: the first gap is the time to first chunk
-    first = True
+    arrivals = stats.arrivals
+    stats.requests.append((time.perf_counter(), len(arrivals)))  # the call's start: its first chunk's TTFC is from it
     try:
         gen = client.generate(prompt, model=model, max_chars=chars, temperature=temperature, seed=seed)
         async for text in gen:
-            now = time.perf_counter()
-            gap_ms = (now - last) * 1000.0
-            if first:
-                stats.ttfc_ms.append(gap_ms)
-                first = False
-            else:
-                stats.chunk_gaps_ms.append(gap_ms)
-                stats.char_gaps_ms.extend([gap_ms / len(text)] * len(text))
-            last = now
-            stats.arrivals.append((now, len(text)))
-            stats.chars += len(text)
-            stats.chunks += 1
+            arrivals.append((time.perf_counter(), len(text)))
             if progress is not None:
                 progress(len(text))
         stats.completed += 1
@@ -199,6 +209,7 @@ async def run_load(
         for c in clients:
             await c.close()
     total_chars = sum(r.chars for r in results)
+    latencies = [r.latencies() for r in results]
     window_s, window_chars, window_from = all_streaming([r.arrivals for r in results])
     return LoadReport(
         target=target,
@@ -207,11 +218,11 @@ async def run_load(
         channels=len(clients),
         wall_s=wall_s,
         total_chars=total_chars,
-        total_chunks=sum(r.chunks for r in results),
+        total_chunks=sum(len(r.arrivals) for r in results),
         chars_per_s=total_chars / wall_s if wall_s > 0 else math.nan,
-        ttfc_ms=summarize([t for r in results for t in r.ttfc_ms]),
-        inter_chunk_ms=summarize([g for r in results for g in r.chunk_gaps_ms]),
-        inter_char_ms=summarize([g for r in results for g in r.char_gaps_ms]),
+        ttfc_ms=summarize([t for lat in latencies for t in lat[0]]),
+        inter_chunk_ms=summarize([g for lat in latencies for g in lat[1]]),
+        inter_char_ms=summarize([g for lat in latencies for g in lat[2]]),
         completed=sum(r.completed for r in results),
         errors=dict(Counter(status for r in results for status, _ in r.errors)),
         requests_per_stream=requests,

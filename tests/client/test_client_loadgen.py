@@ -10,7 +10,7 @@ import pytest
 from fixtures.charlm_client import PROMPT
 from fixtures.server import RunningServer
 
-from client.loadgen import all_streaming, percentile, run_load, summarize
+from client.loadgen import _StreamStats, all_streaming, percentile, run_load, summarize
 
 
 def test_percentile_interpolates() -> None:
@@ -20,6 +20,18 @@ def test_percentile_interpolates() -> None:
     assert percentile([7.0], 90) == 7.0 and math.isnan(percentile([], 50))
     s = summarize([3.0, 1.0, 2.0])
     assert (s.p50, s.mean, s.count) == (2.0, 2.0, 3)
+
+
+def test_latencies_are_worked_out_from_each_requests_arrivals() -> None:
+    # Two requests of one stream, one after another: the first started at 10.0 s, its chunks at 10.002 (3
+    # characters), 10.006 (2), 10.007 (1); the second started at 11.0 s, its chunk at 11.001 (4); a third got nothing.
+    stats = _StreamStats(arrivals=[(10.002, 3), (10.006, 2), (10.007, 1), (11.001, 4)],
+                         requests=[(10.0, 0), (11.0, 3), (12.0, 4)])
+    ttfc, chunk_gaps, char_gaps = stats.latencies()
+    assert ttfc == pytest.approx([2.0, 1.0])  # ms from each request's start (none for the third)
+    assert chunk_gaps == pytest.approx([4.0, 1.0])  # within a request only: 11.001 - 10.007 is no gap
+    assert char_gaps == pytest.approx([2.0, 2.0, 1.0])  # 4 ms over 2 characters, 1 ms over 1
+    assert stats.chars == 10
 
 
 async def test_run_load_counts_every_character(server: RunningServer) -> None:
