@@ -76,6 +76,7 @@ class LoadReport:
     all_streaming_chars: int = 0  # characters that arrived in that window
     all_streaming_from_s: float = 0.0  # when that window began, from the first call's start
     started: float = 0.0  # time.perf_counter() at the first call's start (to line up other measurements with it)
+    cpu_s: float = 0.0  # this process's CPU while the streams ran (all its threads: what the load generator cost)
 
     @property
     def requests(self) -> int:
@@ -202,9 +203,9 @@ async def run_load(
                 await _one_request(clients[i % len(clients)], prompt, chars, model, temperature,
                                    None if seed is None else seed + i + j * streams, progress, results[i])
 
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(one_stream(i) for i in range(streams)))
-        wall_s = time.perf_counter() - start
+        wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu0
     finally:
         for c in clients:
             await c.close()
@@ -231,4 +232,5 @@ async def run_load(
         all_streaming_chars=window_chars,
         all_streaming_from_s=window_from - start if window_s else 0.0,
         started=start,
+        cpu_s=cpu_s,
     )

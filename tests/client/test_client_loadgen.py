@@ -46,6 +46,7 @@ async def test_run_load_counts_every_character(server: RunningServer) -> None:
     assert report.inter_char_ms.mean * report.inter_char_ms.count == pytest.approx(
         report.inter_chunk_ms.mean * report.inter_chunk_ms.count, rel=1e-6)
     assert report.chars_per_s > 0 and report.ttfc_ms.p50 > 0
+    assert report.cpu_s > 0  # this process's CPU while the streams ran
 
 
 async def test_run_load_streams_can_make_several_requests_each(server: RunningServer) -> None:

@@ -1,5 +1,6 @@
 """The smaller benchmark tools end to end on tiny models (no timings asserted): bench/transport.py's bare grpc.aio
-server, bench/calls.py's bursts of new calls (bare, charlm-shaped, real), bench/latency_ab.py's alternating servers,
+server, bench/calls.py's bursts of new calls (bare, charlm-shaped, real), bench/client_cost.py's client CPU a message
+(the load generator, the client alone, a bare stub), bench/latency_ab.py's alternating servers,
 bench/quantize.py's int8 graph beside the fp32 one, bench/ops.py's decode call by operator, bench/prompt_threads.py's
 prompt calls on all threads and on one."""
 
@@ -13,8 +14,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from fixtures.charlm_client import PROMPT
 
 from bench.calls import main as calls
+from bench.client_cost import main as client_cost
 from bench.latency_ab import METRICS
 from bench.latency_ab import main as latency_ab
 from bench.observer import MODEL, calls_before, calls_now
@@ -146,6 +149,19 @@ def test_bursts_of_calls_are_answered_by_the_bare_the_shaped_and_the_real_server
         assert r["answered"] == 6  # every call of the round's 2 bursts of 3 got its first message
         assert 0 < r["first_p50_ms"] <= r["first_p99_ms"]
         assert r["server_us"] >= 0 and r["loop_us"] >= 0 and r["client_us"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_each_client_reads_every_stream_and_its_cpu_a_message_is_reported(
+        model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    argv = ["--model", str(model_repo / "tiny-lstm" / "1"), "--streams", "3", "--chars", "40", "--rounds", "2",
+            "--prompt", PROMPT, "--json"]  # fmt: skip
+    assert client_cost(argv) == 0
+    rounds = json.loads(capsys.readouterr().out)
+    assert len(rounds) == 2 and [r["kind"] for r in rounds[0]] == ["loadgen", "generate", "bare"]
+    for r in (r for rnd in rounds for r in rnd):
+        assert r["chars"] == 3 * 40 and 3 <= r["messages"] <= 3 * 40  # every stream's characters, in messages
+        assert r["cpu_s"] > 0 and r["us_per_message"] == pytest.approx(r["cpu_s"] / r["messages"] * 1e6)
 
 
 def test_prompt_calls_on_all_threads_and_on_one_are_timed_for_every_shape(tiny_artifacts: dict[str, Artifact]) -> None:
