@@ -4,12 +4,13 @@ reading the same ``charlm-serve``'s streams, rounds alternated.
 - ``loadgen``: ``client.loadgen.run_load``, what ``charlm bench`` and ``bench.serve`` run: charlm's client library
   and the load generator's bookkeeping;
 - ``generate``: ``async for text in AsyncClient.generate(...)``, nothing kept;
-- ``bare``: ``async for msg in stub.Generate(request)`` on a bare grpc.aio channel: gRPC's and protobuf's own.
+- ``bare``: ``async for msg in stub.Generate(request)`` on a bare grpc.aio channel: gRPC's and protobuf's own;
+- ``sync``: the same on gRPC's blocking API, a thread a stream (what a client without asyncio would write).
 
 Each reads ``--streams`` streams of ``--chars`` characters at once, seeded alike; the CPU is this process's (all
 its threads, gRPC's poller among them) while the streams run, not while connecting or summing up. What
 ``loadgen`` spends beyond ``bare`` is charlm's client: on 2 cores shared with the server, a core the lanes do not
-get (docs/performance.md, "The client's Python a message").
+get (docs/performance-history.md, "The client's Python a message").
 
     python -m bench.client_cost --streams 64 --chars 2000 --rounds 6
 """
@@ -21,6 +22,7 @@ import asyncio
 import json
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -34,7 +36,7 @@ from bench.server_proc import ServerError, ServerProcess
 from client.aio import AsyncClient
 from client.loadgen import run_load
 
-KINDS = ("loadgen", "generate", "bare")
+KINDS = ("loadgen", "generate", "bare", "sync")
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,44 @@ async def _bare(target: str, streams: int, chars: int, prompt: str) -> Reading:
         return await _timed("bare", streams, one)
 
 
-READERS = {"loadgen": _loadgen, "generate": _generate, "bare": _bare}
+def _sync_streams(target: str, streams: int, chars: int, prompt: str) -> Reading:
+    """``streams`` threads, each reading one stream through a blocking stub, let go together."""
+    counts: list[tuple[int, int]] = [(0, 0)] * streams
+    failures: list[grpc.RpcError] = []
+    gate = threading.Barrier(streams + 1)
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stub = charlm_pb2_grpc.TextGenerationStub(channel)
+
+        def one(i: int) -> None:
+            request = pb.GenerateRequest(prompt=prompt, max_chars=chars, sampling=pb.SamplingParams(seed=i))
+            gate.wait()
+            messages = n = 0
+            try:
+                for msg in stub.Generate(request):
+                    messages, n = messages + 1, n + len(msg.text)
+            except grpc.RpcError as e:
+                failures.append(e)
+            counts[i] = messages, n
+
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(streams)]
+        for thread in threads:
+            thread.start()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        gate.wait()
+        for thread in threads:
+            thread.join()
+        cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
+    if failures:
+        raise ServerError(f"{len(failures)} streams failed: {failures[0]}")
+    return Reading("sync", sum(m for m, _ in counts), sum(c for _, c in counts), cpu_s, wall_s)
+
+
+async def _sync(target: str, streams: int, chars: int, prompt: str) -> Reading:
+    return await asyncio.to_thread(_sync_streams, target, streams, chars, prompt)
+
+
+READERS = {"loadgen": _loadgen, "generate": _generate, "bare": _bare, "sync": _sync}
 
 
 async def measure(target: str, streams: int, chars: int, prompt: str, rounds: int) -> list[list[Reading]]:

@@ -20,8 +20,8 @@ class Soak:
     chars: int
     seconds: float
     # The pools of onnxruntime and malloc reach their sizes over the first rounds: in process 154, 161, 178, 178...
-    # MiB; in one full run of 43 (docs/performance.md, the twenty-seventh pass) 205.7, 206.5, then 219.8-222.1 flat,
-    # which 2 warm-up rounds read as +7.0%. So 3.
+    # MiB; in one full run of 43 (docs/performance-history.md, the twenty-seventh pass) 205.7, 206.5, then
+    # 219.8-222.1 flat, which 2 warm-up rounds read as +7.0%. So 3.
     warmup_rounds: int = 3
     rounds: int = 0
     wall_s: float = 0.0

@@ -12,7 +12,7 @@ engine measures both before it serves (service/tuning.py).
 A lane left with no requests takes half of the rows of the busiest lane (``_give``). Lanes' calls do not run
 equally fast (the cores are shared with the event loop, gRPC and the clients), so at the end of a burst of
 64 streams of 2,000 characters on 2 cores, one lane's share finished a median 77 ms before the other's (of a
-~0.5 s level), one core idle meanwhile; with rows moved, 24 ms (docs/performance.md, "Lanes that run dry").
+~0.5 s level), one core idle meanwhile; with rows moved, 24 ms (docs/performance-history.md, "Lanes that run dry").
 """
 
 from __future__ import annotations

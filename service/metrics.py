@@ -36,7 +36,8 @@ _REQUEST_BUCKETS = (5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5
 class ModelHistogram(Collector):
     """A histogram labelled by model that takes ``count`` equal samples in one update: a decode call of K steps
     is K samples of one batch size and one step time, and K of prometheus_client's ``observe`` (~2 µs each, a
-    lock apiece) cost a lane ~30 µs of a ~1.8 ms call at 64 streams (docs/performance.md)."""
+    lock apiece) cost a lane ~30 µs of a ~1.8 ms call at 64 streams (docs/performance-history.md, the
+    twenty-sixth pass)."""
 
     def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
         self._name, self._doc = name, documentation

@@ -196,7 +196,8 @@ class Scheduler:
         """Where the next prompt call runs: on all of onnxruntime's threads (None) while no other lane holds
         work, else on this lane's thread alone, as decode calls side by side do. Two lanes' prompt calls on
         the shared threads would wait for each other, and for a core: in a burst of 64 streams on 2 cores, a
-        call of 15 prompts of 16 characters took 10 ms, where 16 take 2.8 ms alone (docs/performance.md)."""
+        call of 15 prompts of 16 characters took 10 ms, where 16 take 2.8 ms alone (docs/performance-history.md,
+        "A burst of new streams")."""
         others = (p for p in self._peers if p is not self)
         if self._own_prompts is None or not any(p._batch.n or p._prefilling or p._ready for p in others):
             return None

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 Where = Literal["prefill", "ready", "batch", "moving", "paused", "done"]
 # Uniforms drawn from a stream's rng at once. Refilling a block (the generator's state saved, one numpy call) was
 # most of a lane's per-call Python for uniforms with 64: 256 took that part of a 32-row call from a median of ~75
-# to ~55 µs, in-process (docs/performance.md, "Lanes that run dry, and the step thread's Python"); a list of 256
-# floats is ~8 KB a stream.
+# to ~55 µs, in-process (docs/performance-history.md, "Lanes that run dry, and the step thread's Python"); a list
+# of 256 floats is ~8 KB a stream.
 UNIFORM_BLOCK = 256
 
 

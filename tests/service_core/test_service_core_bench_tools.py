@@ -1,6 +1,6 @@
 """The smaller benchmark tools end to end on tiny models (no timings asserted): bench/transport.py's bare grpc.aio
 server, bench/calls.py's bursts of new calls (bare, charlm-shaped, real), bench/client_cost.py's client CPU a message
-(the load generator, the client alone, a bare stub), bench/latency_ab.py's alternating servers,
+(the load generator, the client alone, a bare stub, a blocking one), bench/latency_ab.py's alternating servers,
 bench/quantize.py's int8 graph beside the fp32 one, bench/ops.py's decode call by operator, bench/prompt_threads.py's
 prompt calls on all threads and on one."""
 
@@ -158,7 +158,7 @@ def test_each_client_reads_every_stream_and_its_cpu_a_message_is_reported(
             "--prompt", PROMPT, "--json"]  # fmt: skip
     assert client_cost(argv) == 0
     rounds = json.loads(capsys.readouterr().out)
-    assert len(rounds) == 2 and [r["kind"] for r in rounds[0]] == ["loadgen", "generate", "bare"]
+    assert len(rounds) == 2 and [r["kind"] for r in rounds[0]] == ["loadgen", "generate", "bare", "sync"]
     for r in (r for rnd in rounds for r in rnd):
         assert r["chars"] == 3 * 40 and 3 <= r["messages"] <= 3 * 40  # every stream's characters, in messages
         assert r["cpu_s"] > 0 and r["us_per_message"] == pytest.approx(r["cpu_s"] / r["messages"] * 1e6)
