@@ -10,10 +10,12 @@ message after some work gives the round trip of a bare call whose handler works 
 ``--paced`` measures what a message costs when messages are paced as a server's message budget paces them
 (charlm's ``--messages-per-s``): many streams, each sent a message every so often, either each at a phase of
 its own (spread over time) or all on one clock (sent together). It prints the CPU of the server's process and
-of the client's per message, the two alternated.
+of the client's per message, the two alternated. ``--option KEY=VALUE`` (gRPC channel arguments, repeatable)
+adds a third kind, sent together with those arguments on both ends (its own server process), alternated with
+the other two: what a channel argument changes a message.
 
     python -m bench.transport --messages 20000
-    python -m bench.transport --paced --streams 64 --interval-ms 64
+    python -m bench.transport --paced --streams 64 --interval-ms 64 [--option grpc.http2.bdp_probe=0]
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from bench.server_proc import proc_cpu_seconds
+
+Option = tuple[str, int | str]  # a gRPC channel argument
 
 METHOD = "/bench.Transport/Stream"
 PAYLOAD = b"x" * 96  # a paced message: about the characters a message of charlm's carries at 64 streams
@@ -51,7 +55,15 @@ async def _paced(n: int, interval_s: float, together: bool) -> AsyncIterator[byt
         yield PAYLOAD
 
 
-async def _serve() -> None:
+def option(text: str) -> Option:
+    """``KEY=VALUE`` as a gRPC channel argument (the value an int where it reads as one)."""
+    key, sep, value = text.partition("=")
+    if not key or not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, int(value) if value.lstrip("-").isdigit() else value
+
+
+async def _serve(options: Sequence[Option] = ()) -> None:
     async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
         if b"@" in request:  # "N@INTERVAL_US[+]": paced messages, "+" all streams on one clock
             count, _, rest = request.partition(b"@")
@@ -66,7 +78,7 @@ async def _serve() -> None:
         for _ in range(int(n)):
             yield b"x"
 
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=list(options))
     handler = grpc.unary_stream_rpc_method_handler(stream)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Transport", {"Stream": handler}),))
     await serve_in_child(server)
@@ -94,10 +106,12 @@ async def _count(target: str, messages: int) -> float:
 
 
 @contextlib.contextmanager
-def child_server(module: str = "bench.transport") -> Iterator[tuple[str, int]]:
+def child_server(module: str = "bench.transport", options: Sequence[Option] = ()) -> Iterator[tuple[str, int]]:
     """``python -m MODULE --serve`` (the bare server, by default) in a child process for as long as the block
-    runs: its target (host:port) and pid. The child serves through ``serve_in_child``."""
-    proc = subprocess.Popen([sys.executable, "-m", module, "--serve"], stdin=subprocess.PIPE,
+    runs: its target (host:port) and pid. The child serves through ``serve_in_child``; ``options``: the bare
+    server's channel arguments."""
+    args = [f"--option={k}={v}" for k, v in options]
+    proc = subprocess.Popen([sys.executable, "-m", module, "--serve", *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None and proc.stdin is not None
@@ -146,27 +160,42 @@ async def _paced_round(channel: grpc.aio.Channel, server_pid: int, streams: int,
     return received / wall, client / received * 1e6, (proc_cpu_seconds(stat) - server0) / received * 1e6
 
 
-def paced(streams: int, messages: int, interval_ms: float, rounds: int) -> dict[str, list[tuple[float, ...]]]:
-    """``rounds`` alternated paced runs spread and together: (messages/s, client µs, server µs) of each."""
-    out: dict[str, list[tuple[float, ...]]] = {"spread": [], "together": []}
+def paced(streams: int, messages: int, interval_ms: float, rounds: int,
+          options: Sequence[Option] = ()) -> dict[str, list[tuple[float, ...]]]:  # fmt: skip
+    """``rounds`` alternated paced runs spread, together, and (with ``options``) together with those channel
+    arguments on both ends: (messages/s, client µs, server µs) of each."""
+    kinds = ["spread", "together"] + (["options"] if options else [])
+    out: dict[str, list[tuple[float, ...]]] = {kind: [] for kind in kinds}
 
-    async def run(target: str, pid: int) -> None:
-        async with grpc.aio.insecure_channel(target) as channel:
-            await _paced_round(channel, pid, streams, 2, 1000, True)  # warm-up: connected, code paths run
+    async def run(ends: dict[str, tuple[str, int]]) -> None:
+        channels = {k: grpc.aio.insecure_channel(target, options=list(options) if k == "options" else None)
+                    for k, (target, _) in ends.items()}  # fmt: skip
+        try:
+            for k, channel in channels.items():  # warm-up: connected, code paths run
+                await _paced_round(channel, ends[k][1], streams, 2, 1000, True)
             for _ in range(rounds):
-                for kind in out:
-                    out[kind].append(await _paced_round(channel, pid, streams, messages, round(interval_ms * 1e3),
-                                                        kind == "together"))  # fmt: skip
+                for kind in kinds:
+                    end = "options" if kind == "options" else "plain"
+                    out[kind].append(await _paced_round(channels[end], ends[end][1], streams, messages,
+                                                        round(interval_ms * 1e3), kind != "spread"))  # fmt: skip
+        finally:
+            for channel in channels.values():
+                await channel.close(None)
 
-    with child_server() as (target, pid):
-        asyncio.run(run(target, pid))
+    with contextlib.ExitStack() as stack:
+        ends = {"plain": stack.enter_context(child_server())}
+        if options:
+            ends["options"] = stack.enter_context(child_server(options=options))
+        asyncio.run(run(ends))
     return out
 
 
 def _print_paced(a: argparse.Namespace) -> None:
-    runs = paced(a.streams, a.messages_per_stream, a.interval_ms, a.rounds)
+    runs = paced(a.streams, a.messages_per_stream, a.interval_ms, a.rounds, a.option)
     print(f"{a.streams} streams, a {len(PAYLOAD)}-byte message every {a.interval_ms:g} ms each "
           f"({a.messages_per_stream} per stream), {a.rounds} rounds alternated; CPU per message received:")
+    if a.option:
+        print("options: sent together, with " + ", ".join(f"{k}={v}" for k, v in a.option) + " on both ends")
     print("sent       messages/s   client µs   server µs   (each round)")
     for kind, rows in runs.items():
         rate, client, server = (statistics.median(r[i] for r in rows) for i in range(3))
@@ -185,10 +214,13 @@ def main(argv: list[str] | None = None) -> int:
                         "over 64 streams)")  # fmt: skip
     p.add_argument("--messages-per-stream", type=int, default=40, help="--paced: messages of each stream a round")
     p.add_argument("--rounds", type=int, default=3, help="--paced: rounds of each, alternated (default 3)")
+    p.add_argument("--option", type=option, action="append", default=[], metavar="KEY=VALUE",
+                   help="--paced: a gRPC channel argument for a third kind, sent together with it on both ends "
+                        "(repeatable), e.g. grpc.http2.bdp_probe=0")  # fmt: skip
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     a = p.parse_args(argv)
     if a.serve:
-        asyncio.run(_serve())
+        asyncio.run(_serve(a.option))
         return 0
     if a.paced:
         _print_paced(a)

@@ -1,11 +1,12 @@
 """The smaller benchmark tools end to end on tiny models (no timings asserted): bench/transport.py's bare grpc.aio
-server, bench/calls.py's bursts of new calls (bare, charlm-shaped, real), bench/client_cost.py's client CPU a message
-(the load generator, the client alone, a bare stub, a blocking one), bench/latency_ab.py's alternating servers,
-bench/quantize.py's int8 graph beside the fp32 one, bench/ops.py's decode call by operator, bench/prompt_threads.py's
-prompt calls on all threads and on one."""
+server (paced, with channel arguments), bench/calls.py's bursts of new calls (bare, charlm-shaped, real),
+bench/client_cost.py's client CPU a message (the load generator, the client alone, a bare stub, a blocking one),
+bench/latency_ab.py's alternating servers, bench/quantize.py's int8 graph beside the fp32 one, bench/ops.py's decode
+call by operator, bench/prompt_threads.py's prompt calls on all threads and on one."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
@@ -24,7 +25,7 @@ from bench.observer import MODEL, calls_before, calls_now
 from bench.ops import main as ops
 from bench.prompt_threads import measure as prompt_threads
 from bench.quantize import main as quantize
-from bench.transport import echo_server, first_message_s, paced
+from bench.transport import echo_server, first_message_s, option, paced
 from service.artifact import Artifact
 from service.runtime import Runtime, RuntimeConfig
 
@@ -45,6 +46,19 @@ def test_paced_streams_get_every_message_spread_and_together() -> None:
     assert list(runs) == ["spread", "together"]
     for rows in runs.values():  # (messages/s, client µs, server µs a message) of each round
         assert len(rows) == 2 and all(rate > 0 and client > 0 and server >= 0 for rate, client, server in rows)
+
+
+def test_paced_streams_with_channel_arguments_on_both_ends_are_a_third_kind() -> None:
+    runs = paced(streams=3, messages=2, interval_ms=2, rounds=1, options=[option("grpc.http2.bdp_probe=0")])
+    assert list(runs) == ["spread", "together", "options"]
+    assert all(len(rows) == 1 and rows[0][0] > 0 and rows[0][1] > 0 for rows in runs.values())
+
+
+def test_a_channel_argument_reads_as_key_equals_value() -> None:
+    assert option("grpc.http2.bdp_probe=0") == ("grpc.http2.bdp_probe", 0)
+    assert option("grpc.optimization_target=throughput") == ("grpc.optimization_target", "throughput")
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+        option("grpc.http2.bdp_probe")
 
 
 @pytest.mark.timeout(180)
