@@ -220,7 +220,8 @@ def to_json(res: dict[str, Any]) -> dict[str, Any]:
             out[k] = [{"streams": lv.streams, "served": lv.served.to_dict(), "engine": asdict(lv.engine),
                        "engines": {n: asdict(r) for n, r in lv.engines.items()}, "ratio": lv.ratio, "ratios": lv.ratios,
                        "server_cpu_s": lv.server_cpu_s, "client_cpu_s": lv.client_cpu_s, "loop_cpu_s": lv.loop_cpu_s,
-                       "loop_wait_s": lv.waits_s[0], "other_wait_s": lv.waits_s[1],
+                       "loop_wait_s": lv.waits_s[0], "other_wait_s": lv.waits_s[1], "host_idle_s": lv.host_s[0],
+                       "host_stolen_s": lv.host_s[1], "raw_stolen_s": lv.raw_stolen_s, "raw_s": lv.raw_s,
                        "loop_chars_per_s": lv.loop_chars_per_s, "batched": lv.batched,
                        "decode": asdict(lv.decode) if lv.decode else None, "lanes_busy": lv.busy,
                        "call_us_per_char": lv.call_us, "raw_lane_us_per_char": lv.lane_us, "kept": lv.kept}

@@ -107,7 +107,8 @@ def _decode_table(levels: list[Level]) -> list[str]:
              "served / raw lanes = busy / lanes x raw / server µs x kept",
              f"{'streams':>7} {'lanes busy':>10} {'server µs/char':>14} {'raw µs/char':>11} {'kept/computed':>13} "
              f"{'cores: loop':>11} {'other srv':>9} {'client':>6} {'waiting: loop':>13} {'other srv':>9} "
-             f"{'all streaming':>13} {'ratio then':>10}"]  # fmt: skip
+             f"{'all streaming':>13} {'ratio then':>10} {'host: idle':>10} {'stolen':>6} "
+             f"{'raw stolen':>10}"]  # fmt: skip
     for lv in levels:
         wall = lv.served.wall_s or math.nan
         cores = (lv.loop_cpu_s / wall, (lv.server_cpu_s - lv.loop_cpu_s) / wall, lv.client_cpu_s / wall)
@@ -115,7 +116,8 @@ def _decode_table(levels: list[Level]) -> list[str]:
         lines.append(f"{lv.streams:>7} {lv.busy:>10.2f} {lv.call_us:>14.1f} {lv.lane_us:>11.1f} {lv.kept:>13.3f} "
                      f"{cores[0]:>11.2f} {cores[1]:>9.2f} {cores[2]:>6.2f} {lv.waits_s[0] / wall:>13.2f} "
                      f"{lv.waits_s[1] / wall:>9.2f} {lv.served.all_streaming_s / wall:>13.0%} "
-                     f"{then:>10.0%}")  # fmt: skip
+                     f"{then:>10.0%} {lv.host_s[0] / wall:>10.2f} {lv.host_s[1] / wall:>6.2f} "
+                     f"{lv.raw_stolen_s / lv.raw_s:>10.2f}")  # fmt: skip
     lines.append("  (µs/char: a decode call's wall time per row-step on its calling thread; raw: the fastest raw "
                  "setting of the kind the server stepped with: lanes side by side where it kept more than one lane "
                  "busy, else one call on all threads; cores: CPU seconds per second of load of the server's event "
@@ -125,7 +127,10 @@ def _decode_table(levels: list[Level]) -> list[str]:
                  "that waits takes longer than a raw lane's; all streaming: the share of the load's wall time in "
                  "which every stream was streaming (after the last one's first chunk, before the first one's last), "
                  "and the served "
-                 "rate then against the same raw engine: the gap left without the streams' start and end)")  # fmt: skip
+                 "rate then against the same raw engine: the gap left without the streams' start and end; host: the "
+                 "machine's cores idle and stolen by the VM's host (/proc/stat) during the load, and stolen while "
+                 "the raw engine was measured after it: a ratio of a level whose cores the host took is not the "
+                 "server's)")  # fmt: skip
     return lines
 
 

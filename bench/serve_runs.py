@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 
 from bench.engine import StepRate, measure_lanes_rate, measure_step_rate
-from bench.server_proc import DecodeCounters, ServerProcess
+from bench.server_proc import DecodeCounters, ServerProcess, host_seconds
 from bench.transport import first_message_s
 from client.aio import AsyncClient
 from client.loadgen import LoadReport, Percentiles, run_load, summarize
@@ -57,6 +57,9 @@ class Level:
     decode: DecodeCounters | None = None  # the server's decode calls during the load (its /metrics)
     loop_cpu_s: float = math.nan  # CPU of the server's main thread (its event loop) during the load
     waits_s: tuple[float, float] = (math.nan, math.nan)  # the server's (event loop, other threads) waiting for a core
+    host_s: tuple[float, float] = (math.nan, math.nan)  # the machine's (idle, stolen by the VM's host) during the load
+    raw_stolen_s: float = math.nan  # stolen by the host while the raw engine was measured right after
+    raw_s: float = math.nan  # how long that measurement took
     loop_chars_per_s: float = math.nan  # the no-batching loop (bench/baseline.py), measured right after the engine
     batched: tuple[float, ...] = ()  # served / that loop, of every pair at this level, in order
 
@@ -126,17 +129,20 @@ async def run_level(server: ServerProcess, engines: dict[str, RawEngine], model:
     pairs: list[Level] = []
     for _ in range(repeats):
         cpu0, loop0, client0 = server.cpu_seconds(), server.loop_cpu_seconds(), time.process_time()
-        waits0 = server.waiting_seconds()
+        waits0, host0 = server.waiting_seconds(), host_seconds()
         decode0 = server.decode_counters()
         report = await run_load(server.target, streams, chars, prompt, model=model, channels=channels,
                                 temperature=1.0, seed=0)  # fmt: skip
         server_cpu, client_cpu = server.cpu_seconds() - cpu0, time.process_time() - client0
         loop_cpu, decode1 = server.loop_cpu_seconds() - loop0, server.decode_counters()
         waits = tuple(b - a for a, b in zip(waits0, server.waiting_seconds(), strict=True))
+        host1, raw0 = host_seconds(), time.perf_counter()
         decode = decode1 - decode0 if decode0 is not None and decode1 is not None else None
         rates = {name: measure(streams) for name, measure in engines.items()}
+        raw_s, raw_stolen = time.perf_counter() - raw0, host_seconds()[1] - host1[1]
         pairs.append(Level(streams, report, rates, server_cpu, client_cpu, decode=decode, loop_cpu_s=loop_cpu,
-                           waits_s=(waits[0], waits[1]),
+                           waits_s=(waits[0], waits[1]), host_s=(host1[0] - host0[0], host1[1] - host0[1]),
+                           raw_stolen_s=raw_stolen, raw_s=raw_s,
                            loop_chars_per_s=loop(streams) if loop else math.nan))  # fmt: skip
     batched = tuple(lv.served.chars_per_s / lv.loop_chars_per_s for lv in pairs if loop)
     pairs.sort(key=lambda lv: lv.ratio)

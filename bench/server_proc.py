@@ -189,16 +189,19 @@ Split = tuple[tuple[int, int], tuple[int, int]]  # (main thread, other threads t
 class ThreadStats:
     """One process's threads' /proc/PID/task/TID/schedstat (ns running, ns waiting for a core), the main thread
     apart. Each file is kept open: a reading is a pread a thread (~2 µs) and a listing of the threads (~10 µs),
-    where opening every file anew took ~60 µs a thread (bench/timeline.py reads every 10 ms)."""
+    where opening every file anew took ~60 µs a thread (bench/timeline.py reads every 10 ms). A thread that ends
+    keeps counting with its last reading, so that the totals never go back."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._files: dict[str, int] = {}  # tid -> an open descriptor
+        self._last: dict[str, tuple[int, int]] = {}  # tid -> its latest reading
+        self._ended = (0, 0)  # the latest readings of the threads that ended
 
     def read(self) -> Split | None:
-        """The main thread's and the other threads' totals now (threads that ended since no longer count); None
-        when the main thread's cannot be read (no schedstat in this kernel)."""
-        main, other = None, (0, 0)
+        """The main thread's and the other threads' totals now; None when the main thread's cannot be read (no
+        schedstat in this kernel)."""
+        main, other, seen = None, self._ended, set()
         for tid in os.listdir(f"/proc/{self.pid}/task"):
             try:
                 fd = self._files.get(tid)
@@ -209,10 +212,18 @@ class ThreadStats:
                 if (fd := self._files.pop(tid, None)) is not None:
                     os.close(fd)
                 continue
+            seen.add(tid)
+            self._last[tid] = (run, wait)
             if tid == str(self.pid):
                 main = (run, wait)
             else:
                 other = (other[0] + run, other[1] + wait)
+        for tid in set(self._last) - seen:  # ended: its time stays counted
+            run, wait = self._last.pop(tid)
+            self._ended = (self._ended[0] + run, self._ended[1] + wait)
+            other = (other[0] + run, other[1] + wait)
+            if (fd := self._files.pop(tid, None)) is not None:
+                os.close(fd)
         return None if main is None else (main, other)
 
     def close(self) -> None:
@@ -220,6 +231,15 @@ class ThreadStats:
         for fd in self._files.values():
             os.close(fd)
         self._files.clear()
+
+
+def host_seconds() -> tuple[float, float]:
+    """The machine's CPU seconds so far, all cores together: (idle, stolen by the host). A level that waited
+    for cores the VM's host gave to others ran slower than its own work explains (/proc/stat's "cpu" line)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (fields[3] + fields[4]) / tick, fields[7] / tick  # idle + iowait, steal
 
 
 def proc_cpu_seconds(stat: Path) -> float:

@@ -7,7 +7,9 @@ For each: the cores (CPU seconds per second) that the server's event loop (its m
 (the step threads, gRPC's poller) and this process (the load generator, ``client.loadgen.run_load``) ran, and
 how long each waited, ready, for a core. From ``/proc/PID/task/TID/schedstat`` (ns running, ns waiting), read
 every ``--bin-ms`` by a thread of this process, whose own reads count with the load generator's;
-``--bins`` prints the last round bin by bin.
+``--bins`` prints the last round bin by bin. The "host" column is the machine's: its cores idle, and stolen
+by the VM's host (``/proc/stat``). Threads waiting while cores sit idle wait for each other (the GIL, a
+hand-off), not for a core; cores stolen are the host's, not the load's.
 
     python -m bench.timeline --streams 64 --chars 2000 --rounds 5 [--bins] [--server-arg=--FLAG=VALUE]
 """
@@ -23,19 +25,21 @@ import time
 
 from bench.engine import parser
 from bench.serve_runs import PROMPT16, fit_prompt
-from bench.server_proc import ServerProcess, ThreadStats
+from bench.server_proc import ServerProcess, ThreadStats, host_seconds
 from client.loadgen import LoadReport, run_load
 from service.artifact import ArtifactError, load_artifact
 
-GROUPS = ("loop", "server", "client")  # the server's main thread, its other threads, this process
-Totals = dict[str, tuple[int, int]]  # group -> (ns running, ns waiting for a core)
+GROUPS = ("loop", "server", "client", "host")  # the server's main thread, its other threads, this process, the machine
+Totals = dict[str, tuple[int, int]]  # group -> (ns running, ns waiting for a core); the host's: (ns idle, ns stolen)
 
 
 def totals(server: ThreadStats, client: ThreadStats) -> Totals:
     """Each group's totals now (a process whose threads cannot be read counts 0)."""
     none = ((0, 0), (0, 0))
     (loop, others), (main, rest) = server.read() or none, client.read() or none
-    return {"loop": loop, "server": others, "client": (main[0] + rest[0], main[1] + rest[1])}
+    idle, stolen = host_seconds()
+    return {"loop": loop, "server": others, "client": (main[0] + rest[0], main[1] + rest[1]),
+            "host": (round(idle * 1e9), round(stolen * 1e9))}
 
 
 class Sampler(threading.Thread):
@@ -98,18 +102,20 @@ def report(results: list[Round], bins: bool) -> list[str]:
     """Per phase, the medians over the rounds; and with ``bins``, the last round bin by bin."""
     rates = ", ".join(f"{r.chars_per_s:,.0f}" for r, _ in results)
     lines = [f"{len(results)} rounds of {results[0][0].streams} streams x {results[0][0].chars_per_stream} "
-             f"characters: {rates} chars/s; medians over the rounds; cores running / waiting for a core",
-             f"{'phase':>14} {'ms':>6} {'loop':>11} {'server':>11} {'client':>11}"]  # fmt: skip
+             f"characters: {rates} chars/s; medians over the rounds; cores running / waiting for a core (host: the "
+             "machine's cores idle / stolen)", f"{'phase':>14} {'ms':>6} {'loop':>11} {'server':>11} {'client':>11} "
+             f"{'host':>11}"]  # fmt: skip
     for k, name in enumerate(("start", "all streaming", "end")):
         spans = [phases(r)[k] for r, _ in results]
         got = [shares(s.samples, t0, t1) for (_, t0, t1), (_, s) in zip(spans, results, strict=True)]
         ms = statistics.median((t1 - t0) * 1e3 for _, t0, t1 in spans)
-        cells = [f"{statistics.median(x[g][0] for x in got):5.2f}/{statistics.median(x[g][1] for x in got):5.2f}"
+        cells = [f"{statistics.median(x[g][0] for x in got):.2f}/{statistics.median(x[g][1] for x in got):.2f}"
                  for g in GROUPS]  # fmt: skip
-        lines.append(f"{name:>14} {ms:6.0f} {cells[0]:>11} {cells[1]:>11} {cells[2]:>11}")
+        lines.append(f"{name:>14} {ms:6.0f} " + " ".join(f"{c:>11}" for c in cells))
     if bins:
         r, s = results[-1]
-        lines.append(f"the last round, bin by bin (ms from its first call; {' / '.join(GROUPS)}: running/waiting)")
+        lines.append(f"the last round, bin by bin (ms from its first call; {' / '.join(GROUPS)}: running/waiting, "
+                     "the host's idle/stolen)")
         for (t0, a), (t1, b) in zip(s.samples, s.samples[1:], strict=False):
             dt = (t1 - t0) * 1e9
             cells = [f"{(b[g][0] - a[g][0]) / dt:4.2f}/{(b[g][1] - a[g][1]) / dt:4.2f}" for g in GROUPS]

@@ -78,6 +78,12 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
     assert len(three["batched"]) == 2 and all(x > 0 for x in three["batched"]) and three["loop_chars_per_s"] > 0
     # the server's threads' waits for a core (/proc schedstat), in seconds of the load's wall time at most
     assert all(0 <= lv[k] <= 4 * lv["served"]["wall_s"] for lv in (one, three) for k in ("loop_wait_s", "other_wait_s"))
+    # the machine's idle and stolen cores (/proc/stat) during each load, and stolen while its raw engine ran
+    tick, cores = 1 / os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
+    for lv in (one, three):
+        wall = lv["served"]["wall_s"]
+        assert all(0 <= lv[k] <= cores * (wall + 2 * tick) for k in ("host_idle_s", "host_stolen_s"))
+        assert lv["raw_s"] > 0 and 0 <= lv["raw_stolen_s"] <= cores * (lv["raw_s"] + 2 * tick)
     kept = three["served"]["chars_per_s"] / three["loop_chars_per_s"]  # the pair shown is one of the two
     assert min(abs(kept - x) for x in three["batched"]) < 1e-9
     assert out["soak"]["rounds"] >= 4 and out["soak"]["errors"] == {} and out["soak"]["rss_warm_kib"] > 0  # 3 warm-up

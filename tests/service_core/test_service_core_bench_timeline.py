@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from bench.server_proc import ThreadStats
 from bench.timeline import GROUPS, main, phases, shares
 from client.loadgen import LoadReport, Percentiles
 
@@ -34,6 +38,27 @@ def test_cores_are_the_schedstat_deltas_over_the_nearest_samples() -> None:
     assert all(x != x for x in shares(samples, 0.2, 0.21)["loop"])  # one sample: NaN, not a division by zero
 
 
+def test_a_thread_that_ends_keeps_counting_in_its_process_totals() -> None:
+    def spin() -> None:
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:
+            pass
+
+    stats = ThreadStats(os.getpid())
+    try:
+        t = threading.Thread(target=spin)
+        t.start()
+        time.sleep(0.02)
+        stats.read()  # sees the spinning thread
+        t.join()
+        during = stats.read()
+        after = stats.read()  # the thread is gone from /proc now: its time stays in the other threads' total
+        assert during is not None and after is not None
+        assert after[1][0] >= during[1][0] >= 0.04e9
+    finally:
+        stats.close()
+
+
 @pytest.mark.timeout(120)
 def test_a_real_load_is_sampled_and_reported_by_phase(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--model", str(model_repo / "tiny-lstm" / "1"), "--streams", "4", "--chars", "400", "--rounds", "2",
@@ -42,9 +67,12 @@ def test_a_real_load_is_sampled_and_reported_by_phase(model_repo: Path, capsys: 
     out = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split() for line in out if line.strip().startswith(("start", "all", "end"))}
     assert set(rows) == {"start", "all", "end"}
-    server_run = float(rows["all"][-2].split("/")[0])  # the step threads ran while every stream streamed
-    assert server_run > 0.05
+    loop, server, client, host = ([float(x) for x in cell.split("/")] for cell in rows["all"][-4:])
+    assert server[0] > 0.05  # the step threads ran while every stream streamed
+    assert all(x >= 0 for x in (*loop, *server, *client))  # a thread that ended still counts: nothing goes back
+    cores = os.cpu_count() or 1
+    assert 0 <= host[0] <= cores + 0.5 and 0 <= host[1] <= cores + 0.5  # the machine's idle and stolen cores
     bins = out[out.index(next(x for x in out if x.startswith("the last round"))) + 1 :]
-    assert len(bins) >= 3 and all(len(b.split()) == 4 for b in bins)
+    assert len(bins) >= 3 and all(len(b.split()) == 5 for b in bins)
     with pytest.raises(SystemExit):
         main(["--model", str(model_repo / "tiny-lstm" / "1"), "--rounds", "0"])
