@@ -36,8 +36,6 @@ from bench.server_proc import ServerError, ServerProcess
 from client.aio import AsyncClient
 from client.loadgen import run_load
 
-KINDS = ("loadgen", "generate", "bare", "sync")
-
 
 @dataclass(frozen=True)
 class Reading:
@@ -136,6 +134,7 @@ async def _sync(target: str, streams: int, chars: int, prompt: str) -> Reading:
 
 
 READERS = {"loadgen": _loadgen, "generate": _generate, "bare": _bare, "sync": _sync}
+KINDS = tuple(READERS)  # in this order in every round's readings and the table
 
 
 async def measure(target: str, streams: int, chars: int, prompt: str, rounds: int) -> list[list[Reading]]:
