@@ -144,6 +144,8 @@ OPTIONS = [
            "(GOAWAY) after about this long so that clients reconnect and spread over new replicas (0 = never)"),
     Option("--max-connection-age-grace-seconds", "max_connection_age_grace_seconds", float, "how long calls in "
            "flight on such a connection may still run (0 = until they end)"),
+    Option("--accept-slots", "accept_slots", int, "requests for new Generate calls kept pending besides grpc.aio's "
+           "own, so that a burst of new calls is taken together (0 = grpc.aio's alone)"),
 ]
 
 _METAVARS: dict[Callable[[str], Any], str] = {Path: "DIR", int: "N", float: "SECONDS", _bool: "BOOL"}

@@ -172,12 +172,17 @@ class ServiceConfig:
     max_connection_age_seconds: float = 0.0
     # How long the calls in flight on such a connection may still run; 0 = until they end (Chat may run long)
     max_connection_age_grace_seconds: float = 0.0
+    # Requests for new Generate calls kept pending besides grpc.aio's own one, so that a burst of calls is handed
+    # to the server together rather than one turn of its event loop each (service/accept.py). 0 = grpc.aio's alone
+    accept_slots: int = 16
 
     def __post_init__(self) -> None:
         if self.versions < 0:
             raise ValueError(f"versions: must be >= 0, got {self.versions}")
         if self.malloc_arenas < 0:
             raise ValueError(f"malloc_arenas: must be >= 0, got {self.malloc_arenas}")
+        if self.accept_slots < 0:
+            raise ValueError(f"accept_slots: must be >= 0, got {self.accept_slots}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port: must be 0..65535 (0 = any free port), got {self.port}")
         if not -1 <= self.metrics_port <= 65535:

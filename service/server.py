@@ -11,6 +11,7 @@ import grpc
 from charlm.v1 import charlm_pb2, charlm_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.accept import AcceptSlots, accept_slots
 from service.auth import TokenAuth, Tokens
 from service.config import ServiceConfig
 from service.dataplane import DataPlane
@@ -24,6 +25,7 @@ from service.tls import server_credentials
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = charlm_pb2.DESCRIPTOR.services_by_name["TextGeneration"].full_name  # "charlm.v1.TextGeneration"
+GENERATE = f"/{SERVICE_NAME}/Generate"
 _FOREVER_MS = 2**31 - 1  # gRPC's own "infinite" for durations in ms
 
 
@@ -40,6 +42,13 @@ def server_options(config: ServiceConfig) -> list[tuple[str, Any]]:
     return options
 
 
+def generate_handler(servicer: Servicer) -> grpc.RpcMethodHandler:
+    """Generate's handler, as charlm_pb2_grpc registers it: the accept slots serve their calls with it."""
+    return grpc.unary_stream_rpc_method_handler(servicer.Generate,
+                                                request_deserializer=charlm_pb2.GenerateRequest.FromString,
+                                                response_serializer=charlm_pb2.GenerateResponse.SerializeToString)
+
+
 class Server:
     """One charlm server: start(), then shutdown() (drain, stop, release)."""
 
@@ -54,6 +63,7 @@ class Server:
         self._dataplane: DataPlane | None = None
         self._registry: Registry | None = None
         self._sessions: InMemorySessionStore | None = None
+        self.slots: AcceptSlots | None = None  # the accept slots, once started (None: none)
 
     async def start(self) -> None:
         """Loads the models, binds the ports and starts serving."""
@@ -91,15 +101,18 @@ class Server:
                 raise OSError(f"--metrics-host/--metrics-port: cannot serve /metrics on "
                               f"{cfg.metrics_host}:{cfg.metrics_port}: {e.strerror or e}") from None
         await self._grpc.start()
+        self.slots = accept_slots(self._grpc, GENERATE, generate_handler(servicer), interceptors, cfg.accept_slots)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.started = True
         tls = "off" if credentials is None else "mutual" if sec.tls_client_ca is not None else "on"
-        log.info("serving %s on %s:%d (default model %s; metrics %s; tls %s; auth %s)", SERVICE_NAME, cfg.host,
-                 self.port, self._registry.default.spec,
+        slots = 0 if self.slots is None else self.slots.slots
+        log.info("serving %s on %s:%d (default model %s; metrics %s; tls %s; auth %s; accept slots %d)",
+                 SERVICE_NAME, cfg.host, self.port, self._registry.default.spec,
                  f"http://{cfg.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else "off",
-                 tls, "token" if sec.auth else "off",
-                 extra={"port": self.port, "metrics_port": self.metrics_port, "tls": tls, "auth": sec.auth})
+                 tls, "token" if sec.auth else "off", slots,
+                 extra={"port": self.port, "metrics_port": self.metrics_port, "tls": tls, "auth": sec.auth,
+                        "accept_slots": slots})
 
     async def drain(self) -> None:
         """Health NOT_SERVING, new streams refused (UNAVAILABLE); in-flight ones get the grace period, then end."""
@@ -117,6 +130,8 @@ class Server:
         if self._grpc is not None:
             # Generations were cancelled at the end of the grace period; this lets their last messages flush.
             await self._grpc.stop(grace=2.0)
+        if self.slots is not None:
+            await self.slots.close()
         if self._sessions is not None:
             await self._sessions.close()
         if self._registry is not None:
