@@ -181,8 +181,8 @@ class ServiceConfig:
             raise ValueError(f"versions: must be >= 0, got {self.versions}")
         if self.malloc_arenas < 0:
             raise ValueError(f"malloc_arenas: must be >= 0, got {self.malloc_arenas}")
-        if self.accept_slots < 0:
-            raise ValueError(f"accept_slots: must be >= 0, got {self.accept_slots}")
+        if not 0 <= self.accept_slots <= 1024:  # each is a task and a request held in gRPC's core
+            raise ValueError(f"accept_slots: must be 0..1024, got {self.accept_slots}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port: must be 0..65535 (0 = any free port), got {self.port}")
         if not -1 <= self.metrics_port <= 65535:

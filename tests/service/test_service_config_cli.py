@@ -48,6 +48,8 @@ def test_flag_beats_env_beats_default() -> None:
     (["--lane-fill", "-1"], {}, "lane_fill: must be >= 0"),
     ([], {"CHARLM_ALL_THREADS_ROWS": "-3"}, "all_threads_rows: must be >= 0"),
     ([], {"CHARLM_MALLOC_ARENAS": "-2"}, "malloc_arenas: must be >= 0"),
+    ([], {"CHARLM_ACCEPT_SLOTS": "-1"}, "accept_slots: must be 0..1024"),
+    (["--accept-slots", "5000"], {}, "accept_slots: must be 0..1024, got 5000"),
     (["--provider", "tpu"], {}, "--provider"),
     (["--device-batch", "gpu"], {}, "--device-batch"),
     ([], {"CHARLM_DECODE_PRECISION": "fp16"}, "CHARLM_DECODE_PRECISION"),
