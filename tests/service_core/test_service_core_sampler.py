@@ -136,6 +136,20 @@ def test_draw_one_is_the_batch_draw_of_one_row() -> None:
         assert draw_one(logits, t, u) == expected
 
 
+def test_draw_one_agrees_with_the_batch_draw_at_the_boundaries() -> None:
+    """Uniforms on and beside each id's cumulative mass: any rounding apart from numpy's would split them."""
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        logits = (rng.standard_normal(V) * 3).astype(np.float32)
+        x = logits.astype(np.float64) / 0.7
+        cum = np.cumsum(np.exp(x - x.max()))
+        for k in range(V - 1):
+            edge = cum[k] / cum[-1]
+            for u in (np.nextafter(edge, 0.0), edge, np.nextafter(edge, 1.0)):
+                expected = sample(logits[None], BatchParams.of([Sampling(temperature=0.7)]), np.array([u]))[0]
+                assert draw_one(logits, 0.7, float(u)) == expected
+
+
 @pytest.mark.parametrize("top_k", [0, 5])  # the first character drawn by draw_one, or by the batch sampler
 @pytest.mark.parametrize("blocks", [[], [3], [40, 40], [UNIFORM_BLOCK - 20, 40], [8] * (UNIFORM_BLOCK // 8 + 1)])
 def test_a_stream_uses_its_seeds_uniforms_one_after_another(top_k: int, blocks: list[int]) -> None:
