@@ -214,10 +214,10 @@ class Engine:
             state.reseed(params.sampling.seed)
         # The whole prompt is fed (prefill): its last logits draw the first character, with no decode step.
         # With no prompt, the state's pending id goes straight to a batch row.
-        if state.pending is None:
-            todo = ids
+        if state.pending is not None and ids.size:
+            todo = np.concatenate((np.array([state.pending], np.int64), ids))
         else:
-            todo = np.concatenate((np.array([state.pending], np.int64), ids)) if ids.size else ids
+            todo = ids  # a fresh state's prompt, or no prompt at all (empty)
         s = Stream(state, todo, None, params, cancel, self.runtime.vocab_size)
         s.seen[ids] = True
         s.prompt_chars = s.text_chars = int(ids.size)
