@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from service import errors, sampling
 from service.config import Limits
+from service.inflight import InFlight, StreamObserver
 from service.registry import Model, Registry
 from service.requests import (
     ChatAction,
@@ -31,56 +32,50 @@ T = TypeVar("T")
 CHAT_QUEUE = 16  # Chat turns received ahead of the one in progress
 
 
-class StreamObserver(Protocol):
-    """Told how many streams are in progress (the Prometheus metrics implement it)."""
-
-    def streams(self, active: int) -> None:
-        """``active`` streams are in progress."""
-
-
 class DataPlane:
     """Generate, sessions, Feed, Chat and models, with the server's limits; refuses new streams while draining."""
 
     def __init__(self, registry: Registry, sessions: SessionStore, limits: Limits,
                  observer: StreamObserver | None = None) -> None:
-        self.registry, self.sessions, self._limits, self._observer = registry, sessions, limits, observer
-        self._streams = 0
-        self._cancels: set[asyncio.Event] = set()  # one per generation in progress, set when draining ends
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.registry, self.sessions, self._limits = registry, sessions, limits
+        self._in_flight = InFlight(limits.max_streams, observer)
+        self._cancels: set[asyncio.Event] = set()  # one per chat turn generating, set when draining ends
         self._closed = asyncio.Event()  # set when the drain's grace period ends
-        self.draining = False
 
     async def generate(self, req: GenerateRequest) -> AsyncGenerator[Chunk | Done, None]:
         """Streams a generation from the request's session or a fresh state."""
-        async with self._stream():
+        # Cancelled with every other generation when the drain's grace period ends (``_closed``). Engine
+        # generators are read here, one layer, not through a generator of this class's: on this VM every layer
+        # of a request's first message runs cold (docs/performance.md, "What makes it fast").
+        with self._in_flight:
             if not req.session_id:
                 model = self.registry.resolve(req.model)
                 self._check_generate(model, req.prompt, req.params)
                 state = model.engine.new_state(req.params.sampling.seed)
-                async with contextlib.aclosing(self._generate(model, state, req.prompt, req.params, "")) as events:
+                events = model.engine.generate(state, req.prompt, req.params, self._closed)
+                async with contextlib.aclosing(events):
                     async for event in events:
-                        yield event
+                        yield Done(event, model.spec) if isinstance(event, Finish) else event
                 return
             async with self.sessions.lease(req.session_id) as session:
                 model = self._session_model(session, req.model)
                 self._check_generate(model, req.prompt, req.params)
                 # Closed here, inside the lease: a generator left to the garbage collector would close after the
                 # lease let the session go, while its lane may still write the state (Engine._let_go).
-                events = self._generate(model, session.state, req.prompt, req.params, session.id)
+                events = model.engine.generate(session.state, req.prompt, req.params, self._closed)
                 try:
                     async for event in events:
-                        yield event
+                        yield Done(event, model.spec, session.id) if isinstance(event, Finish) else event
                 finally:
                     session.ending = True  # (the next request for the session waits for this, see lease)
                     await events.aclose()
 
-    async def _generate(self, model: Model, state: SeqState, prompt: str, params: GenerateParams, session_id: str,
-                        cancel: asyncio.Event | None = None) -> AsyncGenerator[Chunk | Done, None]:
-        cancel = cancel or asyncio.Event()
+    async def _generate(self, model: Model, state: SeqState, params: GenerateParams, session_id: str,
+                        cancel: asyncio.Event) -> AsyncGenerator[Chunk | Done, None]:
+        """A chat turn's generation: ``cancel`` is the turn's, also set when the drain's grace period ends."""
         self._cancels.add(cancel)
         try:
-            async with contextlib.aclosing(model.engine.generate(state, prompt, params, cancel)) as events:
+            async with contextlib.aclosing(model.engine.generate(state, "", params, cancel)) as events:
                 async for event in events:
                     yield Done(event, model.spec, session_id) if isinstance(event, Finish) else event
         finally:
@@ -104,7 +99,7 @@ class DataPlane:
 
     async def create_session(self, model: str = "", prime: str = "", ttl_seconds: float = 0) -> Session:
         """A new session of ``model``, its state primed with ``prime``."""
-        self._refuse_if_draining()
+        self._in_flight.refuse_if_draining()
         m = self.registry.resolve(model)
         self._check_text("prime", prime)
         state = m.engine.new_state()
@@ -131,7 +126,7 @@ class DataPlane:
 
     def fork_session(self, session_id: str, ttl_seconds: float = 0) -> Session:
         """A new session with a copy of another's state."""
-        self._refuse_if_draining()
+        self._in_flight.refuse_if_draining()
         return self.sessions.fork(session_id, ttl_seconds)
 
     def _session_model(self, session: Session, requested: str) -> Model:
@@ -145,7 +140,7 @@ class DataPlane:
 
     async def feed(self, chunks: AsyncIterator[FeedChunk]) -> Fed:
         """Advances a session (or a fresh, discarded state) over streamed text and scores it."""
-        async with self._stream():
+        with self._in_flight:
             first = await anext(chunks, FeedChunk(""))
             if not first.session_id:
                 model = self.registry.resolve(first.model)
@@ -170,7 +165,7 @@ class DataPlane:
 
     async def chat(self, actions: AsyncIterator[ChatAction]) -> AsyncGenerator[ChatEvent, None]:
         """One session, interleaving feeds and generations; a cancel stops the generation in progress."""
-        async with self._stream():
+        with self._in_flight:
             opening = await anext(actions, None)
             if not isinstance(opening, ChatOpen):
                 raise errors.InvalidArgument("open", "the first Chat message must be `open`")
@@ -197,7 +192,7 @@ class DataPlane:
         reader = asyncio.get_running_loop().create_task(self._chat_reader(actions, queue, asked))
         try:
             while (action := await self._unless_closed(queue.get())) is not None:
-                self._refuse_if_draining()  # a new turn is new work
+                self._in_flight.refuse_if_draining()  # a new turn is new work
                 if isinstance(action, ChatOpen):
                     raise errors.InvalidArgument("open", "`open` may only be the first Chat message")
                 if isinstance(action, ChatFeed):
@@ -209,7 +204,7 @@ class DataPlane:
                     self._check_generate(model, "", gen.params)
                     if session.state.pending is None:
                         raise errors.InvalidArgument("generate", "the session has no text yet: feed some first")
-                    events = self._generate(model, session.state, "", gen.params, session.id, cancel)
+                    events = self._generate(model, session.state, gen.params, session.id, cancel)
                     async with contextlib.aclosing(events):
                         async for event in events:
                             if isinstance(event, Done):  # before it goes out: a cancel sent after it is the next's
@@ -250,24 +245,6 @@ class DataPlane:
         """One served version ("name", "name:version" or "" for the default)."""
         return self.registry.resolve(model)
 
-    @contextlib.asynccontextmanager
-    async def _stream(self) -> AsyncIterator[None]:
-        self._refuse_if_draining()
-        if self._streams >= self._limits.max_streams:
-            raise errors.ResourceExhausted(f"the server is at its limit of {self._limits.max_streams} streams")
-        self._streams += 1
-        self._idle.clear()
-        if self._observer:
-            self._observer.streams(self._streams)
-        try:
-            yield
-        finally:
-            self._streams -= 1
-            if self._streams == 0:
-                self._idle.set()
-            if self._observer:
-                self._observer.streams(self._streams)
-
     async def _unless_closed(self, next_message: Awaitable[T]) -> T:
         """A client's next message, unless the drain's grace period ends first: then DRAINING, as refused work."""
         nxt = asyncio.ensure_future(next_message)
@@ -281,20 +258,16 @@ class DataPlane:
             nxt.cancel()
             closed.cancel()
 
-    def _refuse_if_draining(self) -> None:
-        if self.draining:
-            raise errors.Unavailable("the server is shutting down; retry on another replica")
-
     @property
     def active_streams(self) -> int:
         """Generate, Feed and Chat streams in progress."""
-        return self._streams
+        return self._in_flight.count
 
     async def drain(self, grace_seconds: float) -> None:
         """Refuses new work, waits up to ``grace_seconds`` for streams to end, then cancels generations."""
-        self.draining = True
+        self._in_flight.draining = True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace_seconds)
+            await asyncio.wait_for(self._in_flight.idle.wait(), grace_seconds)
         for cancel in list(self._cancels):
             cancel.set()
         self._closed.set()

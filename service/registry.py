@@ -31,9 +31,9 @@ class Model:
     engine: Engine
     vocab: Vocab
 
-    @property
+    @functools.cached_property
     def spec(self) -> str:
-        """ "name:version"."""
+        """ "name:version" (kept: every generation's last message names it)."""
         return self.artifact.spec
 
     @functools.cached_property
