@@ -44,9 +44,9 @@ class DataPlane:
 
     async def generate(self, req: GenerateRequest) -> AsyncGenerator[Chunk | Done, None]:
         """Streams a generation from the request's session or a fresh state."""
-        # Cancelled with every other generation when the drain's grace period ends (``_closed``). Engine
-        # generators are read here, one layer, not through a generator of this class's: on this VM every layer
-        # of a request's first message runs cold (docs/performance.md, "What makes it fast").
+        # Cancelled with every other generation when the drain's grace period ends (``_closed``). The engine's
+        # generator is read here, not through one of this class's: after an idle gap every layer of a request's
+        # first message runs cold (docs/performance-history.md, the thirty-fourth and thirty-fifth passes).
         with self._in_flight:
             if not req.session_id:
                 model = self.registry.resolve(req.model)

@@ -18,8 +18,9 @@ class StreamObserver(Protocol):
 class InFlight:
     """``with``: one Generate, Feed or Chat stream in progress, from its admission to its end."""
 
-    # A class, not a generator-based context manager: on this VM every layer of a request's first message runs
-    # cold, and a generator is two more frames to enter and leave (docs/performance.md, "What makes it fast").
+    # A class, not a generator-based context manager: after an idle gap every layer of a request's first message
+    # runs cold, and a generator is two more frames to enter and leave (docs/performance-history.md, the
+    # thirty-fifth pass).
 
     def __init__(self, max_streams: int, observer: StreamObserver | None = None) -> None:
         self.max_streams, self._observer = max_streams, observer
