@@ -1,18 +1,23 @@
-"""bench/engine.py and bench/engine_streams.py: the FLOP count and runs on a tiny model (no timings asserted)."""
+"""bench/engine.py, engine_streams.py and lane_time.py: the FLOP count, runs on a tiny model (no timings asserted)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
 
-from bench import engine_streams
+from bench import engine_streams, lane_time
 from bench.engine import flops_per_char, measure, measure_lanes_rate, measure_step_rate
 from bench.serve import server_precision
+from bench.serve_runs import PROMPT16, fit_prompt
 from service.artifact import load_artifact
 from service.cores import available_cores
+from service.engine import Engine, EngineConfig
 from service.runtime import Runtime, RuntimeConfig
+from service.types import Chunk, GenerateParams, Sampling
+from service.vocab import Vocab
 
 
 def test_flops_per_char_matches_the_issue_formula_when_embedding_equals_hidden() -> None:
@@ -93,3 +98,39 @@ def test_engine_streams_runs_the_engines_prompts_in_the_precision_asked(model_re
                                            engine_seconds=0.02, prompt_precision=precision))  # fmt: skip
     expected = "int8" if precision == "auto" else "fp32"  # (an LSTM with int8 decode steps: auto is int8)
     assert f"(prompts in {expected})" in lines[0] and int(lines[2].split()[0]) == 2
+
+
+async def _seeded_texts(path: Path, totals: lane_time.Totals | None) -> list[str]:
+    """Five seeded generations at once through an Engine, timed by bench.lane_time when ``totals`` is given."""
+    rt = Runtime(load_artifact(path), RuntimeConfig(intra_op_threads=1))
+    engine = Engine(rt, Vocab(rt.vocabulary), EngineConfig(all_threads_rows=64, lane_fill=2), rt.model)
+    prompt = fit_prompt(PROMPT16, rt.vocabulary, 8)
+
+    async def one(seed: int) -> str:
+        params = GenerateParams(Sampling(temperature=1.0, seed=seed), max_chars=60)
+        events = engine.generate(engine.new_state(), prompt, params)
+        return "".join([e.text async for e in events if isinstance(e, Chunk)])
+
+    await engine.start()
+    try:
+        with lane_time.timing(totals) if totals is not None else contextlib.nullcontext():
+            return list(await asyncio.gather(*(one(s) for s in range(5))))
+    finally:
+        await engine.close()
+
+
+def test_lane_time_times_the_lanes_without_changing_their_text(model_repo: Path) -> None:
+    path = model_repo / "tiny-lstm" / "1"
+    originals = [owner.__dict__[name] for owner, name, _ in lane_time.TIMED]
+    totals: lane_time.Totals = {}
+    assert asyncio.run(_seeded_texts(path, totals)) == asyncio.run(_seeded_texts(path, None))
+    assert [owner.__dict__[name] for owner, name, _ in lane_time.TIMED] == originals  # unwrapped after
+    lanes = {tid for tid, what in totals if what == "call"}
+    assert lanes
+    for tid in lanes:
+        (call_s, calls), (decode_s, decodes) = totals[(tid, "call")], totals[(tid, "decode")]
+        assert calls == decodes > 0 and 0 < call_s < decode_s  # one call in each _decode, timed inside it
+        assert all(v >= 0 for k, v in lane_time.parts(totals, tid, wall=decode_s + 1).items() if k != "texts")
+    lines = asyncio.run(lane_time.run(path, streams=3, chars=40, rounds=1, threads=1))
+    assert "3 streams x 40 characters" in lines[0] and "chars/s" in lines[1]
+    assert lines[2:] and all(line.startswith("  lane: ") and "µs a call: call " in line for line in lines[2:])
