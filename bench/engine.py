@@ -41,9 +41,9 @@ class StepRate:
 
 
 def _runtime(artifact_path: Path | str, threads: int, provider: str = "cpu", precision: str = "fp32",
-             prompts: str = "auto") -> Runtime:  # fmt: skip
+             prompts: str = "auto", steps: int = RuntimeConfig.decode_steps) -> Runtime:  # fmt: skip
     config = RuntimeConfig(provider, intra_op_threads=threads, spinning=False, prefill_spinning=False,
-                           decode_precision=precision, prompt_precision=prompts)  # fmt: skip
+                           decode_precision=precision, prompt_precision=prompts, decode_steps=steps)  # fmt: skip
     return Runtime(load_artifact(Path(artifact_path)), config)
 
 
@@ -193,14 +193,16 @@ class EngineReport:
 
 
 def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 1.0,
-            prefill_chars: int = 2000, precision: str = "auto", prompts: str = "auto") -> EngineReport:  # fmt: skip
-    """Every measurement of the artifact at ``model``: its decode steps in ``precision`` and its prefill calls in
-    ``prompts`` ("auto" as the server resolves each)."""
-    rt = _runtime(model, threads, precision=precision, prompts=prompts)
+            prefill_chars: int = 2000, precision: str = "auto", prompts: str = "auto",
+            decode_steps: int = RuntimeConfig.decode_steps) -> EngineReport:  # fmt: skip
+    """Every measurement of the artifact at ``model``: its decode steps in ``precision``, ``decode_steps`` a call
+    in the calls of several steps, and its prefill calls in ``prompts`` ("auto" as the server resolves each)."""
+    rt = _runtime(model, threads, precision=precision, prompts=prompts, steps=decode_steps)
     artifact = load_artifact(model)
     info = artifact.info
     lanes = available_cores()
-    lane_rt = Runtime(artifact, RuntimeConfig(intra_op_threads=1, decode_precision=precision))
+    lane_config = RuntimeConfig(intra_op_threads=1, decode_precision=precision, decode_steps=decode_steps)
+    lane_rt = Runtime(artifact, lane_config)
     k = rt.decode_steps
     return EngineReport(
         model=rt.model,
@@ -243,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the decode steps' matrix products, as the server's flag")
     p.add_argument("--prompt-precision", choices=("auto", "fp32", "int8"), default="auto",
                    help="the prefill calls' LSTM layers, as the server's flag")
+    p.add_argument("--decode-steps", type=int, default=RuntimeConfig.decode_steps,
+                   help="steps a call of the calls of several steps, as the server's flag (1 = none)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     a = p.parse_args(argv)
     try:
@@ -251,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--batches: {a.batches!r} is not a comma-separated list of integers")
     try:
         report = measure(a.model, batches, a.threads, a.seconds, a.prefill_chars, a.decode_precision,
-                         a.prompt_precision)
-    except ArtifactError as e:
+                         a.prompt_precision, a.decode_steps)
+    except (ArtifactError, ValueError) as e:
         p.error(str(e))
     print(json.dumps(report.to_json(), indent=2) if a.json else report.table())
     return 0

@@ -41,6 +41,9 @@ def test_measurements_run_on_a_tiny_model(model_repo: Path) -> None:
     # the server's calls of several steps, one batch and over the lanes
     assert report.decode_steps == 8 and [s.batch for s in report.multi_steps] == [1, 4]
     assert [s.batch for s in report.multi_lane_steps] == [s.batch for s in report.lane_steps]
+    other = measure(path, [4], threads=1, seconds=0.01, prefill_chars=8, decode_steps=3)  # --decode-steps 3
+    assert other.decode_steps == 3 and [s.batch for s in other.multi_steps] == [4]
+    assert "3 steps per call" in other.table()
 
 
 def test_lanes_rate_splits_the_batch_over_threads_side_by_side(model_repo: Path) -> None:
