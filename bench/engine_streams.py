@@ -13,8 +13,10 @@ the engine and the raw steps is the engine's own work, and the rest is gRPC, pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,20 @@ async def engine_rate(engine: Engine, streams: int, chars: int, prompt: str) -> 
     return EngineRun(total / wall, total / chunks, [d[2] for d in done])
 
 
+@contextlib.asynccontextmanager
+async def warm_engine(runtime: Runtime) -> AsyncIterator[tuple[Engine, str]]:
+    """The server's ``Engine`` over ``runtime`` (its default config), started and warmed up, and the 16-character
+    prompt in its vocabulary (PROMPT16 itself for the shipped model); closed after."""
+    engine = Engine(runtime, Vocab(runtime.vocabulary), EngineConfig(), runtime.model)
+    prompt = fit_prompt(PROMPT16, runtime.vocabulary, len(PROMPT16))
+    await engine.start()
+    try:
+        await engine_rate(engine, 4, 100, prompt)  # warm-up
+        yield engine, prompt
+    finally:
+        await engine.close()
+
+
 async def run(model: Path, levels: list[int], chars: int, repeats: int, threads: int,
               engine_seconds: float = 1.0, prompt_precision: str = "auto") -> list[str]:  # fmt: skip
     """One table line per level: the median of ``repeats`` (engine, raw) pairs; the engine's prompts in
@@ -69,15 +85,11 @@ async def run(model: Path, levels: list[int], chars: int, repeats: int, threads:
                                           spin_between_calls=True))  # onnxruntime's defaults  # fmt: skip
     lanes = Runtime(artifact, RuntimeConfig(intra_op_threads=1))
     engines = raw_engines({"no spinning": runtime, "spinning": raw}, available_cores(), lanes, engine_seconds)
-    engine = Engine(runtime, Vocab(runtime.vocabulary), EngineConfig(), runtime.model)
-    prompt = fit_prompt(PROMPT16, runtime.vocabulary, len(PROMPT16))  # PROMPT16 itself for the shipped model
-    await engine.start()
     lines = [f"{runtime.model} in-process engine (prompts in {runtime.prompt_precision}) vs raw onnxruntime steps "
              f"(the fastest of: {' / '.join(engines)})",
              f"{'streams':>7} {'engine c/s':>11} {'raw c/s':>9} {'ratio':>6} {'c/chunk':>8} {'TTFC p50/p99 ms':>16}"
              "  all ratios"]  # fmt: skip
-    try:
-        await engine_rate(engine, 4, 100, prompt)  # warm-up
+    async with warm_engine(runtime) as (engine, prompt):
         for n in levels:
             pairs = []
             for _ in range(repeats):
@@ -89,8 +101,6 @@ async def run(model: Path, levels: list[int], chars: int, repeats: int, threads:
             ratios = ", ".join(f"{p[0]:.0%}" for p in pairs)
             lines.append(f"{n:>7} {r.chars_per_s:>11,.0f} {best:>9,.0f} {ratio:>6.0%} {r.chars_per_chunk:>8.1f} "
                          f"{f'{ttfc.p50:.2f}/{ttfc.p99:.2f}':>16}  {ratios}")  # fmt: skip
-    finally:
-        await engine.close()
     return lines
 
 

@@ -24,12 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.engine import parser
-from bench.engine_streams import engine_rate
-from bench.serve_runs import PROMPT16, fit_prompt
+from bench.engine_streams import engine_rate, warm_engine
 from service.artifact import load_artifact
 from service.batch import DecodeBatch
 from service.decoding import Decoding
-from service.engine import Engine, EngineConfig
 from service.runtime import Runtime, RuntimeConfig
 from service.scheduler import Scheduler
 from service.vocab import Vocab
@@ -99,13 +97,9 @@ def lane_lines(totals: Totals, wall: float) -> list[str]:
 async def run(model: Path, streams: int, chars: int, rounds: int, threads: int) -> list[str]:
     """``rounds`` bursts of ``streams`` generations of ``chars`` characters, each with its lanes' time split."""
     runtime = Runtime(load_artifact(model), RuntimeConfig(intra_op_threads=threads))
-    engine = Engine(runtime, Vocab(runtime.vocabulary), EngineConfig(), runtime.model)
-    prompt = fit_prompt(PROMPT16, runtime.vocabulary, len(PROMPT16))
-    await engine.start()
     lines = [f"{runtime.model} in process: {streams} streams x {chars} characters, decode steps in "
              f"{runtime.decode_precision}, {runtime.decode_steps} steps a call"]  # fmt: skip
-    try:
-        await engine_rate(engine, 4, 100, prompt)  # warm-up
+    async with warm_engine(runtime) as (engine, prompt):
         for _ in range(rounds):
             totals: Totals = {}
             with timing(totals):
@@ -114,8 +108,6 @@ async def run(model: Path, streams: int, chars: int, rounds: int, threads: int) 
                 wall = time.perf_counter() - start
             lines.append(f"{r.chars_per_s:,.0f} chars/s in {wall * 1e3:,.0f} ms")
             lines += lane_lines(totals, wall)
-    finally:
-        await engine.close()
     return lines
 
 
