@@ -43,7 +43,8 @@ class StepRate:
 def _runtime(artifact_path: Path | str, threads: int, provider: str = "cpu", precision: str = "fp32",
              prompts: str = "auto", steps: int = RuntimeConfig.decode_steps) -> Runtime:  # fmt: skip
     config = RuntimeConfig(provider, intra_op_threads=threads, spinning=False, prefill_spinning=False,
-                           decode_precision=precision, prompt_precision=prompts, decode_steps=steps)  # fmt: skip
+                           decode_precision=precision, prompt_precision=prompts, decode_steps=steps,
+                           few_rows_steps=0)  # fmt: skip
     return Runtime(load_artifact(Path(artifact_path)), config)
 
 
@@ -70,15 +71,15 @@ def measure_lanes_rate(batch: int, lanes: int, runtime: Runtime, seconds: float 
 
 def _bound_step(rt: Runtime, batch: int, steps: int = 1) -> Callable[[], None]:
     """A prepared single-step call of ``batch`` rows (padded as the engine pads: Runtime.min_batch), or a call of
-    ``steps`` steps through the sampling head (the runtime's ``decode_steps`` must be ``steps``). A single step
+    ``steps`` steps through the sampling head (one of the runtime's ``step_counts``). A single step
     runs the artifact's graph as exported, or with int8 decoding the server's int8 step (with its head)."""
     rows = max(batch, rt.min_batch)
     ids = np.random.default_rng(0).integers(0, rt.vocab_size, (rows, 1), dtype=np.int64)
     states = tuple(np.zeros((rt.layers, rows, rt.hidden), np.float32) for _ in rt.state_inputs)
     out = tuple(np.zeros_like(s) for s in states)
     if steps > 1:
-        if rt.decode_steps != steps:
-            raise ValueError(f"{rt.model}: the runtime runs {rt.decode_steps} steps per call, not {steps}")
+        if steps not in rt.step_counts:
+            raise ValueError(f"{rt.model}: the runtime runs {rt.step_counts} steps per call, not {steps}")
         between = [tuple(np.zeros_like(s) for s in states) for _ in range(steps - 1)]
         u, inv_t = np.full((rows, steps), 0.5, np.float32), np.ones((rows, 1), np.float32)
         step_ids = np.zeros((rows, steps), np.int64)
@@ -201,7 +202,8 @@ def measure(model: Path, batches: list[int], threads: int = 0, seconds: float = 
     artifact = load_artifact(model)
     info = artifact.info
     lanes = available_cores()
-    lane_config = RuntimeConfig(intra_op_threads=1, decode_precision=precision, decode_steps=decode_steps)
+    lane_config = RuntimeConfig(intra_op_threads=1, decode_precision=precision, decode_steps=decode_steps,
+                                few_rows_steps=0)  # fmt: skip
     lane_rt = Runtime(artifact, lane_config)
     k = rt.decode_steps
     return EngineReport(

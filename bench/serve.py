@@ -173,12 +173,14 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     # each level is judged against the fastest. Its decode steps are the server's (int8 where it runs int8).
     served = server_runtime(a.server_arg)
     precision, prompts = served.decode_precision, served.prompt_precision
-    runtimes = {name: Runtime(artifact, RuntimeConfig(intra_op_threads=a.threads, spinning=spin, prefill_spinning=spin,
-                                                      spin_between_calls=spin, decode_precision=precision,
-                                                      prompt_precision=prompts))
+    steps = RuntimeConfig(decode_steps=served.decode_steps, few_rows_steps=served.few_rows_steps,
+                          few_rows=served.few_rows, decode_precision=precision)  # the server's decode calls
+    runtimes = {name: Runtime(artifact, replace(steps, intra_op_threads=a.threads, spinning=spin,
+                                                prefill_spinning=spin, spin_between_calls=spin,
+                                                prompt_precision=prompts))
                 for name, spin in (("spinning", True), ("no spinning", False))}  # fmt: skip
     runtime = runtimes["spinning"]
-    lane_runtime = Runtime(artifact, RuntimeConfig(intra_op_threads=1, decode_precision=precision))
+    lane_runtime = Runtime(artifact, replace(steps, intra_op_threads=1))
     engines = runs.raw_engines(runtimes, available_cores(), lane_runtime, a.engine_seconds)
     info = artifact.info
     model = f"{info.name}:{info.version}"

@@ -106,18 +106,24 @@ class Level:
 def raw_engines(runtimes: dict[str, Runtime], lanes: int, lane_runtime: Runtime,
                 seconds: float) -> dict[str, RawEngine]:  # fmt: skip
     """Single-step calls through each runtime, and the batch split over ``lanes`` threads side by side; and both
-    with the several steps per call the server runs (``decode_steps`` of the first runtime, through the first)."""
+    with each number of steps per call the server runs (``step_counts`` of the first runtime, through the first)."""
     engines: dict[str, RawEngine] = {
         name: partial(measure_step_rate, "", seconds=seconds, runtime=rt) for name, rt in runtimes.items()
     }
     if lanes > 1:
         engines["lanes"] = lambda b: measure_lanes_rate(b, min(lanes, b), lane_runtime, seconds)
     first = next(iter(runtimes.values()))
-    if (k := first.decode_steps) > 1:
+    for k in first.step_counts[1:]:
         engines[f"{k} steps"] = partial(measure_step_rate, "", seconds=seconds, runtime=first, steps=k)
         if lanes > 1:
-            engines[f"{k} steps, lanes"] = lambda b: measure_lanes_rate(b, min(lanes, b), lane_runtime, seconds, k)
+            engines[f"{k} steps, lanes"] = partial(_lanes_rate, lanes=lanes, runtime=lane_runtime, seconds=seconds,
+                                                   steps=k)  # fmt: skip
     return engines
+
+
+def _lanes_rate(batch: int, lanes: int, runtime: Runtime, seconds: float, steps: int) -> StepRate:
+    """measure_lanes_rate over at most ``batch`` lanes (a row each at least)."""
+    return measure_lanes_rate(batch, min(lanes, batch), runtime, seconds, steps)
 
 
 async def run_level(server: ServerProcess, engines: dict[str, RawEngine], model: str, streams: int, chars: int,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from service.runtime import Runtime, States
 
-Calls = tuple[tuple[Callable[[], None], Callable[[], None]], ...]  # see DecodeBatch._bound
-ALONE, LANE, STEPS_ALONE, STEPS_LANE = range(4)  # the kinds of call of a row count (index into Calls)
+Call = Callable[[], None]
+Calls = dict[int, tuple[tuple[Call, Call], tuple[Call, Call]]]  # see DecodeBatch._bound
 
 
 @dataclass
@@ -43,16 +44,21 @@ class DecodeBatch:
         self.inv_temperature = np.ones(self.capacity, np.float32)  # per row, for the head (1 where unused)
         self._logits = np.zeros(self.capacity * V, np.float32)
         # several steps per call (Runtime.bind_steps): each row's K uniforms, the K drawn ids, the states after
-        # the first K - 1 steps (the last step's go to the other buffer set, as a single step's do)
-        self.steps = K = runtime.decode_steps
+        # the first K - 1 steps (the last step's go to the other buffer set, as a single step's do), for the
+        # most steps a call runs (those past decode_steps: calls of at most few_rows rows only)
+        self.steps = runtime.decode_steps  # the latest (or next: use_steps) call's steps, while it runs several
+        self.step_choices: tuple[int, ...] = ()  # see use_steps
+        K = max(runtime.step_counts)
         self._step_uniforms = np.zeros(self.capacity * K, np.float32)
         self._step_ids = np.zeros(self.capacity * K, np.int64)
-        self._step_bufs = [[np.zeros(size, np.float32) for _ in runtime.state_inputs] for _ in range(K - 1)]
+        sizes = [size if j < runtime.decode_steps - 1 else L * min(self.capacity, runtime.few_rows) * H
+                 for j in range(K - 1)]  # fmt: skip
+        self._step_bufs = [[np.zeros(n, np.float32) for _ in runtime.state_inputs] for n in sizes]
         self.seen = np.zeros((self.capacity, V), bool)  # per row: characters seen in the request
         self.n = 0  # live rows
         self._rows = 0  # rows each call runs: n, padded up to runtime.min_batch
         self._cur = 0  # which buffer set holds the current states
-        # the prepared calls by row count, [kind (ALONE, LANE, STEPS_ALONE, STEPS_LANE)][buffer set]:
+        # the prepared calls by row count, [steps (1, or several: step_choices)][lane][buffer set]:
         # the buffers never move, so a binding stays valid (and preparing one costs more than the step it runs
         # at small batches, i.e. at every join or leave)
         self._bound: dict[int, Calls] = {}
@@ -66,6 +72,16 @@ class DecodeBatch:
     def states(self) -> States:
         """Current states of the live rows, each [layers, n, hidden] (views)."""
         return tuple(v[:, : self.n] for v in self._views(self._cur, self._rows))
+
+    def use_steps(self, k: int) -> None:
+        """Make the next ``steps_call`` one of ``k`` steps: one of ``step_choices``, the several steps a call of
+        the current rows may run (largest first; none where the runtime runs one step per call). ``step_uniforms``
+        and ``step_ids`` are then (n, k)."""
+        if k not in self.step_choices:
+            raise ValueError(f"{k} steps: a call of {self._rows} rows runs {self.step_choices or 'one'}")
+        self.steps = k
+        if self._calls is not None and k not in self._calls:  # a fallback's calls (rare), bound on first use
+            self._prepared(k)
 
     @property
     def step_uniforms(self) -> np.ndarray:
@@ -88,15 +104,15 @@ class DecodeBatch:
         (a view, valid until the next step). ``alone``: no other batch steps meanwhile, so the call may use
         all of onnxruntime's threads; else it runs on the calling thread alone (Runtime.lane_decoder)."""
         assert self._calls is not None and self.n > 0
-        self._calls[ALONE if alone else LANE][self._cur]()
+        self._calls[1][not alone][self._cur]()
         self._cur ^= 1
         return self._logits[: self._rows * self.runtime.vocab_size].reshape(self._rows, -1)[: self.n]
 
     def steps_call(self, alone: bool = True) -> np.ndarray:
-        """``steps`` (K) steps in one call (Runtime.bind_steps), each row drawing from its ``step_uniforms``;
-        returns ``step_ids`` (n, K); ``ids`` is then the last column. No logits."""
+        """``steps`` (K, see use_steps) steps in one call (Runtime.bind_steps), each row drawing from its
+        ``step_uniforms``; returns ``step_ids`` (n, K); ``ids`` is then the last column. No logits."""
         assert self._calls is not None and self.n > 0 and self.steps > 1
-        self._calls[STEPS_ALONE if alone else STEPS_LANE][self._cur]()
+        self._calls[self.steps][not alone][self._cur]()
         self._cur ^= 1
         return self.step_ids
 
@@ -118,12 +134,13 @@ class DecodeBatch:
         dst_ids[:n] = np.concatenate([src_ids[keep_idx], np.array([j.pending for j in joining], np.int64)])
         dst_ids[n:rows] = 0
         self.uniforms[n:rows], self.inv_temperature[n:rows] = 0.0, 1.0
-        self._step_uniforms[n * self.steps : rows * self.steps] = 0.0
+        self._step_uniforms[:] = 0.0  # (padding rows' uniforms, wherever a call of any K puts them)
         seen = [self.seen[keep_idx], *(j.seen[None, :] for j in joining)]
         self.seen[:n] = np.concatenate(seen)
         self._cur = 1 - self._cur
         self.n, self._rows = n, rows
         self._calls = self._prepared() if n else None
+        self.steps, self.step_choices = self._steps_of(rows)
 
     def prepare(self, run: bool) -> None:
         """Bind the calls of every row count up to capacity now (``run``: and make each call once), so that
@@ -135,15 +152,15 @@ class DecodeBatch:
         for rows in sorted({self._rows_for(n) for n in range(1, self.capacity + 1)}, reverse=True):
             calls = self._calls_for(rows)
             if run:  # one call per session (the state is the session's, not the binding's); not of the several
-                for kind in (ALONE, LANE):  # steps' sessions: K times as long, ~5 s for the shipped model
-                    calls[kind][0]()
+                for lane in (False, True):  # steps' sessions: K times as long, ~5 s for the shipped model
+                    calls[1][lane][0]()
 
     def prepared_call(self, rows: int, alone: bool) -> Callable[[], None]:
         """(while the batch is empty: for timing, service/tuning.py) The prepared decode call of ``rows`` rows, of
-        several steps where the runtime runs them: on all threads (``alone``) or the calling thread's."""
-        calls = self._calls_for(self._rows_for(rows))
-        steps = self.steps > 1
-        return calls[(STEPS_ALONE if alone else STEPS_LANE) if steps else (ALONE if alone else LANE)][0]
+        ``decode_steps`` steps, on all threads (``alone``) or the calling thread's. (Not of the more steps a call
+        of few rows runs: the timings compare ways to run one call, and those take twice as long to time.)"""
+        k = self.runtime.decode_steps
+        return self._calls_for(self._rows_for(rows), k)[k][not alone][0]
 
     def warm(self) -> None:
         """(in the thread that will step the batch, before its first step) Nothing to do for numpy buffers; see
@@ -153,23 +170,32 @@ class DecodeBatch:
         """Rows a call runs for ``n`` live rows: ``n``, padded up to ``runtime.min_batch``."""
         return max(n, self.runtime.min_batch) if n else 0
 
-    def _calls_for(self, rows: int) -> Calls:
+    def _steps_of(self, rows: int) -> tuple[int, tuple[int, ...]]:
+        """``steps`` and ``step_choices`` for calls of ``rows`` rows: the runtime's steps for them, then its
+        ``decode_steps`` (a fallback where the characters may not wait for as many)."""
+        rt = self.runtime
+        choices = tuple(sorted({rt.steps_for(rows), rt.decode_steps} - {1}, reverse=True))
+        return (choices[0] if choices else 1), choices
+
+    def _calls_for(self, rows: int, *more: int) -> Calls:
         """(while the batch is empty) The calls of ``rows`` rows, as ``_prepared`` (which binds the current row
         count's)."""
         assert self.n == 0
         self._rows = rows
         try:
-            return self._prepared()
+            return self._prepared(*more)
         finally:
             self._rows = 0
 
-    def _prepared(self) -> Calls:
-        """The calls of the current row count, bound on first use."""
-        rows = self._rows
-        if rows not in self._bound:
-            kinds = [self._bind, *([self._bind_steps] if self.steps > 1 else [])]
-            self._bound[rows] = tuple((bind(0, lane), bind(1, lane)) for bind in kinds for lane in (False, True))
-        return self._bound[rows]
+    def _prepared(self, *more: int) -> Calls:
+        """The calls of the current row count, bound on first use: single steps, the first of its
+        ``step_choices`` and the steps ``more`` (a fallback's: bound for every row count, ~5 MiB more a lane)."""
+        calls = self._bound.setdefault(self._rows, {})
+        for k in (1, *self._steps_of(self._rows)[1][:1], *more):
+            if k not in calls:
+                bind = self._bind if k == 1 else partial(self._bind_steps, k=k)
+                calls[k] = ((bind(0, False), bind(1, False)), (bind(0, True), bind(1, True)))
+        return calls
 
     def _views(self, which: int, rows: int, bufs: list[np.ndarray] | None = None) -> States:
         """Buffer set ``which`` (or ``bufs``) as contiguous [layers, rows, hidden] arrays."""
@@ -185,12 +211,12 @@ class DecodeBatch:
         u = self.uniforms[:rows].reshape(rows, 1)
         return self.runtime.bind_decoder(ids, states, logits, new_states, u, inv_t, next_ids, lane)
 
-    def _bind_steps(self, which: int, lane: bool) -> Callable[[], None]:
-        """The several steps' call that reads buffer set ``which`` and leaves the last step's in the other."""
-        rows, k = self._rows, self.steps
+    def _bind_steps(self, which: int, lane: bool, k: int) -> Callable[[], None]:
+        """The call of ``k`` steps that reads buffer set ``which`` and leaves the last step's in the other."""
+        rows = self._rows
         ids, next_ids, inv_t, states, new_states = self._io(which)
         u, step_ids = self._step_uniforms[: rows * k].reshape(rows, k), self._step_ids[: rows * k].reshape(rows, k)
-        between = [self._views(which, rows, bufs) for bufs in self._step_bufs]
+        between = [self._views(which, rows, bufs) for bufs in self._step_bufs[: k - 1]]
         return self.runtime.bind_steps(ids, states, new_states, between, u, inv_t, next_ids, step_ids, lane)
 
     def _io(self, which: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, States, States]:

@@ -84,6 +84,9 @@ OPTIONS = [
            "a call's scratch memory goes back to malloc instead of being kept at its largest"),
     Option("--decode-steps", "runtime.decode_steps", int, "decode steps one onnxruntime call may run while the "
            "batch's characters may wait that long (see --steps-wait-ms; 1 = one step per call)"),
+    Option("--few-rows-steps", "runtime.few_rows_steps", int, "decode steps a call of at most --few-rows rows "
+           "may run instead (0 = --decode-steps): fewer calls' Python for a lane's few rows"),
+    Option("--few-rows", "runtime.few_rows", int, "the most rows a call of --few-rows-steps runs"),
     Option("--decode-precision", "runtime.decode_precision", str.lower, "decode steps' matrix products: int8 "
            "(~1.6x faster steps on the CPU at the same loss; cpu provider only), fp32 as exported (a seeded text "
            "differs from int8's), or auto = int8 on the CPU where the graph allows it, else fp32",

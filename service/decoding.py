@@ -25,12 +25,14 @@ class Decoding(Scheduler):
     def _steps(self) -> int:
         """Steps the next decode call runs: 1, or K when every row is drawn by the sampling head, no prompt
         waits for its first character, characters may wait for release at all, and K - 1 steps (what the
-        call holds its first character back) take at most the longer of half that wait and ``steps_wait_ms``.
+        call holds its first character back) take at most the longer of half that wait and ``steps_wait_ms``:
+        the most of the batch's ``step_choices`` that do (16 for a lane of up to 64 rows, else 8: Runtime.steps_for).
         """
-        k, hold = self._batch.steps, self._hold()
-        if k == 1 or self._rest.size or self._want_logprobs or self._prefilling or hold == 0.0:
+        hold = self._hold()
+        if self._rest.size or self._want_logprobs or self._prefilling or hold == 0.0:
             return 1
-        return k if (k - 1) * self._step_s <= max(hold / 2, self.config.steps_wait_ms / 1e3) else 1
+        wait = max(hold / 2, self.config.steps_wait_ms / 1e3)
+        return next((k for k in self._batch.step_choices if (k - 1) * self._step_s <= wait), 1)
 
     def _decode(self) -> None:
         """One decode call of the whole batch: feed every row's pending id, draw its next one (or K)."""
@@ -39,6 +41,7 @@ class Decoding(Scheduler):
         alone = self._model_rows() == n and n >= self.config.all_threads_rows
         if k > 1:
             # each row's K draws, in the order K single steps would take them; one numpy conversion for the batch
+            b.use_steps(k)
             b.step_uniforms[...] = [s.next_uniforms(k) for s in self._rows]
             start = time.perf_counter()
             ids = b.steps_call(alone)  # (n, K)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from service.batch import ALONE, STEPS_ALONE, DecodeBatch, Joiner
+from service.batch import DecodeBatch, Joiner
 from service.multistep import STEP_IDS, step_state_name
 from service.runtime import Runtime, States
 from service.sampling_head import INV_TEMPERATURE, NEXT_IDS, UNIFORMS
@@ -100,9 +100,9 @@ class DeviceBatch(DecodeBatch):
 
     def _call_each(self) -> None:
         calls = self._calls_for(self.capacity)
-        for kind in {ALONE, STEPS_ALONE if self.steps > 1 else ALONE}:
+        for k in calls:
             for which in (0, 1, 0, 1):
-                calls[kind][which]()
+                calls[k][False][which]()
 
     def _rows_for(self, n: int) -> int:
         """Every call runs the whole capacity: one shape, fixed addresses (a CUDA graph per prepared call)."""
@@ -127,8 +127,8 @@ class DeviceBatch(DecodeBatch):
         downloads = [(self._dlogits, self._logits.reshape(cap, 1, -1))]
         return self._call(which, lane, False, inputs, outputs, uploads, downloads)
 
-    def _bind_steps(self, which: int, lane: bool) -> Callable[[], None]:
-        """K decode steps in one call (see DecodeBatch._bind_steps)."""
+    def _bind_steps(self, which: int, lane: bool, k: int) -> Callable[[], None]:
+        """K decode steps in one call (see DecodeBatch._bind_steps; K is the runtime's one, ``decode_steps``)."""
         rt, cap = self.runtime, self.capacity
         inputs = {UNIFORMS: self._dstep_uniforms, INV_TEMPERATURE: self._dinv_t}
         outputs = {STEP_IDS: self._dstep_ids}
@@ -154,7 +154,7 @@ class DeviceBatch(DecodeBatch):
         ids = [(self._dids[w], self._idsets[w][:cap].reshape(cap, 1)) for w in (which, other)]
         uploads = [ids[0], (self._dinv_t, self.inv_temperature.reshape(cap, 1)), *uploads]
         downloads = [ids[1], *downloads]
-        session = rt.decoder_session(steps, lane)
+        session = rt.decoder_session(self.steps if steps else 1, lane)
         binding = session.io_binding()
         for name, value in inputs.items():
             binding.bind_ortvalue_input(name, value)

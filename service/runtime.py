@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +22,7 @@ from service.providers import (
     session_options,
     with_cuda_graphs,
 )
+from service.runtime_config import RuntimeConfig  # (its users import it from here, with Runtime)
 from service.sampling_head import INV_TEMPERATURE, NEXT_IDS, UNIFORMS
 
 if TYPE_CHECKING:
@@ -30,63 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 States = tuple[np.ndarray, ...]
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """How onnxruntime runs a model."""
-
-    provider: str = "cpu"  # "cpu" | "cuda" (falls back to CPU with a warning when CUDA is missing)
-    # Threads inside one operator; 0 = the cores this process may use (service/cores.py). onnxruntime's own 0
-    # counts the host's cores and ignores a container's CPU quota: 2 allowed of 64 would start 64 threads.
-    intra_op_threads: int = 0
-    inter_op_threads: int = 1  # threads across operators (the graph is a chain: 1 is enough)
-    # Whether onnxruntime's idle intra-op threads spin within a call for the next operator or time step (they stop
-    # when the call returns: session.force_spinning_stop). Decode steps (`spinning`; a lane stepping alone's only):
-    # no faster on 2 cores, and without the stop 2-3x slower (the threads took the event loop's cores). Prompt
-    # calls (`prefill_spinning`): a 16-character prompt's call ~25% shorter, as they wake at every time step.
-    spinning: bool = False
-    prefill_spinning: bool = True
-    spin_between_calls: bool = False  # onnxruntime's own default when spinning (what bench/ measures raw)
-    # Decode steps one call may run when the batch's characters may wait that long (service/multistep.py;
-    # the policy, with EngineConfig.steps_wait_ms: Decoding._steps in service/decoding.py); 1 = a step per call
-    decode_steps: int = 8
-    # onnxruntime's CPU memory arena: it keeps its blocks at the most any call needed, and under 256 streams the RSS
-    # crept for minutes (a 300 s soak +7.0%); without it the same soak +2.3%, ~20 MiB lower, as fast at 64 and 256
-    # streams, one stream perhaps 3-9% slower (docs/performance.md). On CUDA the CPU side's only.
-    cpu_mem_arena: bool = False
-    # Where a decode batch keeps its states between calls (service/device.py): "auto" = on the device where the
-    # decoder runs on one (CUDA), else in numpy arrays; "on" = in onnxruntime's own values on any provider
-    # (every call then runs the batch's whole capacity); "off" = numpy arrays, copied in and out at every call.
-    device_batch: str = "auto"
-    # With a device batch on CUDA: each decode call's kernels captured once as a CUDA graph and replayed
-    # (falls back to plain calls with a warning where onnxruntime cannot capture them)
-    cuda_graphs: bool = True
-    # Decode steps' matrix products: fp32 as exported, int8 (service/quantized.py), or auto = int8 on the CPU
-    decode_precision: str = "auto"  # provider where the graph allows it, else fp32 (multistep.decode_head)
-    # Prompt calls' LSTM layers: fp32 as exported, int8 (service/int8_prompts.py), or auto = int8 where decode steps
-    prompt_precision: str = "auto"  # run in int8 and the graph is an LSTM's, else fp32
-    # int8 prompt calls of at most this many characters in all (rows x characters) run on one thread: on the 2-core
-    # VMs up to 64 as fast as on two (0.43-1.01x the time) at 0.1-0.7x the process's CPU, the second thread spinning;
-    # from 8 x 16, two threads were 1.1-1.8x faster. `python -m bench.prompt_threads` measures a machine's (0 = a
-    # lone row's calls only); in bursts of one-character requests, 0.84-0.97x the server's CPU a request at 64.
-    small_prompt_chars: int = 64
-
-    def __post_init__(self) -> None:
-        precisions = ("auto", "fp32", "int8")
-        choices = {"provider": sorted(PROVIDERS), "device_batch": ("auto", "on", "off"),
-                   "decode_precision": precisions, "prompt_precision": precisions}  # fmt: skip
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        for name in ("decode_precision", "prompt_precision"):
-            if getattr(self, name) == "int8" and self.provider != "cpu":
-                raise ValueError(f"{name}: int8 runs on the cpu provider only")
-        if not 1 <= self.decode_steps <= 64:
-            raise ValueError(f"decode_steps: must be 1..64, got {self.decode_steps}")
-        for name in ("intra_op_threads", "inter_op_threads", "small_prompt_chars"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
 
 class Runtime:
@@ -131,9 +75,13 @@ class Runtime:
             # do a few rows (small_prompt_chars).
             self.small_session = ort.InferenceSession(self.prompt_graph, session_options(self._one_thread, False),
                                                       providers=names)  # fmt: skip
-        self.decode_steps = config.decode_steps
-        steps = steps_graph(artifact, graph, self.decode_steps) if self.decode_steps > 1 else None
-        self._decode_graphs = (graph.SerializeToString(), steps.SerializeToString() if steps else b"")
+        self.decode_steps, self.few_rows = config.decode_steps, config.few_rows
+        # (a device batch keeps one K: its calls and CUDA graphs are prepared per buffer set, service/device.py)
+        more = config.few_rows_steps > config.decode_steps > 1 and not self.device_batch
+        self.few_rows_steps = few = config.few_rows_steps if more else config.decode_steps
+        self.step_counts = tuple(sorted({1, self.decode_steps, few}))  # the calls' steps: 1, and those of several
+        self._decode_graphs = {k: (steps_graph(artifact, graph, k) if k > 1 else graph).SerializeToString()
+                               for k in self.step_counts}  # fmt: skip
         try:
             self._decode_sessions()
         except Exception as e:  # (onnxruntime's own error types) e.g. a graph not wholly on the CUDA provider
@@ -141,7 +89,7 @@ class Runtime:
                 raise
             self.drop_cuda_graphs(e)
         if not (self.device_batch and config.cuda_graphs):  # (kept to recreate the sessions: drop_cuda_graphs)
-            self._decode_graphs = (b"", b"")
+            self._decode_graphs = {}
         if config.provider == "cuda" and self.provider != "cuda":
             log.warning("%s: CUDA was asked for but onnxruntime could not use it; running on CPU", self.model)
         # Allocating a fresh state's arrays showed as ~1/3 of charlm's own time on the event loop per request
@@ -155,6 +103,10 @@ class Runtime:
         """A fresh state: one zero [layers, hidden] array per state tensor, shared by every fresh state and
         read-only (a state's arrays are replaced, never written)."""
         return self._zero
+
+    def steps_for(self, rows: int) -> int:
+        """Steps a decode call of ``rows`` rows runs when it runs several (``few_rows_steps`` up to ``few_rows``)."""
+        return self.few_rows_steps if rows <= self.few_rows else self.decode_steps
 
     def lane_prompts(self) -> ort.InferenceSession | None:
         """A session of the artifact's graph on the calling thread alone, for one engine lane's prompt calls made
@@ -209,24 +161,25 @@ class Runtime:
         single-threaded decoder (for calls made side by side from several threads)."""
         inputs, outputs = self._io(ids, states, logits_out, states_out)
         inputs.update({UNIFORMS: uniforms, INV_TEMPERATURE: inv_temperature})
-        return self._bind(self.lane_decoder if lane else self.decoder, inputs, {**outputs, NEXT_IDS: ids_out})
+        return self._bind(self._decoders[1][lane], inputs, {**outputs, NEXT_IDS: ids_out})
 
     def bind_steps(self, ids: np.ndarray, states: States, states_out: States, step_states: Sequence[States],
                    uniforms: np.ndarray, inv_temperature: np.ndarray, ids_out: np.ndarray, step_ids: np.ndarray,
                    lane: bool = False) -> Callable[[], None]:  # fmt: skip
-        """A call of ``decode_steps`` (K) chained steps through the sampling head (service/multistep.py): from
-        ids (B, 1), states and ``uniforms`` (B, K) (column j draws step j), into the states after the last step,
-        ``step_states`` (the K - 1 earlier steps' states), ``step_ids`` (B, K) and ``ids_out`` (B, 1) (= the last
-        column). No logits. ``lane``: on the single-threaded session, as in ``bind_decoder``."""
-        k = self.decode_steps
-        if k < 2 or len(step_states) != k - 1:
-            raise ValueError(f"{self.model}: {len(step_states)} step states for {k} decode steps")
+        """A call of K chained steps through the sampling head (service/multistep.py; K one of ``step_counts``):
+        from ids (B, 1), states and ``uniforms`` (B, K) (column j draws step j), into the states after the last
+        step, ``step_states`` (the K - 1 earlier steps' states), ``step_ids`` (B, K) and ``ids_out`` (B, 1) (= the
+        last column). No logits. ``lane``: on the single-threaded session, as in ``bind_decoder``."""
+        k = step_ids.shape[1]
+        if k < 2 or k not in self.step_counts or len(step_states) != k - 1 or uniforms.shape[1] != k:
+            raise ValueError(f"{self.model}: a call of {k} steps ({len(step_states)} step states); this runtime "
+                             f"runs {', '.join(map(str, self.step_counts))}")  # fmt: skip
         inputs, outputs = self._io(ids, states, None, states_out)
         inputs.update({UNIFORMS: uniforms, INV_TEMPERATURE: inv_temperature})
         outputs.update({NEXT_IDS: ids_out, STEP_IDS: step_ids})
         for j, arrays in enumerate(step_states, start=1):
             outputs.update((step_state_name(o, j), a) for o, a in zip(self.state_outputs, arrays, strict=True))
-        return self._bind(self.steps_lane_decoder if lane else self.steps_decoder, inputs, outputs)
+        return self._bind(self._decoders[k][lane], inputs, outputs)
 
     def _io(self, ids: np.ndarray, states: States, logits_out: np.ndarray | None,
             states_out: States) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:  # fmt: skip
@@ -261,10 +214,10 @@ class Runtime:
 
         return rebound_call
 
-    def decoder_session(self, steps: bool, lane: bool) -> ort.InferenceSession:
-        """The session of single-step or several-step decode calls, on all threads or (``lane``) on the caller's."""
-        return (self.steps_lane_decoder if lane else self.steps_decoder) if steps else \
-            (self.lane_decoder if lane else self.decoder)  # fmt: skip
+    def decoder_session(self, steps: int, lane: bool) -> ort.InferenceSession:
+        """The session of decode calls of ``steps`` steps (one of ``step_counts``), on all threads or (``lane``)
+        on the caller's."""
+        return self._decoders[steps][lane]
 
     def new_graph_run(self) -> ort.RunOptions | None:
         """Run options for one prepared device call: a CUDA graph id of its own (None without CUDA graphs)."""
@@ -281,12 +234,9 @@ class Runtime:
         self._decode_sessions()
 
     def _decode_sessions(self) -> None:
-        """The decode sessions (single-step, and several steps when ``decode_steps`` > 1) from ``_decode_graphs``."""
+        """The decode sessions of every call's steps (``step_counts``) from ``_decode_graphs``."""
         names = with_cuda_graphs(self._providers) if self.cuda_graphs else self._providers
-        graph, steps = self._decode_graphs
-        self.decoder, self.lane_decoder = self._sessions(graph, names)
-        single = self.decoder, self.lane_decoder  # (decode_steps 1: no sessions of several steps)
-        self.steps_decoder, self.steps_lane_decoder = self._sessions(steps, names) if steps else single
+        self._decoders = {k: self._sessions(g, names) for k, g in self._decode_graphs.items()}
 
     def _sessions(self, graph: bytes, names: Providers) -> tuple[ort.InferenceSession, ...]:
         """A decoding session of ``graph`` on onnxruntime's threads, and one on the calling thread alone for an

@@ -53,8 +53,8 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
             "--soak-streams", "3", "--soak-seconds", "0.5", "--threads", "1", "--repeats", "2", "--json"]  # fmt: skip
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    lanes = {"lanes", "8 steps, lanes"} if available_cores() > 1 else set()  # as the server's lanes
-    engines = {"spinning", "no spinning", "8 steps"} | lanes  # and its calls of several steps
+    lanes = {"lanes", "8 steps, lanes", "16 steps, lanes"} if available_cores() > 1 else set()  # as the server's
+    engines = {"spinning", "no spinning", "8 steps", "16 steps"} | lanes  # and each of its calls of several steps
     assert out["model"] == "tiny-lstm:1" and [lv["streams"] for lv in out["levels"]] == [1, 3]
     assert out["lanes"].startswith("all threads from ") and ", lane fill " in out["lanes"]  # the server's log line
     for lv in out["levels"]:

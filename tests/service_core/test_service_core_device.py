@@ -70,7 +70,12 @@ def test_device_batch_computes_what_the_numpy_batch_computes(tiny_artifacts: dic
         assert_same(plain.states(), device.states())
     plain.ids[1] = device.ids[1] = 0  # a row sampled outside the head: the next call must feed it
     u = rng.random((3, STEPS), np.float32)
+    # a device batch runs the runtime's one K; the numpy batch's few rows may run more (Runtime.steps_for)
+    assert device.step_choices == (STEPS,) and plain.step_choices == (16, STEPS)
+    with pytest.raises(ValueError, match=r"8 steps: a call of 3 rows runs \(16, 4\)"):
+        plain.use_steps(8)
     for b in (plain, device):
+        b.use_steps(STEPS)
         b.step_uniforms[:] = u
     assert np.array_equal(plain.steps_call(), device.steps_call())
     for row in range(3):  # every step's state of every row, as a row leaving inside the call needs it
@@ -142,12 +147,12 @@ def test_device_batch_recovers_when_graph_capture_fails(tiny_artifacts: dict[str
     def fail(*_: object) -> None:
         raise RuntimeError("capture failed")
 
-    broken = rt.decoder
+    broken = rt.decoder_session(1, False)
     monkeypatch.setattr(broken, "run_with_iobinding", fail)
     batch = new_batch(rt, 4)
     batch.prepare(True)
     batch.warm()
-    assert not rt.cuda_graphs and rt.decoder is not broken and rt.new_graph_run() is None
+    assert not rt.cuda_graphs and rt.decoder_session(1, False) is not broken and rt.new_graph_run() is None
     batch.rebuild([], joiners(rt, 2, seed=4))
     batch.step()  # on the fresh session
     assert batch.ids.shape == (2,)

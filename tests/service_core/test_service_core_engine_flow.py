@@ -294,7 +294,7 @@ async def test_a_failed_step_fails_its_streams_and_the_step_thread_goes_on(
     batch.step, batch.steps_call = failing_once(batch.step), failing_once(batch.steps_call)  # type: ignore[method-assign]
     REQUEST_ID.set("the failing one")  # (as the servicer sets it for each call's task)
     with pytest.raises(RuntimeError, match="call failed"):
-        await consume(engine, PROMPT, GenerateParams(Sampling(seed=1), max_chars=50), [])
+        await consume(engine, PROMPT, GenerateParams(Sampling(seed=1), max_chars=100), [])
     (line,) = [r for r in caplog.records if "engine step failed" in r.getMessage()]
     assert vars(line)["request_ids"] == "the failing one"  # the step thread names the requests it fails
     assert engine.active_streams == 0 and engine.batch_size == 0

@@ -4,11 +4,12 @@ streams through the engine, and single steps wherever a call of several would ch
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
 import pytest
-from fixtures.service_core import ARCHS, EngineFactory, collect
+from fixtures.service_core import ARCHS, EngineFactory, collect, set_lane_plan
 
 from service.artifact import Artifact
 from service.batch import DecodeBatch
@@ -49,15 +50,17 @@ def test_one_call_of_k_steps_equals_k_single_steps(tiny_runtimes: dict[str, Runt
     assert len(set(step_ids.ravel().tolist())) > 3  # the draws really moved on from step to step
 
 
-def counting_calls(engine: Engine) -> list[int]:
-    """Count each lane's calls of several steps (n: [calls]); the engine must be started."""
-    calls = [0]
+def counting_calls(engine: Engine) -> Counter[int]:
+    """Count the lanes' calls of several steps (0: all of them, K: those of K steps); the engine must be started."""
+    calls: Counter[int] = Counter()
     for lane in engine.lanes:
         batch: DecodeBatch = lane._batch
         steps_call = batch.steps_call
 
-        def counted(alone: bool = True, call: Callable[[bool], np.ndarray] = steps_call) -> np.ndarray:
+        def counted(alone: bool = True, call: Callable[[bool], np.ndarray] = steps_call,
+                    b: DecodeBatch = batch) -> np.ndarray:  # fmt: skip
             calls[0] += 1
+            calls[b.steps] += 1
             return call(alone)
 
         batch.steps_call = counted  # type: ignore[method-assign]
@@ -98,10 +101,29 @@ async def test_streams_are_the_same_with_k_steps_per_call(make_engine: EngineFac
     finally:
         await single.close()
     got = await run_all(several, params)
-    assert calls[0] > 10
+    assert calls[0] == calls[16] > 5  # (a lane of at most 64 rows runs 16 steps a call: Runtime.steps_for)
     assert [(t, f.reason, f.stop_sequence, f.generated_chars, m) for t, f, m in got] == [
         (t, f.reason, f.stop_sequence, f.generated_chars, m) for t, f, m in expected]  # fmt: skip
     assert {f.reason for _, f, _ in got} == {"stop", "length"}
+
+
+async def test_a_stream_is_the_same_when_its_lane_changes_steps_per_call(tiny_artifacts: dict[str, Artifact]) -> None:
+    """Calls of 16 steps for at most 4 rows here, of 8 above: as streams end, the lanes' calls go from 8 steps to
+    16, and every stream's text is still that of single steps."""
+    params = [GenerateParams(Sampling(seed=70 + i), max_chars=30 + 15 * i) for i in range(12)]
+    rt = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=1, few_rows=4))
+    assert [rt.steps_for(n) for n in (1, 4, 5, 64)] == [16, 16, 8, 8]
+    several = Engine(rt, Vocab(rt.vocabulary), set_lane_plan(EngineConfig(messages_per_s=10, lanes=1)), rt.model)
+    single = single_step_engine(tiny_artifacts["lstm"])
+    try:
+        await several.start()
+        calls = counting_calls(several)
+        got, expected = await run_all(several, params), await run_all(single, params)
+    finally:
+        await asyncio.gather(several.close(), single.close())
+    assert calls[8] > 3 and calls[16] > 3 and calls[0] == calls[8] + calls[16]
+    assert [(t, f.reason, f.generated_chars, m) for t, f, m in got] == [
+        (t, f.reason, f.generated_chars, m) for t, f, m in expected]  # fmt: skip
 
 
 async def test_single_steps_where_a_row_needs_its_logits_or_characters_must_leave_at_once(
@@ -130,8 +152,8 @@ async def test_one_stream_runs_several_steps_within_the_wait_allowed(make_engine
         calls = counting_calls(engine)
         text, _ = await collect(engine, engine.new_state(), PROMPT, GenerateParams(Sampling(seed=1), max_chars=200))
         assert len(text) == 200
-        if several:  # 199 characters after the prompt's: ~25 calls of 8 steps
-            assert calls[0] >= 20
+        if several:  # 199 characters after the prompt's: ~13 calls of 16 steps
+            assert calls[16] >= 10 and calls[16] == calls[0]
         else:  # (the first call has no step time to judge by yet)
             assert calls[0] <= 1
 

@@ -71,7 +71,9 @@ def test_the_arena_setting_reaches_every_session_and_changes_no_output(tiny_arti
     for arena, rt in rts.items():
         own = rt.lane_prompts()
         assert own is not None
-        sessions = [rt.session, rt.decoder, rt.lane_decoder, rt.steps_decoder, rt.steps_lane_decoder, own]
+        decoders = [rt.decoder_session(k, lane) for k in rt.step_counts for lane in (False, True)]
+        assert rt.step_counts == (1, 8, 16) and len(set(decoders)) == 6
+        sessions = [rt.session, *decoders, own]
         assert [s.get_session_options().enable_cpu_mem_arena for s in sessions] == [arena] * len(sessions)
     ids = np.random.default_rng(4).integers(0, rts[True].vocab_size, (5, 9))
     states = random_states(rts[True], 5, seed=4)
@@ -135,11 +137,13 @@ def test_zero_intra_op_threads_follow_the_container_quota(tiny_artifacts: dict[s
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # a host with more cores than that
     assert cores.available_cores() == quota
     rt = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=0, decode_steps=2))
-    threads = [s.get_session_options().intra_op_num_threads for s in (rt.session, rt.decoder, rt.steps_decoder)]
-    assert threads == [quota] * 3
-    assert rt.lane_decoder.get_session_options().intra_op_num_threads == 1  # lanes side by side: a thread each
+    sessions = (rt.session, *(rt.decoder_session(k, False) for k in rt.step_counts))
+    assert rt.step_counts == (1, 2, 16) and len(set(sessions)) == 4
+    assert [s.get_session_options().intra_op_num_threads for s in sessions] == [quota] * 4
+    for k in rt.step_counts:  # lanes side by side: a thread each
+        assert rt.decoder_session(k, True).get_session_options().intra_op_num_threads == 1
     explicit = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=2, decode_steps=1))
-    assert explicit.decoder.get_session_options().intra_op_num_threads == 2  # a set number is kept as it is
+    assert explicit.decoder_session(1, False).get_session_options().intra_op_num_threads == 2  # kept as set
 
 
 class _RecordingBinding:
