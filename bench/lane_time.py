@@ -94,11 +94,13 @@ def lane_lines(totals: Totals, wall: float) -> list[str]:
     return lines
 
 
-async def run(model: Path, streams: int, chars: int, rounds: int, threads: int) -> list[str]:
+async def run(model: Path, streams: int, chars: int, rounds: int, threads: int,
+              few_rows_steps: int = RuntimeConfig.few_rows_steps) -> list[str]:  # fmt: skip
     """``rounds`` bursts of ``streams`` generations of ``chars`` characters, each with its lanes' time split."""
-    runtime = Runtime(load_artifact(model), RuntimeConfig(intra_op_threads=threads))
+    runtime = Runtime(load_artifact(model), RuntimeConfig(intra_op_threads=threads, few_rows_steps=few_rows_steps))
     lines = [f"{runtime.model} in process: {streams} streams x {chars} characters, decode steps in "
-             f"{runtime.decode_precision}, {runtime.decode_steps} steps a call"]  # fmt: skip
+             f"{runtime.decode_precision}, {runtime.few_rows_steps} steps a call of up to {runtime.few_rows} "
+             f"rows, {runtime.decode_steps} of more"]  # fmt: skip
     async with warm_engine(runtime) as (engine, prompt):
         for _ in range(rounds):
             totals: Totals = {}
@@ -117,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, default=64, help="concurrent streams of a round")
     p.add_argument("--chars", type=int, default=20000, help="characters per stream")
     p.add_argument("--rounds", type=int, default=3, help="bursts, one after another")
+    p.add_argument("--few-rows-steps", type=int, default=RuntimeConfig.few_rows_steps,
+                   help="decode steps a call of few rows runs, as the server's flag (0 = --decode-steps)")
     a = p.parse_args(argv)
-    print("\n".join(asyncio.run(run(a.model, a.streams, a.chars, a.rounds, a.threads))))
+    print("\n".join(asyncio.run(run(a.model, a.streams, a.chars, a.rounds, a.threads, a.few_rows_steps))))
     return 0
 
 

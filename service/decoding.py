@@ -5,6 +5,8 @@ greedy, truncated or penalised sampling are drawn here from its logits. When eve
 the call may run K chained steps instead (service/multistep.py): the Python of a step (uniforms, handing out
 characters, waking the event loop) then runs once per K steps: on 2 busy cores the server served 1.2x more
 characters at 64 streams, 1.1x at 256, with 10-20% less CPU, and one stream 1.5x more (docs/performance.md).
+K is 16 for a lane of at most 64 rows, 8 above (RuntimeConfig.few_rows_steps): 64 streams ~3 points nearer the raw
+engine, where a lane's 32 rows spent ~7% of its time in that Python; past 64 rows a call of 16 steps is slower.
 A stream's text is the same either way.
 """
 
