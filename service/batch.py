@@ -102,7 +102,7 @@ class DecodeBatch:
     def step(self, alone: bool = True) -> np.ndarray:
         """Feed ``ids`` to every row and draw the next ``ids``: one onnxruntime call; returns logits (n, V)
         (a view, valid until the next step). ``alone``: no other batch steps meanwhile, so the call may use
-        all of onnxruntime's threads; else it runs on the calling thread alone (Runtime.lane_decoder)."""
+        all of onnxruntime's threads; else it runs on the calling thread alone (Runtime.decoder_session)."""
         assert self._calls is not None and self.n > 0
         self._calls[1][not alone][self._cur]()
         self._cur ^= 1

@@ -110,10 +110,26 @@ def test_cuda_falls_back_to_cpu_with_a_warning(tiny_artifacts: dict[str, Artifac
 
 
 @pytest.mark.parametrize("kwargs", [{"provider": "tpu"}, {"intra_op_threads": -1}, {"inter_op_threads": -2},
-                                    {"device_batch": "gpu"}])
+                                    {"device_batch": "gpu"}, {"decode_steps": 0}, {"few_rows_steps": 65},
+                                    {"few_rows": -1}])  # fmt: skip
 def test_runtime_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         RuntimeConfig(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("kwargs", "counts", "steps"), [
+    ({}, (1, 8, 16), [16, 16, 8]),  # 16 steps a call of up to 64 rows, 8 above
+    ({"few_rows": 8}, (1, 8, 16), [16, 8, 8]),
+    ({"few_rows_steps": 0}, (1, 8), [8, 8, 8]),  # off
+    ({"few_rows_steps": 4}, (1, 8), [8, 8, 8]),  # no more than decode_steps: off
+    ({"decode_steps": 1}, (1,), [1, 1, 1]),  # one step a call: none of several, at any size
+    ({"device_batch": "on"}, (1, 8), [8, 8, 8]),  # a device batch keeps one number
+])  # fmt: skip
+def test_the_steps_of_a_call_follow_its_rows(tiny_artifacts: dict[str, Artifact], kwargs: dict[str, object],
+                                             counts: tuple[int, ...], steps: list[int]) -> None:  # fmt: skip
+    rt = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=1, **kwargs))  # type: ignore[arg-type]
+    assert rt.step_counts == counts
+    assert [rt.steps_for(rows) for rows in (1, 64, 65)] == steps
 
 
 def test_vocab_round_trip_and_errors() -> None:
