@@ -62,9 +62,9 @@ class RuntimeConfig:
         for name in ("decode_precision", "prompt_precision"):
             if getattr(self, name) == "int8" and self.provider != "cpu":
                 raise ValueError(f"{name}: int8 runs on the cpu provider only")
-        if not 1 <= self.decode_steps <= 64 or not 0 <= self.few_rows_steps <= 64:
-            raise ValueError(f"decode_steps, few_rows_steps: must be 1..64 (0..64), got {self.decode_steps}, "
-                             f"{self.few_rows_steps}")  # fmt: skip
+        for name, low in (("decode_steps", 1), ("few_rows_steps", 0)):
+            if not low <= getattr(self, name) <= 64:
+                raise ValueError(f"{name}: must be {low}..64, got {getattr(self, name)}")
         for name in ("intra_op_threads", "inter_op_threads", "small_prompt_chars", "few_rows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
