@@ -111,7 +111,7 @@ def raw_engines(runtimes: dict[str, Runtime], lanes: int, lane_runtime: Runtime,
         name: partial(measure_step_rate, "", seconds=seconds, runtime=rt) for name, rt in runtimes.items()
     }
     if lanes > 1:
-        engines["lanes"] = lambda b: measure_lanes_rate(b, min(lanes, b), lane_runtime, seconds)
+        engines["lanes"] = partial(_lanes_rate, lanes=lanes, runtime=lane_runtime, seconds=seconds, steps=1)
     first = next(iter(runtimes.values()))
     for k in first.step_counts[1:]:
         engines[f"{k} steps"] = partial(measure_step_rate, "", seconds=seconds, runtime=first, steps=k)

@@ -54,7 +54,7 @@ class DeviceBatch(DecodeBatch):
         self._dstep_ids = self._value((cap, k), np.int64)
         # which device states the host buffers hold now ("cur" or a step 1..K-1), until the next call
         self._on_host: set[int | str] = set()
-        self._calls_made: dict[tuple[int, bool, bool], Callable[[], None]] = {}  # (set, lane, steps): the call
+        self._calls_made: dict[tuple[int, bool, int], Callable[[], None]] = {}  # (set, lane, steps): the call
 
     def _value(self, shape: tuple[int, ...], dtype: type) -> ort.OrtValue:
         """A zeroed onnxruntime value on the device."""
@@ -125,10 +125,11 @@ class DeviceBatch(DecodeBatch):
         outputs = {rt.logits_name: self._dlogits}
         uploads = [(self._duniforms, self.uniforms.reshape(cap, 1))]
         downloads = [(self._dlogits, self._logits.reshape(cap, 1, -1))]
-        return self._call(which, lane, False, inputs, outputs, uploads, downloads)
+        return self._call(which, lane, 1, inputs, outputs, uploads, downloads)
 
     def _bind_steps(self, which: int, lane: bool, k: int) -> Callable[[], None]:
-        """K decode steps in one call (see DecodeBatch._bind_steps; K is the runtime's one, ``decode_steps``)."""
+        """``k`` decode steps in one call (see DecodeBatch._bind_steps): the runtime's one K, ``decode_steps``, whose
+        step values these are."""
         rt, cap = self.runtime, self.capacity
         inputs = {UNIFORMS: self._dstep_uniforms, INV_TEMPERATURE: self._dinv_t}
         outputs = {STEP_IDS: self._dstep_ids}
@@ -136,13 +137,13 @@ class DeviceBatch(DecodeBatch):
             outputs.update((step_state_name(o, j), v) for o, v in zip(rt.state_outputs, values, strict=True))
         uploads = [(self._dstep_uniforms, self._step_uniforms.reshape(cap, -1))]
         downloads = [(self._dstep_ids, self._step_ids.reshape(cap, -1))]
-        return self._call(which, lane, True, inputs, outputs, uploads, downloads)
+        return self._call(which, lane, k, inputs, outputs, uploads, downloads)
 
-    def _call(self, which: int, lane: bool, steps: bool, inputs: dict[str, ort.OrtValue],
+    def _call(self, which: int, lane: bool, steps: int, inputs: dict[str, ort.OrtValue],
               outputs: dict[str, ort.OrtValue], uploads: Copies, downloads: Copies) -> Callable[[], None]:  # fmt: skip
-        """A prepared call from set ``which`` to the other: the ids, the states and the inverse temperatures
-        added to the kind's own values; the host's ids, uniforms and temperatures copied in before it, the drawn
-        ids and the kind's outputs copied out after it."""
+        """A prepared call of ``steps`` steps from set ``which`` to the other: the ids, the states and the inverse
+        temperatures added to the kind's own values; the host's ids, uniforms and temperatures copied in before it,
+        the drawn ids and the kind's outputs copied out after it."""
         lane = lane and self.device == "cpu"  # (on CUDA one session: a lane's call is the same call)
         if (which, lane, steps) in self._calls_made:
             return self._calls_made[which, lane, steps]
@@ -154,7 +155,7 @@ class DeviceBatch(DecodeBatch):
         ids = [(self._dids[w], self._idsets[w][:cap].reshape(cap, 1)) for w in (which, other)]
         uploads = [ids[0], (self._dinv_t, self.inv_temperature.reshape(cap, 1)), *uploads]
         downloads = [ids[1], *downloads]
-        session = rt.decoder_session(self.steps if steps else 1, lane)
+        session = rt.decoder_session(steps, lane)
         binding = session.io_binding()
         for name, value in inputs.items():
             binding.bind_ortvalue_input(name, value)
