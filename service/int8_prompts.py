@@ -92,7 +92,9 @@ def _extremes(q: dict[str, np.ndarray]) -> tuple[float, float]:
         [helper.make_tensor_value_info("y_h", onnx.TensorProto.FLOAT, None)],
         [numpy_helper.from_array(a, k) for k, a in q.items()])
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    model = helper.make_model(graph, opset_imports=opsets)
+    # the oldest IR these opsets allow: onnx writes its newest by default, which an older onnxruntime refuses
+    # (onnx 1.23's IR 14 and onnxruntime-gpu 1.31's "max supported IR version: 13" failed every LSTM's load)
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets, True))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     c0 = np.zeros((1, 1, h), np.float32)
     c0[..., h - _EXTRA :] = (_BIG, -_BIG)

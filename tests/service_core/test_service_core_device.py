@@ -70,9 +70,12 @@ def test_device_batch_computes_what_the_numpy_batch_computes(tiny_artifacts: dic
         assert_same(plain.states(), device.states())
     plain.ids[1] = device.ids[1] = 0  # a row sampled outside the head: the next call must feed it
     u = rng.random((3, STEPS), np.float32)
-    # a device batch runs the runtime's one K; the numpy batch's few rows may run more (Runtime.steps_for)
-    assert device.step_choices == (STEPS,) and plain.step_choices == (16, STEPS)
-    with pytest.raises(ValueError, match=r"8 steps: a call of 3 rows runs \(16, 4\)"):
+    # a device batch runs the runtime's one K; the numpy batch's few rows may run more (Runtime.steps_for), on the
+    # CPU: on CUDA every call is padded to 256 rows (min_batch), more than few_rows
+    rows = max(3, plain_rt.min_batch)
+    choices = (16, STEPS) if rows <= plain_rt.few_rows else (STEPS,)
+    assert device.step_choices == (STEPS,) and plain.step_choices == choices and (rows > 64) == (provider == "cuda")
+    with pytest.raises(ValueError, match=rf"8 steps: a call of {rows} rows runs \({', '.join(map(str, choices))}"):
         plain.use_steps(8)
     for b in (plain, device):
         b.use_steps(STEPS)

@@ -3,8 +3,11 @@ its text is split into calls, bit for bit; chosen where they apply, and refused 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from fixtures.service_core import ARCHS
 
@@ -124,3 +127,22 @@ def test_the_small_prompt_threshold_is_a_setting(tiny_artifacts: dict[str, Artif
     assert lone.session_for(np.zeros((2, 1), np.int64)) is lone.session
     with pytest.raises(ValueError, match="small_prompt_chars"):
         RuntimeConfig(small_prompt_chars=-1)
+
+
+def test_no_graph_a_runtime_builds_has_a_newer_ir_version_than_the_artifact(
+    tiny_artifacts: dict[str, Artifact], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An onnxruntime that reads the artifact reads every graph derived from it (an older one refuses an IR newer
+    than it knows, and onnx writes its newest by default)."""
+    ir_versions, session = [], ort.InferenceSession
+
+    def recording(model: str | bytes, *args: Any, **kwargs: Any) -> ort.InferenceSession:
+        ir_versions.append(onnx.load_model(model, load_external_data=False).ir_version if isinstance(model, str)
+                           else onnx.load_from_string(model).ir_version)  # fmt: skip
+        return session(model, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    rt = Runtime(tiny_artifacts["lstm"], RuntimeConfig(intra_op_threads=1, decode_steps=8))
+    assert (rt.prompt_precision, rt.decode_precision, rt.step_counts) == ("int8", "int8", (1, 8, 16))
+    artifact_ir = onnx.load_model(str(tiny_artifacts["lstm"].onnx_path), load_external_data=False).ir_version
+    assert len(ir_versions) >= 6 and max(ir_versions) <= artifact_ir  # the int8 probe, prompts, each call's steps
