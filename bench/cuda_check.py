@@ -7,7 +7,7 @@
    promises: a stream's text does not depend on its batch mates);
 4. the raw engine: single-step calls at batch 1 to 1024 on each provider (chars/s); a lone 16-character prompt's
    call (what a request that comes alone runs first) through ``Runtime.run`` and through ``LonePrompts``;
-5. the decode batch's own calls at 256 rows, single-step and several-step, side by side in this process (rounds
+5. the decode batch's own calls at 256 rows, single-step and of 8 and 16 steps, side by side in this process (rounds
    alternated): on the CPU; on CUDA with the states copied in and out at every call (``--device-batch off``);
    with them kept on the device (service/device.py); and with that and CUDA graphs;
 6. served: a real server (`python -m service --provider ...`) per configuration of 5, started side by side and
@@ -58,7 +58,7 @@ VARIANTS: dict[str, tuple[RuntimeConfig, list[str]]] = {
     "cuda_graphs": (RuntimeConfig(provider="cuda"), ["--provider", "cuda"]),
 }  # fmt: skip
 SERVED_ONLY = {  # served beside VARIANTS' servers: settings tried on CUDA, and the CPU's default (int8 steps)
-    "cuda_graphs_16_steps": ["--provider", "cuda", "--decode-steps", "16"],
+    "cuda_graphs_8_steps": ["--provider", "cuda", "--device-steps", "0"],  # one K (8), as before device_steps
     "cpu_default": ["--provider", "cpu"],
 }
 
@@ -144,10 +144,17 @@ def decode_calls(art_path: Path, rows: int, rounds: int, calls: int) -> dict[str
         b.rebuild([], [Joiner(rt.zero_state(), 1, np.zeros(rt.vocab_size, bool)) for _ in range(rows)])
         batches[name] = b
         out[f"{name}_graphs_after_prepare"] = rt.cuda_graphs
-    times: dict[str, list[float]] = {f"{n}_{k}": [] for n in batches for k in ("step_us", "steps_call_us")}
+    kinds = {"step_us": 1, "steps_call_us": 8, "steps16_call_us": 16}  # single steps, and calls of 8 and 16
+    times: dict[str, list[float]] = {f"{n}_{k}": [] for n, b in batches.items()
+                                     for k, s in kinds.items() if s in (1, *b.step_choices)}  # fmt: skip
     for _ in range(rounds):
         for name, b in batches.items():
-            for key, fn in (("step_us", b.step), ("steps_call_us", b.steps_call)):
+            for key, steps in kinds.items():
+                if f"{name}_{key}" not in times:
+                    continue
+                if steps > 1:
+                    b.use_steps(steps)
+                fn = b.step if steps == 1 else b.steps_call
                 fn()
                 start = time.perf_counter()
                 for _ in range(calls):

@@ -87,6 +87,8 @@ OPTIONS = [
     Option("--few-rows-steps", "runtime.few_rows_steps", int, "decode steps a call of at most --few-rows rows "
            "may run instead (0 = --decode-steps): fewer calls' Python for a lane's few rows"),
     Option("--few-rows", "runtime.few_rows", int, "the most rows a call of --few-rows-steps runs"),
+    Option("--device-steps", "runtime.device_steps", int, "decode steps a device batch's call (CUDA) may run "
+           "instead, at any rows (0 = --decode-steps)"),
     Option("--decode-precision", "runtime.decode_precision", str.lower, "decode steps' matrix products: int8 "
            "(~1.6x faster steps on the CPU at the same loss; cpu provider only), fp32 as exported (a seeded text "
            "differs from int8's), or auto = int8 on the CPU where the graph allows it, else fp32",

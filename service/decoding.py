@@ -7,6 +7,7 @@ characters, waking the event loop) then runs once per K steps: on 2 busy cores t
 characters at 64 streams, 1.1x at 256, with 10-20% less CPU, and one stream 1.5x more (docs/performance.md).
 K is 16 for a lane of at most 64 rows, 8 above (RuntimeConfig.few_rows_steps): 64 streams ~3 points nearer the raw
 engine, where a lane's 32 rows spent ~7% of its time in that Python; past 64 rows a call of 16 steps is slower.
+A device batch (CUDA) runs 16 or 8 at any rows (RuntimeConfig.device_steps).
 A stream's text is the same either way.
 """
 
@@ -28,7 +29,8 @@ class Decoding(Scheduler):
         """Steps the next decode call runs: 1, or K when every row is drawn by the sampling head, no prompt
         waits for its first character, characters may wait for release at all, and K - 1 steps (what the
         call holds its first character back) take at most the longer of half that wait and ``steps_wait_ms``:
-        the most of the batch's ``step_choices`` that do (16 for a lane of up to 64 rows, else 8: Runtime.steps_for).
+        the most of the batch's ``step_choices`` that do (16 for a lane of up to 64 rows or a device batch, else 8:
+        Runtime.steps_for).
         """
         hold = self._hold()
         if self._rest.size or self._want_logprobs or self._prefilling or hold == 0.0:

@@ -41,17 +41,19 @@ class DeviceBatch(DecodeBatch):
 
     def __init__(self, runtime: Runtime, capacity: int) -> None:
         super().__init__(runtime, capacity)
-        rt, cap, k = runtime, self.capacity, self.steps
+        rt, cap, most = runtime, self.capacity, max(runtime.step_counts)
         self.device = rt.provider  # onnxruntime's device name: "cuda" or "cpu"
         shape = (rt.layers, cap, rt.hidden)
         self._dstates = [[self._value(shape, np.float32) for _ in rt.state_inputs] for _ in range(2)]
-        self._dstep_states = [[self._value(shape, np.float32) for _ in rt.state_inputs] for _ in range(k - 1)]
+        # the states after each step but the last of a call of the most steps (a call of fewer binds the first)
+        self._dstep_states = [[self._value(shape, np.float32) for _ in rt.state_inputs] for _ in range(most - 1)]
         self._dids = [self._value((cap, 1), np.int64) for _ in range(2)]  # as _idsets: per buffer set
         self._duniforms = self._value((cap, 1), np.float32)
         self._dinv_t = self._value((cap, 1), np.float32)
         self._dlogits = self._value((cap, 1, rt.vocab_size), np.float32)
-        self._dstep_uniforms = self._value((cap, k), np.float32)
-        self._dstep_ids = self._value((cap, k), np.int64)
+        # each several-steps call's own uniforms and drawn ids, (capacity, K)
+        self._dsteps = {k: (self._value((cap, k), np.float32), self._value((cap, k), np.int64))
+                        for k in rt.step_counts if k > 1}  # fmt: skip
         # which device states the host buffers hold now ("cur" or a step 1..K-1), until the next call
         self._on_host: set[int | str] = set()
         self._calls_made: dict[tuple[int, bool, int], Callable[[], None]] = {}  # (set, lane, steps): the call
@@ -81,8 +83,9 @@ class DeviceBatch(DecodeBatch):
         self._on_host = {"cur"}
 
     def prepare(self, run: bool) -> None:
-        """Bind this batch's calls: one row count, its capacity (``run`` is ignored: see ``warm``)."""
-        self._calls_for(self.capacity)
+        """Bind this batch's calls: one row count, its capacity, of every number of steps it may run (so that
+        ``warm`` captures each before any request; ``run`` is ignored)."""
+        self._calls_for(self.capacity, *self._steps_of(self.capacity)[1])
 
     def warm(self) -> None:
         """Make each call twice, so that on CUDA every graph is captured before any request. onnxruntime keeps a
@@ -99,7 +102,7 @@ class DeviceBatch(DecodeBatch):
             self._call_each()
 
     def _call_each(self) -> None:
-        calls = self._calls_for(self.capacity)
+        calls = self._calls_for(self.capacity, *self._steps_of(self.capacity)[1])
         for k in calls:
             for which in (0, 1, 0, 1):
                 calls[k][False][which]()
@@ -128,15 +131,16 @@ class DeviceBatch(DecodeBatch):
         return self._call(which, lane, 1, inputs, outputs, uploads, downloads)
 
     def _bind_steps(self, which: int, lane: bool, k: int) -> Callable[[], None]:
-        """``k`` decode steps in one call (see DecodeBatch._bind_steps): the runtime's one K, ``decode_steps``, whose
-        step values these are."""
+        """``k`` decode steps in one call (see DecodeBatch._bind_steps): one of the batch's ``step_choices``."""
         rt, cap = self.runtime, self.capacity
-        inputs = {UNIFORMS: self._dstep_uniforms, INV_TEMPERATURE: self._dinv_t}
-        outputs = {STEP_IDS: self._dstep_ids}
-        for j, values in enumerate(self._dstep_states, start=1):
+        uniforms, ids = self._dsteps[k]
+        inputs = {UNIFORMS: uniforms, INV_TEMPERATURE: self._dinv_t}
+        outputs = {STEP_IDS: ids}
+        for j, values in enumerate(self._dstep_states[: k - 1], start=1):
             outputs.update((step_state_name(o, j), v) for o, v in zip(rt.state_outputs, values, strict=True))
-        uploads = [(self._dstep_uniforms, self._step_uniforms.reshape(cap, -1))]
-        downloads = [(self._dstep_ids, self._step_ids.reshape(cap, -1))]
+        # (the host's (rows, K) views, as step_uniforms and step_ids give them, of buffers sized for the most K)
+        uploads = [(uniforms, self._step_uniforms[: cap * k].reshape(cap, k))]
+        downloads = [(ids, self._step_ids[: cap * k].reshape(cap, k))]
         return self._call(which, lane, k, inputs, outputs, uploads, downloads)
 
     def _call(self, which: int, lane: bool, steps: int, inputs: dict[str, ort.OrtValue],

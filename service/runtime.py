@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -75,10 +76,12 @@ class Runtime:
             # do a few rows (small_prompt_chars).
             self.small_session = ort.InferenceSession(self.prompt_graph, session_options(self._one_thread, False),
                                                       providers=names)  # fmt: skip
-        self.decode_steps, self.few_rows = config.decode_steps, config.few_rows
-        # (a device batch keeps one K: its calls and CUDA graphs are prepared per buffer set, service/device.py)
-        more = config.few_rows_steps > config.decode_steps > 1 and not self.device_batch
-        self.few_rows_steps = few = config.few_rows_steps if more else config.decode_steps
+        self.decode_steps = config.decode_steps
+        # the more steps a call of few rows may run; a device batch's calls all run its capacity: device_steps, any rows
+        most, self.few_rows = ((config.device_steps, sys.maxsize) if self.device_batch
+                               else (config.few_rows_steps, config.few_rows))  # fmt: skip
+        more = most > config.decode_steps > 1
+        self.few_rows_steps = few = most if more else config.decode_steps
         self.step_counts = tuple(sorted({1, self.decode_steps, few}))  # the calls' steps: 1, and those of several
         self._decode_graphs = {k: (steps_graph(artifact, graph, k) if k > 1 else graph).SerializeToString()
                                for k in self.step_counts}  # fmt: skip

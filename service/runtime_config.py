@@ -31,6 +31,10 @@ class RuntimeConfig:
     # as 8 (their states outgrow the caches). Unused where decode_steps is 1.
     few_rows_steps: int = 16
     few_rows: int = 64
+    # ...and a device batch's calls (CUDA: each runs the batch's whole capacity), this many of any rows (0 =
+    # decode_steps); the characters' wait still picks 16, 8 or 1 a call. On an H200 servers that ran 16 steps only
+    # served 64 and 256 streams 1.16-1.30x the chars/s of 8, but one stream 0.47x (it could not wait for 16).
+    device_steps: int = 16
     # onnxruntime's CPU memory arena: it keeps its blocks at the most any call needed, and under 256 streams the RSS
     # crept for minutes (a 300 s soak +7.0%); without it the same soak +2.3%, ~20 MiB lower, as fast at 64 and 256
     # streams, one stream perhaps 3-9% slower (docs/performance.md). On CUDA the CPU side's only.
@@ -62,7 +66,7 @@ class RuntimeConfig:
         for name in ("decode_precision", "prompt_precision"):
             if getattr(self, name) == "int8" and self.provider != "cpu":
                 raise ValueError(f"{name}: int8 runs on the cpu provider only")
-        for name, low in (("decode_steps", 1), ("few_rows_steps", 0)):
+        for name, low in (("decode_steps", 1), ("few_rows_steps", 0), ("device_steps", 0)):
             if not low <= getattr(self, name) <= 64:
                 raise ValueError(f"{name}: must be {low}..64, got {getattr(self, name)}")
         for name in ("intra_op_threads", "inter_op_threads", "small_prompt_chars", "few_rows"):

@@ -69,21 +69,22 @@ def test_device_batch_computes_what_the_numpy_batch_computes(tiny_artifacts: dic
         assert np.array_equal(plain.ids, device.ids) and device.ids.shape == (3,)
         assert_same(plain.states(), device.states())
     plain.ids[1] = device.ids[1] = 0  # a row sampled outside the head: the next call must feed it
-    u = rng.random((3, STEPS), np.float32)
-    # a device batch runs the runtime's one K; the numpy batch's few rows may run more (Runtime.steps_for), on the
-    # CPU: on CUDA every call is padded to 256 rows (min_batch), more than few_rows
+    # a device batch's calls run device_steps (16) or decode_steps at any rows; the numpy batch's few rows too
+    # (Runtime.steps_for), on the CPU: on CUDA every call is padded to 256 rows (min_batch), more than few_rows
     rows = max(3, plain_rt.min_batch)
     choices = (16, STEPS) if rows <= plain_rt.few_rows else (STEPS,)
-    assert device.step_choices == (STEPS,) and plain.step_choices == choices and (rows > 64) == (provider == "cuda")
+    assert device.step_choices == (16, STEPS) and plain.step_choices == choices and (rows > 64) == (provider == "cuda")
     with pytest.raises(ValueError, match=rf"8 steps: a call of {rows} rows runs \({', '.join(map(str, choices))}"):
         plain.use_steps(8)
-    for b in (plain, device):
-        b.use_steps(STEPS)
-        b.step_uniforms[:] = u
-    assert np.array_equal(plain.steps_call(), device.steps_call())
-    for row in range(3):  # every step's state of every row, as a row leaving inside the call needs it
-        for step in range(STEPS):
-            assert_same(plain.row_state(row, step), device.row_state(row, step))
+    for k in (STEPS, *choices, STEPS):  # each K, and back: both K's calls are bound and read the same buffers
+        u = rng.random((3, k), np.float32)
+        for b in (plain, device):
+            b.use_steps(k)
+            b.step_uniforms[:] = u
+        assert np.array_equal(plain.steps_call(), device.steps_call())
+        for row in range(3):  # every step's state of every row, as a row leaving inside the call needs it
+            for step in range(k):
+                assert_same(plain.row_state(row, step), device.row_state(row, step))
     for b in (plain, device):  # rows leave and join: gathered on the host, sent back to the device
         b.rebuild([2, 0], joiners(plain_rt, 2, seed=3))
     assert_same(plain.states(), device.states())

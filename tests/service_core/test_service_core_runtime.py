@@ -111,7 +111,7 @@ def test_cuda_falls_back_to_cpu_with_a_warning(tiny_artifacts: dict[str, Artifac
 
 @pytest.mark.parametrize("kwargs", [{"provider": "tpu"}, {"intra_op_threads": -1}, {"inter_op_threads": -2},
                                     {"device_batch": "gpu"}, {"decode_steps": 0}, {"few_rows_steps": 65},
-                                    {"few_rows": -1}])  # fmt: skip
+                                    {"few_rows": -1}, {"device_steps": 65}])  # fmt: skip
 def test_runtime_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         RuntimeConfig(**kwargs)  # type: ignore[arg-type]
@@ -123,7 +123,8 @@ def test_runtime_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
     ({"few_rows_steps": 0}, (1, 8), [8, 8, 8]),  # off
     ({"few_rows_steps": 4}, (1, 8), [8, 8, 8]),  # no more than decode_steps: off
     ({"decode_steps": 1}, (1,), [1, 1, 1]),  # one step a call: none of several, at any size
-    ({"device_batch": "on"}, (1, 8), [8, 8, 8]),  # a device batch keeps one number
+    ({"device_batch": "on"}, (1, 8, 16), [16, 16, 16]),  # a device batch's calls: device_steps, at any rows
+    ({"device_batch": "on", "device_steps": 0}, (1, 8), [8, 8, 8]),
 ])  # fmt: skip
 def test_the_steps_of_a_call_follow_its_rows(tiny_artifacts: dict[str, Artifact], kwargs: dict[str, object],
                                              counts: tuple[int, ...], steps: list[int]) -> None:  # fmt: skip
