@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from service.batch import DecodeBatch, Joiner
+from service.batch import Calls, DecodeBatch, Joiner
 from service.multistep import STEP_IDS, step_state_name
 from service.runtime import Runtime, States
 from service.sampling_head import INV_TEMPERATURE, NEXT_IDS, UNIFORMS
@@ -85,7 +85,7 @@ class DeviceBatch(DecodeBatch):
     def prepare(self, run: bool) -> None:
         """Bind this batch's calls: one row count, its capacity, of every number of steps it may run (so that
         ``warm`` captures each before any request; ``run`` is ignored)."""
-        self._calls_for(self.capacity, *self._steps_of(self.capacity)[1])
+        self._every_call()
 
     def warm(self) -> None:
         """Make each call twice, so that on CUDA every graph is captured before any request. onnxruntime keeps a
@@ -101,8 +101,12 @@ class DeviceBatch(DecodeBatch):
             self._calls_made.clear()
             self._call_each()
 
+    def _every_call(self) -> Calls:
+        """The calls of the capacity's rows, of every number of steps (bound on first use)."""
+        return self._calls_for(self.capacity, *self._steps_of(self.capacity)[1])
+
     def _call_each(self) -> None:
-        calls = self._calls_for(self.capacity, *self._steps_of(self.capacity)[1])
+        calls = self._every_call()
         for k in calls:
             for which in (0, 1, 0, 1):
                 calls[k][False][which]()
