@@ -1,4 +1,5 @@
-"""bench/engine.py, engine_streams.py and lane_time.py: the FLOP count, runs on a tiny model (no timings asserted)."""
+"""bench/engine.py, engine_streams.py, lane_time.py and heap.py: the FLOP count, runs on a tiny model (no timings
+asserted)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import engine_streams, lane_time
+from bench import engine_streams, heap, lane_time
 from bench.engine import flops_per_char, measure, measure_lanes_rate, measure_step_rate
 from bench.serve import server_precision
 from bench.serve_runs import PROMPT16, fit_prompt
@@ -137,3 +138,14 @@ def test_lane_time_times_the_lanes_without_changing_their_text(model_repo: Path)
     lines = asyncio.run(lane_time.run(path, streams=3, chars=40, rounds=1, threads=1))
     assert "3 streams x 40 characters" in lines[0] and "chars/s" in lines[1]
     assert lines[2:] and all(line.startswith("  lane: ") and "µs a call: call " in line for line in lines[2:])
+
+
+def test_heap_measures_each_phase_with_warm_and_without(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = model_repo / "tiny-lstm" / "1"
+    warmed, plain = (heap.measure(path, capacity=20, warm=w, threads=1) for w in (True, False))
+    for r in (warmed, plain):
+        assert set(heap.PHASES) <= set(r) and r["started_mib"] > 0 and r["prepare_s"] > 0
+    assert warmed["warm_s"] > 100 * plain["warm_s"]  # warm made calls; without it the phase is empty
+    assert heap.main(["--model", str(path), "--capacity", "8", "--pairs", "1", "--threads", "1"]) == 0
+    sides = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert sides == ["warm", "none"]  # one fresh process per side, alternated
