@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench.engine import parser
+from bench.server_proc import rss_kib
 from service.artifact import load_artifact
 from service.batch import DecodeBatch
 from service.runtime import Runtime, RuntimeConfig
@@ -29,10 +30,7 @@ PHASES = ("prepare", "warm", "descending", "shuffled", "again")
 
 def rss_mib() -> float:
     """This process's resident set size (VmRSS) in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("/proc/self/status has no VmRSS line")
+    return rss_kib() / 1024
 
 
 def every_call(batch: DecodeBatch, order: list[int]) -> None:
@@ -48,7 +46,7 @@ def warm_largest(batch: DecodeBatch) -> None:
     """What was measured as a lane's warming and not adopted: each step count's call of the most rows that run
     it, once alone and once on all threads, before any other call (docs/performance.md)."""
     seen: set[int] = set()
-    for rows in sorted({batch._rows_for(n) for n in range(1, batch.capacity + 1)}, reverse=True):
+    for rows in batch.row_counts():
         new = [k for k in batch._steps_of(rows)[1] if k not in seen]
         calls = batch._calls_for(rows, *new) if new else {}
         for k in new:
@@ -60,7 +58,7 @@ def warm_largest(batch: DecodeBatch) -> None:
 def measure(model: Path, capacity: int, warm: bool, threads: int) -> dict[str, float]:
     """One side, in this process: the RSS growth (MiB) of each phase, the RSS after start and warm's seconds."""
     batch = DecodeBatch(Runtime(load_artifact(model), RuntimeConfig(intra_op_threads=threads)), capacity)
-    rows = sorted({batch._rows_for(n) for n in range(1, batch.capacity + 1)}, reverse=True)
+    rows = batch.row_counts()
     out: dict[str, float] = {}
     before = rss_mib()
     start = time.perf_counter()

@@ -28,6 +28,14 @@ class ServerError(RuntimeError):
     """The server process did not start or died."""
 
 
+def rss_kib(pid: int | str = "self") -> int:
+    """Resident set size (VmRSS, KiB) of process ``pid`` (this one by default) from /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ServerError(f"/proc/{pid}/status has no VmRSS line")
+
+
 class ServerProcess:
     """``python -m service`` on 127.0.0.1 with ephemeral ports (gRPC, /metrics); JSON logs go to a temporary file."""
 
@@ -91,10 +99,7 @@ class ServerProcess:
 
     def rss_kib(self) -> int:
         """Resident set size (VmRSS, KiB) from /proc/PID/status."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise ServerError(f"/proc/{self.pid}/status has no VmRSS line")
+        return rss_kib(self.pid)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server has used (from /proc/PID/stat)."""

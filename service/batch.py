@@ -149,11 +149,16 @@ class DecodeBatch:
         # Largest first: each call's scratch then fits in what the larger one before it freed. In growing order,
         # without onnxruntime's arena (RuntimeConfig.cpu_mem_arena), every call needed a new, larger block and
         # the server started at ~700 MiB instead of ~200.
-        for rows in sorted({self._rows_for(n) for n in range(1, self.capacity + 1)}, reverse=True):
+        for rows in self.row_counts():
             calls = self._calls_for(rows)
             if run:  # one call per session (the state is the session's, not the binding's); not of the several
                 for lane in (False, True):  # steps' sessions: K times as long, ~5 s for the shipped model
                     calls[1][lane][0]()
+
+    def row_counts(self) -> list[int]:
+        """Every number of rows a call of this batch runs (live rows padded up to ``runtime.min_batch``), largest
+        first."""
+        return sorted({self._rows_for(n) for n in range(1, self.capacity + 1)}, reverse=True)
 
     def prepared_call(self, rows: int, alone: bool) -> Callable[[], None]:
         """(while the batch is empty: for timing, service/tuning.py) The prepared decode call of ``rows`` rows, of
