@@ -61,7 +61,7 @@ def test_a_thread_that_ends_keeps_counting_in_its_process_totals() -> None:
 
 @pytest.mark.timeout(120)
 def test_a_real_load_is_sampled_and_reported_by_phase(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--model", str(model_repo / "tiny-lstm" / "1"), "--streams", "4", "--chars", "400", "--rounds", "2",
+    argv = ["--model", str(model_repo / "tiny-lstm" / "1"), "--streams", "4", "--chars", "2000", "--rounds", "2",
             "--bin-ms", "2", "--bins"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
