@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import statistics
 import threading
 import time
+from collections.abc import Iterable
 
 from bench.engine import parser
 from bench.serve_runs import PROMPT16, fit_prompt
@@ -71,6 +73,12 @@ def shares(samples: list[tuple[float, Totals]], t0: float, t1: float) -> dict[st
     return {g: ((b[1][g][0] - a[1][g][0]) / dt, (b[1][g][1] - a[1][g][1]) / dt) for g in GROUPS}
 
 
+def sampled_median(values: Iterable[float]) -> float:
+    """The median over the rounds whose window held samples (nan from ``shares``); nan when none did."""
+    got = [v for v in values if not math.isnan(v)]
+    return statistics.median(got) if got else float("nan")
+
+
 def phases(r: LoadReport) -> list[tuple[str, float, float]]:
     """The load's start, all-streaming window and end: (name, from, to) in perf_counter seconds."""
     lo = r.started + r.all_streaming_from_s if r.all_streaming_s else r.started
@@ -109,7 +117,7 @@ def report(results: list[Round], bins: bool) -> list[str]:
         spans = [phases(r)[k] for r, _ in results]
         got = [shares(s.samples, t0, t1) for (_, t0, t1), (_, s) in zip(spans, results, strict=True)]
         ms = statistics.median((t1 - t0) * 1e3 for _, t0, t1 in spans)
-        cells = [f"{statistics.median(x[g][0] for x in got):.2f}/{statistics.median(x[g][1] for x in got):.2f}"
+        cells = [f"{sampled_median(x[g][0] for x in got):.2f}/{sampled_median(x[g][1] for x in got):.2f}"
                  for g in GROUPS]  # fmt: skip
         lines.append(f"{name:>14} {ms:6.0f} " + " ".join(f"{c:>11}" for c in cells))
     if bins:
