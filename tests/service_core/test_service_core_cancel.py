@@ -105,3 +105,38 @@ async def test_a_feed_left_midway_counts_what_its_state_consumed(make_engine: En
         if k:
             await engine.feed(ref, text[:k])
         assert_same(state, ref)
+
+
+async def test_consumer_that_stops_iterating_frees_its_row(make_engine: EngineFactory) -> None:
+    engine = make_engine("rnn")
+    await engine.start()
+    state = engine.new_state()
+    gen = engine.generate(state, PROMPT, LONG)
+    chunks = 0
+    async for event in gen:
+        assert isinstance(event, Chunk)
+        chunks += 1
+        if chunks == 2:  # (the first may come before the stream has a row: EngineConfig.inline_prompt_chars)
+            assert engine.batch_size == 1
+            break
+    await gen.aclose()  # what `async for ... break` leads to once the generator is dropped
+    await until(lambda: engine.batch_size == 0 and engine.active_streams == 0)
+    assert state.pending is not None and state.chars_consumed > len(PROMPT)  # the state kept what was sampled
+
+
+async def test_cancel_event_finishes_with_cancelled(make_engine: EngineFactory) -> None:
+    engine = make_engine("gru")
+    await engine.start()
+    cancel = asyncio.Event()
+    got: list[str] = []
+    finish = None
+    async for event in engine.generate(engine.new_state(), PROMPT, LONG, cancel):
+        if isinstance(event, Chunk):
+            got.append(event.text)
+            if len("".join(got)) > 20:
+                cancel.set()
+        else:
+            finish = event
+    assert finish is not None and finish.reason == "cancelled"
+    assert finish.generated_chars == len("".join(got))
+    assert engine.active_streams == 0
