@@ -32,7 +32,7 @@ from service.quantized import Cell, quantize_columns, read_cells
 
 if TYPE_CHECKING:
     from service.artifact import Artifact
-    from service.runtime import RuntimeConfig
+    from service.runtime_config import RuntimeConfig
 
 _P = "charlm_p8_"  # prefix of the derived graph's own names
 _BIG = 100.0  # past onnxruntime's clip bounds of sigmoid and tanh (20, 10): the extra units saturate

@@ -18,7 +18,6 @@ from service.providers import (
     PROVIDERS,
     Providers,
     graph_run_options,
-    probe_min_batch,
     providers,
     session_options,
     with_cuda_graphs,
@@ -250,3 +249,36 @@ class Runtime:
         if self.provider != "cpu":
             return shared, shared
         return shared, ort.InferenceSession(graph, session_options(self._one_thread, False), providers=names)
+
+
+# On a GPU every call runs this many rows (EngineConfig.max_batch's default), so that a row's results do not
+# depend on how many others share its call; a batch of more rows than this may still differ (docs/service.md).
+DEVICE_ROWS = 256
+
+
+def probe_min_batch(rt: Runtime) -> int:
+    """1, or 2 when a row's outputs differ bitwise between batch 1 and larger batches.
+
+    onnxruntime's CPU GEMM takes a matrix-vector path at batch 1 whose rounding differs from the
+    batched path (seen with the RNN operator; LSTM and GRU agree, and batches 2..256 agree with each
+    other). Where it differs, ``run`` and the engine pad single-row calls to two rows, so that a seeded
+    stream samples the same text alone or batched.
+    """
+    rt.min_batch = 1  # (rt.run pads to it)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, rt.vocab_size, (9, 2), dtype=np.int64)
+    states = tuple(np.tanh(rng.standard_normal((rt.layers, 9, rt.hidden))).astype(np.float32)  # (a model's range)
+                   for _ in rt.state_inputs)  # fmt: skip
+    row0 = [rt.run(ids[:b], tuple(s[:, :b] for s in states))[0][0] for b in (1, 2, 9)]
+    if rt.provider != "cpu" and not all(np.array_equal(row0[0], r) for r in row0[1:]):
+        # (cuBLAS and cuDNN pick their kernels by shape) one shape for every call costs a GPU little: its time
+        # per call hardly grows with the rows
+        log.info("%s: every call is padded to %d rows (batch-invariant results)", rt.model, DEVICE_ROWS)
+        return DEVICE_ROWS
+    if not np.array_equal(row0[1], row0[2]):
+        log.warning("%s: results differ between batch sizes at float precision; seeded streams may "
+                    "sample differently alone and batched", rt.model)  # fmt: skip
+    if np.array_equal(row0[0], row0[1]):
+        return 1
+    log.info("%s: batch-1 calls are padded to 2 rows (batch-invariant results)", rt.model)
+    return 2

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -20,15 +20,21 @@ from service.logs import REQUEST_ID
 from service.sampling import BatchParams, by_head, draw_one, effective, log_softmax, sample
 from service.types import Chunk, FinishReason, GenerateParams, Sampling, SeqState
 
-if TYPE_CHECKING:
-    from service.lane import Lane
-
 Where = Literal["prefill", "ready", "batch", "moving", "paused", "done"]
+
 # Uniforms drawn from a stream's rng at once. Refilling a block (the generator's state saved, one numpy call) was
 # most of a lane's per-call Python for uniforms with 64: 256 took that part of a 32-row call from a median of ~75
 # to ~55 µs, in-process (docs/performance-history.md, "Lanes that run dry, and the step thread's Python"); a list
 # of 256 floats is ~8 KB a stream.
 UNIFORM_BLOCK = 256
+
+
+class Holder(Protocol):
+    """What holds a stream's row (a lane, service/lane.py): the engine hands the stream over through it."""
+
+    def accept(self, s: Stream) -> None: ...
+    def resume(self, s: Stream) -> None: ...
+    def abandon(self, s: Stream) -> None: ...
 
 
 class Stream:
@@ -95,7 +101,7 @@ class Stream:
         self.paused = False  # the step thread paused the stream; the reader resumes it once caught up
         self.finished = False  # on_done ran: the stream's results and state are final
         self.waiter: asyncio.Future[Any] | None = None
-        self.lane: Lane | None = None  # the lane that holds it (set by the engine; changed by Lane._moved)
+        self.lane: Holder | None = None  # the lane that holds it (set by the engine; changed by Lane._moved)
 
     @property
     def remaining(self) -> int:

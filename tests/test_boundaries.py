@@ -1,8 +1,10 @@
 """Dependencies point one way: service never imports torch/training; client never imports the server side; training
-never imports service or client. Each check runs in a fresh interpreter so nothing else has been imported."""
+never imports service or client; within a package no module imports itself through others. Each import check runs
+in a fresh interpreter so nothing else has been imported."""
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import subprocess
 import sys
@@ -51,3 +53,47 @@ def test_client_imports_only_the_wire_protocol() -> None:
 def test_training_never_imports_service_or_client() -> None:
     loaded = imported_after(modules("training"))
     assert not {"service", "client"} & loaded
+
+
+def imports_within(package: str) -> dict[str, set[str]]:
+    """Each module of a package -> the package's modules it imports, read from its source, imports made only for
+    type checking included (a cycle there is still two modules that cannot be read one without the other)."""
+    found = {f"{package}.{p.stem}": p for p in (ROOT / package).glob("*.py") if p.stem != "__init__"}
+    graph: dict[str, set[str]] = {}
+    for name, path in found.items():
+        named: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                named.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                named.update([node.module, *(f"{node.module}.{a.name}" for a in node.names)])
+        graph[name] = (named & found.keys()) - {name}
+    return graph
+
+
+def a_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of ``graph`` as [a, b, ..., a], or [] when there is none (depth-first, in name order)."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(m: str) -> list[str]:
+        path.append(m)
+        for d in sorted(graph[m]):
+            if d in path:
+                return [*path[path.index(d) :], d]
+            if d not in done and (cycle := visit(d)):
+                return cycle
+        done.add(path.pop())
+        return []
+
+    for m in sorted(graph):
+        if m not in done and (cycle := visit(m)):
+            return cycle
+    return []
+
+
+@pytest.mark.parametrize("package", ["training", "service", "client", "bench"])
+def test_no_module_imports_itself_through_others(package: str) -> None:
+    graph = imports_within(package)
+    assert len(graph) > 5  # (the package's modules were found)
+    assert a_cycle(graph) == [], " -> ".join(a_cycle(graph))

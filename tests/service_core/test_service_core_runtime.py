@@ -13,8 +13,7 @@ from fixtures.service_core import ARCHS
 from service import cores
 from service.artifact import Artifact
 from service.errors import InvalidArgument
-from service.providers import DEVICE_ROWS, probe_min_batch
-from service.runtime import Runtime, RuntimeConfig
+from service.runtime import DEVICE_ROWS, Runtime, RuntimeConfig, probe_min_batch
 from service.vocab import Vocab
 
 
