@@ -14,6 +14,7 @@ A stream's text is the same either way.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from service.sampling import log_softmax, sample
 from service.scheduler import Scheduler
@@ -35,8 +36,7 @@ class Decoding(Scheduler):
         hold = self._hold()
         if self._rest.size or self._want_logprobs or self._prefilling or hold == 0.0:
             return 1
-        wait = max(hold / 2, self.config.steps_wait_ms / 1e3)
-        return next((k for k in self._batch.step_choices if (k - 1) * self._step_s <= wait), 1)
+        return steps_within(self._batch.step_choices, self._step_s, max(hold / 2, self.config.steps_wait_ms / 1e3))
 
     def _decode(self) -> None:
         """One decode call of the whole batch: feed every row's pending id, draw its next one (or K)."""
@@ -111,3 +111,9 @@ class Decoding(Scheduler):
                     s.t_wake = now
                 post(chunk_event, s, s.release())
         return kept
+
+
+def steps_within(choices: Sequence[int], step_s: float, wait_s: float) -> int:
+    """The most steps of ``choices`` (largest first) whose first K - 1, at ``step_s`` each, take at most ``wait_s``
+    (what a call of K steps holds its first character back); 1 when none do."""
+    return next((k for k in choices if (k - 1) * step_s <= wait_s), 1)

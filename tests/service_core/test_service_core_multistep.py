@@ -13,6 +13,7 @@ from fixtures.service_core import ARCHS, EngineFactory, collect, set_lane_plan
 
 from service.artifact import Artifact
 from service.batch import DecodeBatch
+from service.decoding import steps_within
 from service.engine import Engine, EngineConfig
 from service.runtime import Runtime, RuntimeConfig
 from service.types import Finish, GenerateParams, Sampling
@@ -152,10 +153,19 @@ async def test_one_stream_runs_several_steps_within_the_wait_allowed(make_engine
         calls = counting_calls(engine)
         text, _ = await collect(engine, engine.new_state(), PROMPT, GenerateParams(Sampling(seed=1), max_chars=200))
         assert len(text) == 200
-        if several:  # 199 characters after the prompt's: ~13 calls of 16 steps
-            assert calls[16] >= 10 and calls[16] == calls[0]
+        if several:  # 199 characters after the prompt's: ~13 calls of 16 steps; a call the machine slowed past
+            # the wait (15 steps over 2 ms) makes the next one run 8 (steps_within), as the policy says it should
+            assert calls[16] >= 10 and calls[0] == calls[16] + calls[8]
         else:  # (the first call has no step time to judge by yet)
             assert calls[0] <= 1
+
+
+def test_a_call_runs_the_most_steps_whose_wait_fits() -> None:
+    # the first K - 1 steps hold the call's first character back: they must fit in the wait (2 ms here)
+    for step_us, steps in ((0, 16), (100, 16), (133, 16), (200, 8), (285, 8), (300, 1), (5000, 1)):
+        assert steps_within((16, 8), step_us / 1e6, 2e-3) == steps, step_us
+    assert steps_within((8,), 1e-4, 2e-3) == 8 and steps_within((), 1e-6, 2e-3) == 1  # a runtime's own choices
+    assert steps_within((16, 8), 1e-6, 0.0) == 1  # no wait at all: one step a call
 
 
 def test_texts_of_id_rows() -> None:
