@@ -52,7 +52,7 @@ class Level:
     served: LoadReport
     engines: dict[str, StepRate]  # the raw engine by setting ("spinning", "no spinning", "lanes", "8 steps", ...)
     server_cpu_s: float  # CPU the server process used during the load
-    client_cpu_s: float  # CPU this (load generator) process used during the load
+    client_cpu_s: float  # CPU this (load generator) process used while the streams ran (LoadReport.cpu_s)
     ratios: tuple[float, ...] = ()  # of every (served, engine) pair measured at this level; this is the median one
     decode: DecodeCounters | None = None  # the server's decode calls during the load (its /metrics)
     loop_cpu_s: float = math.nan  # CPU of the server's main thread (its event loop) during the load
@@ -134,12 +134,14 @@ async def run_level(server: ServerProcess, engines: dict[str, RawEngine], model:
     median ratio is returned (a noisy machine moves single pairs a lot)."""
     pairs: list[Level] = []
     for _ in range(repeats):
-        cpu0, loop0, client0 = server.cpu_seconds(), server.loop_cpu_seconds(), time.process_time()
+        cpu0, loop0 = server.cpu_seconds(), server.loop_cpu_seconds()
         waits0, host0 = server.waiting_seconds(), host_seconds()
         decode0 = server.decode_counters()
         report = await run_load(server.target, streams, chars, prompt, model=model, channels=channels,
                                 temperature=1.0, seed=0)  # fmt: skip
-        server_cpu, client_cpu = server.cpu_seconds() - cpu0, time.process_time() - client0
+        # The load generator's CPU is counted while its streams ran, not while it set up and closed its channel
+        # and summed up (4-60 ms a level, outside the load's wall time and so not competing with the server).
+        server_cpu, client_cpu = server.cpu_seconds() - cpu0, report.cpu_s
         loop_cpu, decode1 = server.loop_cpu_seconds() - loop0, server.decode_counters()
         waits = tuple(b - a for a, b in zip(waits0, server.waiting_seconds(), strict=True))
         host1, raw0 = host_seconds(), time.perf_counter()
