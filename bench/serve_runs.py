@@ -140,7 +140,8 @@ async def run_level(server: ServerProcess, engines: dict[str, RawEngine], model:
         report = await run_load(server.target, streams, chars, prompt, model=model, channels=channels,
                                 temperature=1.0, seed=0)  # fmt: skip
         # The load generator's CPU is counted while its streams ran, not while it set up and closed its channel
-        # and summed up (4-60 ms a level, outside the load's wall time and so not competing with the server).
+        # and summed up (4-62 ms a level in the forty-seventh pass, outside the load's wall time: not competing with
+        # the server).
         server_cpu, client_cpu = server.cpu_seconds() - cpu0, report.cpu_s
         loop_cpu, decode1 = server.loop_cpu_seconds() - loop0, server.decode_counters()
         waits = tuple(b - a for a, b in zip(waits0, server.waiting_seconds(), strict=True))
