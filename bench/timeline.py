@@ -23,7 +23,8 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 from bench.engine import parser
 from bench.serve_runs import PROMPT16, fit_prompt
@@ -40,8 +41,12 @@ def totals(server: ThreadStats, client: ThreadStats) -> Totals:
     none = ((0, 0), (0, 0))
     (loop, others), (main, rest) = server.read() or none, client.read() or none
     idle, stolen = host_seconds()
-    return {"loop": loop, "server": others, "client": (main[0] + rest[0], main[1] + rest[1]),
-            "host": (round(idle * 1e9), round(stolen * 1e9))}
+    return {
+        "loop": loop,
+        "server": others,
+        "client": (main[0] + rest[0], main[1] + rest[1]),
+        "host": (round(idle * 1e9), round(stolen * 1e9)),
+    }
 
 
 class Sampler(threading.Thread):
@@ -106,6 +111,22 @@ async def rounds(server: ServerProcess, a: argparse.Namespace, prompt: str, mode
     return out
 
 
+T = TypeVar("T")
+
+
+def served(p: argparse.ArgumentParser, a: argparse.Namespace,
+           run: Callable[[ServerProcess, argparse.Namespace, str, str], Coroutine[Any, Any, T]]) -> T:  # fmt: skip
+    """Starts ``charlm-serve`` with ``--model`` (and ``--server-arg``) and runs ``run(server, a, prompt, model)``
+    against it, the prompt the latency probes' 16 characters."""
+    try:
+        info = load_artifact(a.model).info
+    except ArtifactError as e:
+        p.error(str(e))
+    model, prompt = f"{info.name}:{info.version}", fit_prompt(PROMPT16, info.vocabulary, len(PROMPT16))
+    with ServerProcess(a.model.resolve().parent.parent, ["--default-model", model, *a.server_arg]) as server:
+        return asyncio.run(run(server, a, prompt, model))
+
+
 def report(results: list[Round], bins: bool) -> list[str]:
     """Per phase, the medians over the rounds; and with ``bins``, the last round bin by bin."""
     rates = ", ".join(f"{r.chars_per_s:,.0f}" for r, _ in results)
@@ -122,8 +143,10 @@ def report(results: list[Round], bins: bool) -> list[str]:
         lines.append(f"{name:>14} {ms:6.0f} " + " ".join(f"{c:>11}" for c in cells))
     if bins:
         r, s = results[-1]
-        lines.append(f"the last round, bin by bin (ms from its first call; {' / '.join(GROUPS)}: running/waiting, "
-                     "the host's idle/stolen)")
+        lines.append(
+            f"the last round, bin by bin (ms from its first call; {' / '.join(GROUPS)}: running/waiting, "
+            "the host's idle/stolen)"
+        )
         for (t0, a), (t1, b) in zip(s.samples, s.samples[1:], strict=False):
             dt = (t1 - t0) * 1e9
             cells = [f"{(b[g][0] - a[g][0]) / dt:4.2f}/{(b[g][1] - a[g][1]) / dt:4.2f}" for g in GROUPS]
@@ -144,14 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.streams < 1 or a.chars < 1 or a.rounds < 1 or a.bin_ms <= 0:
         p.error("--streams, --chars, --rounds and --bin-ms must be positive")
-    try:
-        info = load_artifact(a.model).info
-    except ArtifactError as e:
-        p.error(str(e))
-    model, prompt = f"{info.name}:{info.version}", fit_prompt(PROMPT16, info.vocabulary, len(PROMPT16))
-    with ServerProcess(a.model.resolve().parent.parent, ["--default-model", model, *a.server_arg]) as server:
-        results = asyncio.run(rounds(server, a, prompt, model))
-    print("\n".join(report(results, a.bins)))
+    print("\n".join(report(served(p, a, rounds), a.bins)))
     return 0
 
 
