@@ -40,6 +40,7 @@ LINE = re.compile(r"^\s*.+?-(\d+)\s+\(\s*[\d-]+\)\s+\[(\d+)\]\s+\S+\s+(\d+\.\d+)
 FIELD = re.compile(r"\b(prev_pid|prev_state|next_pid|pid|target_cpu|dest_cpu)=(\S+)")
 IDLE = ("woken here", "ready there", "nothing")
 GROUPS = ("loop", "server", "client", "other")
+SETTINGS = ("tracing_on", "buffer_size_kb", "options/record-tgid")  # besides trace_clock, as found before a run
 
 
 class Tracer:
@@ -48,6 +49,9 @@ class Tracer:
     def __init__(self, buffer_kb: int) -> None:
         if not (TRACEFS / "trace").exists():
             raise SystemExit(f"no tracefs at {TRACEFS}: as root, `mount -t tracefs nodev {TRACEFS}`")
+        clock = re.search(r"\[(\w+)\]", (TRACEFS / "trace_clock").read_text())
+        self._before = {name: (TRACEFS / name).read_text().split()[0] for name in SETTINGS}  # put back by close()
+        self._before["trace_clock"] = clock.group(1) if clock else "local"
         self._write("tracing_on", "0")
         self._write("trace_clock", "mono")  # CLOCK_MONOTONIC, as time.perf_counter()
         self._write("buffer_size_kb", str(buffer_kb))
@@ -73,13 +77,12 @@ class Tracer:
         return (TRACEFS / "trace").read_text().splitlines(), lost, tgids
 
     def close(self) -> None:
-        """Turns the events off and gives the buffer back."""
+        """Turns the events off and puts tracefs's settings back as they were."""
         for event in EVENTS:
             self._write(f"events/sched/{event}/enable", "0")
-        self._write("options/record-tgid", "0")
         self._write("trace", "")
-        self._write("buffer_size_kb", "7")
-        self._write("trace_clock", "local")
+        for name, value in reversed(self._before.items()):  # tracing_on last
+            self._write(name, value)
 
 
 def events(lines: list[str]) -> Iterator[tuple[float, int, int, str, dict[str, str]]]:
