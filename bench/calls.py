@@ -12,7 +12,9 @@ the round), and the CPU a call of the server (all its threads, and its main thre
 and of this client. What charlm's server spends beyond the shaped one is its own path to a first character
 (the servicer, the engine's hand-off to its step threads, the prompt's call); what the shaped server spends
 beyond the bare one is charlm.v1's messages. A burst's last first message comes about when the busier
-event loop has handled every call of it.
+event loop has handled every call of it: "last p50" is the median over the bursts of that moment, and "slow
+bursts" counts those whose last first message came over twice as late. A p99 over all calls is set by the
+slowest 1%, which a single slow burst in a round can fill.
 
     python -m bench.calls --calls 64 --bursts 30 --rounds 3
     python -m bench.calls --server-cwd ../before   # and another checkout's server beside it, as "other"
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import statistics
 import sys
 import time
@@ -52,6 +55,8 @@ class Round:
     kind: str
     first_p50_ms: float  # each call's first message, from its burst's start
     first_p99_ms: float
+    last_p50_ms: float  # each burst's last first message, from its start: the median over the bursts
+    slow_bursts: int  # bursts whose last first message came over twice that median after their start
     server_us: float  # the server's CPU a call, all its threads
     loop_us: float  # of it, the main thread's (the event loop: gRPC and the servicer)
     client_us: float  # this process's CPU a call
@@ -98,13 +103,18 @@ async def _round(kind: str, call: Call, pid: int, calls: int, bursts: int) -> Ro
     proc, main = Path(f"/proc/{pid}/stat"), Path(f"/proc/{pid}/task/{pid}/stat")
     server0, loop0, client0 = proc_cpu_seconds(proc), proc_cpu_seconds(main), time.process_time()
     firsts: list[float] = []
+    lasts: list[float] = []  # (a p99 over all calls is set by the few slowest bursts: these say how few)
     for _ in range(bursts):
-        firsts += await _burst(call, calls)
+        burst = await _burst(call, calls)
+        firsts += burst
+        lasts += [max(burst)] if burst else []
     n = calls * bursts / 1e6
     server, loop = proc_cpu_seconds(proc) - server0, proc_cpu_seconds(main) - loop0
     firsts.sort()
-    return Round(kind, percentile(firsts, 50) * 1e3, percentile(firsts, 99) * 1e3, server / n, loop / n,
-                 (time.process_time() - client0) / n, len(firsts))  # fmt: skip
+    last = statistics.median(lasts) if lasts else math.nan
+    return Round(kind, percentile(firsts, 50) * 1e3, percentile(firsts, 99) * 1e3, last * 1e3,
+                 sum(x > 2 * last for x in lasts), server / n, loop / n, (time.process_time() - client0) / n,
+                 len(firsts))  # fmt: skip
 
 
 async def measure(targets: dict[str, tuple[str, int]], calls: int, bursts: int, rounds: int) -> list[list[Round]]:
@@ -127,7 +137,8 @@ def table(results: list[list[Round]], calls: int, bursts: int) -> str:
     """Each server's medians over the rounds."""
     lines = [f"{calls} calls at once, {bursts} bursts a round, {len(results)} rounds alternated (medians of the "
              "rounds); first message from the burst's start; CPU a call",
-             "server   first p50 ms  first p99 ms  server µs (event loop)  client µs  answered"]  # fmt: skip
+             "server   first p50 ms  first p99 ms  last p50 ms  slow bursts  server µs (event loop)  client µs  "
+             "answered"]  # fmt: skip
     for i, kind in enumerate(r.kind for r in results[0]):
         rows = [r[i] for r in results]
 
@@ -135,6 +146,7 @@ def table(results: list[list[Round]], calls: int, bursts: int) -> str:
             return statistics.median(getattr(r, field) for r in rows)
 
         lines.append(f"{kind:8s} {med('first_p50_ms'):12.2f} {med('first_p99_ms'):13.2f} "
+                     f"{med('last_p50_ms'):12.2f} {sum(r.slow_bursts for r in rows):12d} "
                      f"{med('server_us'):10.0f} ({med('loop_us'):4.0f}) {med('client_us'):16.0f} "
                      f"{sum(r.answered for r in rows):6d}/{calls * bursts * len(rows)}")  # fmt: skip
     return "\n".join(lines)

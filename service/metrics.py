@@ -100,6 +100,8 @@ class Metrics:
                                          buckets=_REQUEST_BUCKETS, registry=r)
         self.draining = Gauge("charlm_draining", "1 once the server has begun draining (SIGTERM), else 0.",
                               registry=r)
+        self.gc_frozen = Gauge("charlm_gc_frozen_objects", "Objects made by the start, kept out of the garbage "
+                               "collector's passes (gc.freeze).", registry=r)
         self.lane_plan = {  # (service/tuning.py) the engine's choices, measured at start on this machine or set
             "lanes": Gauge("charlm_lanes", "Engine lanes (decode batches side by side, one step thread each).",
                            ["model"], registry=r),

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -210,13 +211,37 @@ def test_sigterm_drains_and_exits_zero(model_repo: Path, tmp_path: Path) -> None
     assert any(ln["msg"] == "stopped" for ln in lines)
 
 
-def wait_for_port(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> int:
-    """The port from the server's structured "serving" log line."""
+def test_what_the_start_made_is_kept_out_of_the_collectors_passes(model_repo: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "CHARLM_LOG_FORMAT": "json", "CHARLM_METRICS_PORT": "0"}
+    log = (tmp_path / "server.log").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--model-repo", str(model_repo), "--port", "0"],
+                            cwd=Path(__file__).resolve().parents[2], env=env, stderr=log, stdout=log)
+    try:
+        serving = serving_record(proc, Path(log.name))
+        url = f"http://127.0.0.1:{serving['metrics_port']}/metrics"
+        deadline = time.monotonic() + 30
+        while (frozen := scrape(url)["charlm_gc_frozen_objects"]) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)  # (the gauge is set just after the "serving" line)
+        # the modules, the models and gRPC's objects: tens of thousands, none of them walked by a full collection
+        assert frozen > 10_000
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def serving_record(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> dict[str, Any]:
+    """The server's structured "serving" log line, once it is written."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
         for line in log.read_text().splitlines():
             if line.startswith("{") and "port" in (record := json.loads(line)):
-                return int(record["port"])
+                return record
         time.sleep(0.1)
     raise AssertionError(f"server did not start: {log.read_text()}")
+
+
+def wait_for_port(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> int:
+    """The port from the server's structured "serving" log line."""
+    return int(serving_record(proc, log, timeout)["port"])
