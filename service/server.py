@@ -151,7 +151,7 @@ async def serve(config: ServiceConfig) -> int:
         await server.shutdown()  # engines and the metrics endpoint may already run
         raise
     # What the start made (modules, models, gRPC's objects) lives as long as the process, and a full collection
-    # walks every object it tracks with the GIL held: on a 2-core VM one took 26-79 ms, stalling every stream and
+    # walks every object it tracks with the GIL held: on a 2-core VM one took 18-35 ms, stalling every stream and
     # new call (docs/performance.md, "What makes it fast"). Frozen, a collection walks only what came after.
     gc.freeze()
     server.metrics.gc_frozen.set(gc.get_freeze_count())
