@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 import pytest
@@ -184,12 +184,10 @@ async def test_draining_refuses_new_chat_turns_and_ends_idle_feed_and_chat_strea
 
 
 def test_sigterm_drains_and_exits_zero(model_repo: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "CHARLM_LOG_FORMAT": "json", "CHARLM_METRICS_PORT": "-1", "CHARLM_GRACE_SECONDS": "5"}
     log = (tmp_path / "server.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--model-repo", str(model_repo), "--port", "0"],
-                            cwd=Path(__file__).resolve().parents[2], env=env, stderr=log, stdout=log)
+    proc = python_m_service(model_repo, log, CHARLM_METRICS_PORT="-1", CHARLM_GRACE_SECONDS="5")
     try:
-        port = wait_for_port(proc, Path(log.name))
+        port = serving_record(proc, Path(log.name))["port"]
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = charlm_pb2_grpc.TextGenerationStub(channel)
         stream = stub.Generate(pb.GenerateRequest(prompt="The ", max_chars=2000))
@@ -212,10 +210,8 @@ def test_sigterm_drains_and_exits_zero(model_repo: Path, tmp_path: Path) -> None
 
 
 def test_what_the_start_made_is_kept_out_of_the_collectors_passes(model_repo: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "CHARLM_LOG_FORMAT": "json", "CHARLM_METRICS_PORT": "0"}
     log = (tmp_path / "server.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--model-repo", str(model_repo), "--port", "0"],
-                            cwd=Path(__file__).resolve().parents[2], env=env, stderr=log, stdout=log)
+    proc = python_m_service(model_repo, log, CHARLM_METRICS_PORT="0")
     try:
         serving = serving_record(proc, Path(log.name))
         url = f"http://127.0.0.1:{serving['metrics_port']}/metrics"
@@ -230,6 +226,13 @@ def test_what_the_start_made_is_kept_out_of_the_collectors_passes(model_repo: Pa
         log.close()
 
 
+def python_m_service(model_repo: Path, log: IO[str], **env: str) -> subprocess.Popen[bytes]:
+    """A real `python -m service` on a free port, logging JSON lines to ``log``, with ``env`` added to ours."""
+    return subprocess.Popen([sys.executable, "-m", "service", "--model-repo", str(model_repo), "--port", "0"],
+                            cwd=Path(__file__).resolve().parents[2], stderr=log, stdout=log,
+                            env={**os.environ, "CHARLM_LOG_FORMAT": "json", **env})  # fmt: skip
+
+
 def serving_record(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> dict[str, Any]:
     """The server's structured "serving" log line, once it is written."""
     deadline = time.monotonic() + timeout
@@ -240,8 +243,3 @@ def serving_record(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60
                 return record
         time.sleep(0.1)
     raise AssertionError(f"server did not start: {log.read_text()}")
-
-
-def wait_for_port(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> int:
-    """The port from the server's structured "serving" log line."""
-    return int(serving_record(proc, log, timeout)["port"])
