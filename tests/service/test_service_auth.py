@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,20 +11,13 @@ import grpc
 import pytest
 from charlm.v1 import charlm_pb2 as pb
 from charlm.v1 import charlm_pb2_grpc
-from fixtures.server import RunningServer, error_info, start_server
+from fixtures.server import RunningServer, error_info, scrape, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service.config import SecurityConfig
 
 ServerFactory = Callable[..., RunningServer]
-
-
-def scrape(url: str) -> dict[str, float]:
-    """The /metrics samples as {'name{labels}': value}."""
-    with urllib.request.urlopen(url, timeout=10) as r:
-        lines = r.read().decode().splitlines()
-    return {k: float(v) for k, v in (ln.rsplit(" ", 1) for ln in lines if ln and not ln.startswith("#"))}
 
 
 def bearer(token: str, scheme: str = "Bearer") -> tuple[tuple[str, str], ...]:

@@ -18,7 +18,7 @@ import grpc
 import pytest
 from charlm.v1 import charlm_pb2 as pb
 from charlm.v1 import charlm_pb2_grpc
-from fixtures.server import error_info, generate
+from fixtures.server import error_info, generate, scrape
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -26,13 +26,6 @@ from service.config import Limits
 
 SERVICE = "charlm.v1.TextGeneration"
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def scrape(url: str) -> dict[str, float]:
-    """The /metrics samples as {'name{labels}': value}."""
-    with urllib.request.urlopen(url, timeout=10) as r:
-        lines = r.read().decode().splitlines()
-    return {k: float(v) for k, v in (ln.rsplit(" ", 1) for ln in lines if ln and not ln.startswith("#"))}
 
 
 async def health_of(channel: grpc.aio.Channel, service: str) -> int:
