@@ -6,8 +6,9 @@ depend on its batch mates or on how its calls split, they are int8's own (not th
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from pathlib import Path
+
+from fixtures.server import scrape
 
 from client import AsyncClient
 from service.config import EngineConfig
@@ -57,10 +58,9 @@ async def test_an_int8_server_serves_each_stream_the_same_text_alone_or_batched(
             assert (await client.model()).decode_precision == listed.decode_precision == precision
             assert (await client.model()).prompt_precision == listed.prompt_precision == precision
             assert listed.provider == "cpu"
-        with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
-            exposed = r.read().decode()
-        assert f'charlm_decode_int8{{model="shakespeare:1"}} {flag}.0' in exposed
-        assert f'charlm_prompt_int8{{model="shakespeare:1"}} {flag}.0' in exposed
+        exposed = scrape(server.metrics_url)
+        assert exposed['charlm_decode_int8{model="shakespeare:1"}'] == flag
+        assert exposed['charlm_prompt_int8{model="shakespeare:1"}'] == flag
     reference, _, _, _ = await sampled(fp32.target)
     for (text, logprobs), (ref_text, ref_logprobs) in zip(together, reference, strict=True):
         # the first character is drawn from the prompt's logits: int8's own, and close to fp32's
