@@ -6,7 +6,9 @@ again (docs/deployment.md, "Latency on VMs whose idle vCPUs halt"). This measure
 through two pipes between two processes, pinned to the same vCPU, to two, and to two kept awake by a busy loop on
 each at ``SCHED_IDLE`` (which runs only when nothing else wants the vCPU), in alternated rounds, the trips
 ``--gap-ms`` apart. Each trip wakes the other process twice; "across" minus "across, kept awake" is what the
-halts add to those two wake-ups. The busy loops burn the host's CPU, which is why the server runs none.
+halts add to those two wake-ups. The busy loops burn the host's CPU, which is why the server runs none. A last
+line gives what a null system call costs and the kernel's mitigations that make it cost more (retpolines, SRSO's
+"Safe RET"): gRPC's hand-offs are system calls, so a VM whose kernel pays more for each pays more for a call.
 
     python -m bench.wakeup --rounds 3 --trips 400 [--gap-ms 2]
 """
@@ -18,11 +20,13 @@ import os
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from client.loadgen import percentile
 
 IDLE = ("/sys/devices/system/cpu/cpuidle/current_driver", "/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+VULNERABILITIES = Path("/sys/devices/system/cpu/vulnerabilities")
 
 
 def round_trips(cpus: tuple[int, int], trips: int, gap_s: float) -> list[float]:
@@ -92,6 +96,25 @@ def idle_settings() -> str:
     return ", ".join(found) or "no cpuidle driver or haltpoll found"
 
 
+def _loop_s(fn: Callable[[], object], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return time.perf_counter() - start
+
+
+def syscall_ns(calls: int = 200_000) -> float:
+    """ns of a null system call: ``os.getppid()`` less ``int()``, a call of the same Python cost; best of 5."""
+    return min(_loop_s(os.getppid, calls) - _loop_s(int, calls) for _ in range(5)) / calls * 1e9
+
+
+def mitigations() -> str:
+    """The kernel's mitigations for Spectre v2 and AMD's SRSO, the two that tax every kernel entry and return."""
+    found = [f"{name} {(VULNERABILITIES / name).read_text().strip()}" for name in ("spectre_v2", "spec_rstack_overflow")
+             if (VULNERABILITIES / name).exists()]
+    return "; ".join(found) or "none reported"
+
+
 def main() -> None:
     """Alternate the ways over the rounds and print each round's p50 and p99, then the medians of the p50s."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,6 +142,7 @@ def main() -> None:
             cells.append(f"{name} {p50s[name][-1]:.0f}/{percentile(trips, 99) * 1e6:.0f}")
         print(f"round {r + 1}: " + "; ".join(cells))
     print("medians of the rounds' p50s: " + "; ".join(f"{w} {statistics.median(v):.0f}" for w, v in p50s.items()))
+    print(f"a null system call {syscall_ns():.0f} ns (getppid); {mitigations()}")
 
 
 if __name__ == "__main__":
