@@ -7,14 +7,14 @@
 - ``charlm``: the real server (``python -m service``) and charlm's client, one-character requests.
 
 Each server runs in a process of its own. Each round takes every server in turn: ``--bursts`` bursts of
-``--calls`` calls started at once, each call's first message timed from its burst's start (p50 and p99 over
-the round), and the CPU a call of the server (all its threads, and its main thread, the event loop, apart)
-and of this client. What charlm's server spends beyond the shaped one is its own path to a first character
-(the servicer, the engine's hand-off to its step threads, the prompt's call); what the shaped server spends
-beyond the bare one is charlm.v1's messages. A burst's last first message comes about when the busier
-event loop has handled every call of it: "last p50" is the median over the bursts of that moment, and "slow
-bursts" counts those whose last first message came over twice as late. A p99 over all calls is set by the
-slowest 1%, which a single slow burst in a round can fill.
+``--calls`` calls started at once, each call's first message timed from its burst's start (p50 and p99 over the
+round), and the CPU a call of the server (all its threads; apart, its main thread, the event loop, and its system
+time, the kernel's part) and of this client. What charlm's server spends beyond the shaped one is its own path to
+a first character (the servicer, the engine's hand-off to its step threads, the prompt's call); what the shaped
+server spends beyond the bare one is charlm.v1's messages. A burst's last first message comes about when the
+busier event loop has handled every call of it: "last p50" is the median over the bursts of that moment, and "slow
+bursts" counts those whose last first message came over twice as late. A p99 over all calls is set by the slowest
+1%, which a single slow burst in a round can fill.
 
     python -m bench.calls --calls 64 --bursts 30 --rounds 3
     python -m bench.calls --server-cwd ../before   # and another checkout's server beside it, as "other"
@@ -39,7 +39,7 @@ import grpc
 from charlm.v1 import charlm_pb2 as pb
 from charlm.v1 import charlm_pb2_grpc
 
-from bench.server_proc import ServerError, ServerProcess, proc_cpu_seconds
+from bench.server_proc import ServerError, ServerProcess, proc_cpu_seconds, proc_times
 from bench.transport import METHOD, child_server, serve_in_child
 from client.aio import AsyncClient
 from client.loadgen import percentile
@@ -58,6 +58,7 @@ class Round:
     last_p50_ms: float  # each burst's last first message, from its start: the median over the bursts
     slow_bursts: int  # bursts whose last first message came over twice that median after their start
     server_us: float  # the server's CPU a call, all its threads
+    kernel_us: float  # of it, in the kernel (system time: gRPC's system calls, the loopback TCP stack)
     loop_us: float  # of it, the main thread's (the event loop: gRPC and the servicer)
     client_us: float  # this process's CPU a call
     answered: int  # calls that got a first message
@@ -101,7 +102,7 @@ async def _burst(call: Call, calls: int) -> list[float]:
 async def _round(kind: str, call: Call, pid: int, calls: int, bursts: int) -> Round:
     """``bursts`` bursts of ``calls`` calls against one server, with its CPU and ours around them."""
     proc, main = Path(f"/proc/{pid}/stat"), Path(f"/proc/{pid}/task/{pid}/stat")
-    server0, loop0, client0 = proc_cpu_seconds(proc), proc_cpu_seconds(main), time.process_time()
+    server0, loop0, client0 = proc_times(proc), proc_cpu_seconds(main), time.process_time()
     firsts: list[float] = []
     lasts: list[float] = []  # (a p99 over all calls is set by the few slowest bursts: these say how few)
     for _ in range(bursts):
@@ -109,12 +110,13 @@ async def _round(kind: str, call: Call, pid: int, calls: int, bursts: int) -> Ro
         firsts += burst
         lasts += [max(burst)] if burst else []
     n = calls * bursts / 1e6
-    server, loop = proc_cpu_seconds(proc) - server0, proc_cpu_seconds(main) - loop0
+    server1, loop = proc_times(proc), proc_cpu_seconds(main) - loop0
+    user, kernel = server1[0] - server0[0], server1[1] - server0[1]
     firsts.sort()
     last = statistics.median(lasts) if lasts else math.nan
     return Round(kind, percentile(firsts, 50) * 1e3, percentile(firsts, 99) * 1e3, last * 1e3,
-                 sum(x > 2 * last for x in lasts), server / n, loop / n, (time.process_time() - client0) / n,
-                 len(firsts))  # fmt: skip
+                 sum(x > 2 * last for x in lasts), (user + kernel) / n, kernel / n, loop / n,
+                 (time.process_time() - client0) / n, len(firsts))  # fmt: skip
 
 
 async def measure(targets: dict[str, tuple[str, int]], calls: int, bursts: int, rounds: int) -> list[list[Round]]:
@@ -137,8 +139,8 @@ def table(results: list[list[Round]], calls: int, bursts: int) -> str:
     """Each server's medians over the rounds."""
     lines = [f"{calls} calls at once, {bursts} bursts a round, {len(results)} rounds alternated (medians of the "
              "rounds); first message from the burst's start; CPU a call",
-             "server   first p50 ms  first p99 ms  last p50 ms  slow bursts  server µs (event loop)  client µs  "
-             "answered"]  # fmt: skip
+             "server   first p50 ms  first p99 ms  last p50 ms  slow bursts  server µs (event loop)  kernel µs  "
+             "client µs  answered"]  # fmt: skip
     for i, kind in enumerate(r.kind for r in results[0]):
         rows = [r[i] for r in results]
 
@@ -147,7 +149,8 @@ def table(results: list[list[Round]], calls: int, bursts: int) -> str:
 
         lines.append(f"{kind:8s} {med('first_p50_ms'):12.2f} {med('first_p99_ms'):13.2f} "
                      f"{med('last_p50_ms'):12.2f} {sum(r.slow_bursts for r in rows):12d} "
-                     f"{med('server_us'):10.0f} ({med('loop_us'):4.0f}) {med('client_us'):16.0f} "
+                     f"{med('server_us'):10.0f} ({med('loop_us'):4.0f}) {med('kernel_us'):16.0f} "
+                     f"{med('client_us'):10.0f} "
                      f"{sum(r.answered for r in rows):6d}/{calls * bursts * len(rows)}")  # fmt: skip
     return "\n".join(lines)
 

@@ -249,5 +249,11 @@ def host_seconds() -> tuple[float, float]:
 
 def proc_cpu_seconds(stat: Path) -> float:
     """utime + stime of a /proc stat file, in seconds."""
+    return sum(proc_times(stat))
+
+
+def proc_times(stat: Path) -> tuple[float, float]:
+    """(utime, stime) of a /proc stat file, in seconds: the CPU in the process's own code and in the kernel."""
     fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick

@@ -164,6 +164,7 @@ def test_bursts_of_calls_are_answered_by_the_bare_the_shaped_and_the_real_server
         assert 0 < r["first_p50_ms"] <= r["first_p99_ms"] and r["first_p50_ms"] <= r["last_p50_ms"]
         assert r["slow_bursts"] == 0  # of 2 bursts neither can come over twice their median (their mean)
         assert r["server_us"] >= 0 and r["loop_us"] >= 0 and r["client_us"] > 0
+        assert 0 <= r["kernel_us"] <= r["server_us"]  # the system time is a part of the server's CPU
 
 
 @pytest.mark.timeout(120)
