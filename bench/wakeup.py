@@ -20,7 +20,7 @@ import os
 import signal
 import statistics
 import time
-from collections.abc import Callable
+import timeit
 from pathlib import Path
 
 from client.loadgen import percentile
@@ -96,16 +96,10 @@ def idle_settings() -> str:
     return ", ".join(found) or "no cpuidle driver or haltpoll found"
 
 
-def _loop_s(fn: Callable[[], object], n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return time.perf_counter() - start
-
-
 def syscall_ns(calls: int = 200_000) -> float:
     """ns of a null system call: ``os.getppid()`` less ``int()``, a call of the same Python cost; best of 5."""
-    return min(_loop_s(os.getppid, calls) - _loop_s(int, calls) for _ in range(5)) / calls * 1e9
+    best = min(timeit.timeit(os.getppid, number=calls) - timeit.timeit(int, number=calls) for _ in range(5))
+    return best / calls * 1e9
 
 
 def mitigations() -> str:
