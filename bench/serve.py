@@ -6,10 +6,11 @@ the same batch size measured right after it, so that served ÷ engine is a side-
 server's /metrics how much of the load its lanes spent in decode calls and how fast those were. Then the
 no-batching baselines (onnxruntime and PyTorch eager, one stream per call) at 64 streams, the 1-stream
 time to first character for a 16-character prompt (beside its floor: the raw prefill call, and a bare
-grpc.aio call whose handler works as long), the cost of one streamed message, a 2,000-character
-prompt's first character against the raw prefill, many short requests (64 streams each making 20
-one-character requests in turn: requests/s and the server's CPU per request), and the 256-stream soak
-(errors, server RSS after warm-up). Ends with every target of the performance issue, met or not.
+grpc.aio call whose handler works as long; and what a null system call costs then), the cost of one
+streamed message, a 2,000-character prompt's first character against the raw prefill, many short requests
+(64 streams each making 20 one-character requests in turn: requests/s and the server's CPU per request),
+and the 256-stream soak (errors, server RSS after warm-up). Ends with every target of the performance
+issue, met or not.
 
 Example:
     python -m bench.serve                      # everything (about 2 minutes on 2 cores)
@@ -38,6 +39,7 @@ from bench.serve_runs import PROMPT16, Level, fit_prompt, long_prompt, run_level
 from bench.server_proc import ServerError, ServerProcess
 from bench.soak import Soak, soak
 from bench.transport import echo_server, message_us
+from bench.wakeup import syscall_ns
 from client.loadgen import run_load
 from client.sync import Client
 from service.artifact import ArtifactError, load_artifact
@@ -121,6 +123,8 @@ async def _served(a: argparse.Namespace, server: ServerProcess, engines: dict[st
         levels.append(await run_level(server, engines, model, n, a.chars, prompt, a.channels, a.repeats, paired))
     out["levels"] = levels
     if prefill_runtime is not None:
+        # what a null system call costs right now: on these VMs the floor moves with it from hour to hour
+        out["syscall_ns"] = syscall_ns()
         with echo_server() as echo:
             floor = runs.Floor(echo, runs.prefill_call(prefill_runtime, prompt))
             t = await ttfc_probe(server.target, model, prompt, a.ttfc_repeats, floor=floor)

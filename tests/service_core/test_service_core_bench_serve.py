@@ -95,6 +95,8 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
     assert out["ttfc16_floor"]["p50"] >= out["ttfc16_prefill"]["p50"] - 0.001
     ttfc = next(t["figure"] for t in out["targets"] if t["target"].startswith("1 stream: TTFC"))
     assert "charlm adds" in ttfc
+    # the null system call's cost, measured before the probe, is in the JSON and the floor's figure
+    assert 0 < out["syscall_ns"] < 1e6 and f"a null system call {out['syscall_ns']:.0f} ns then" in ttfc
     short = out["short"]  # 3 streams of 2 one-character requests each
     assert short["completed"] == 6 == short["total_chars"] and short["requests_per_s"] > 0 and not short["errors"]
     assert out["short_server_cpu_s"] >= 0  # (/proc counts in clock ticks: six tiny requests may read as 0)
