@@ -123,7 +123,8 @@ async def _served(a: argparse.Namespace, server: ServerProcess, engines: dict[st
         levels.append(await run_level(server, engines, model, n, a.chars, prompt, a.channels, a.repeats, paired))
     out["levels"] = levels
     if prefill_runtime is not None:
-        # what a null system call costs right now: on these VMs the floor moves with it from hour to hour
+        # what a null system call costs now: it marks the hour's kernel, with which the floor moved from hour to
+        # hour; within an hour the floor follows the probe's own prefill call (docs/performance.md, table 1)
         out["syscall_ns"] = syscall_ns()
         with echo_server() as echo:
             floor = runs.Floor(echo, runs.prefill_call(prefill_runtime, prompt))
