@@ -73,25 +73,28 @@ class ServerProcess:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise ServerError(f"the server exited with status {self._proc.returncode}:\n{self.log_text()}")
+                text = self.log_text()
+                self.stop()  # (removes the log: the error carries it)
+                raise ServerError(f"the server exited with status {self._proc.returncode}:\n{text}")
             for line in self.log_text().splitlines():
                 port, metrics_port = _ports_of(line)
                 if port:
                     self.port, self.metrics_port = port, metrics_port
                     return self
             time.sleep(0.05)
+        text = self.log_text()
         self.stop()
-        raise ServerError(f"the server did not start within {self.start_timeout:g}s:\n{self.log_text()}")
+        raise ServerError(f"the server did not start within {self.start_timeout:g}s:\n{text}")
 
     def lane_plan(self) -> str:
         """What the server's engines measured at start (service/tuning.py), as its log put it: "all threads from
         16 rows, lane fill 4" per model ("; " between models), or "" where nothing was measured."""
-        plans = []
-        for line in self.log_text().splitlines():
-            msg = _record(line).get("msg")
-            if isinstance(msg, str) and "lanes measured in" in msg:
-                plans.append(msg.split(": ", 2)[-1])
-        return "; ".join(plans)
+        return "; ".join(str(r["msg"]).split(": ", 2)[-1] for r in self.lane_records())
+
+    def lane_records(self) -> list[dict[str, Any]]:
+        """The log records of what the server's engines measured at start (service/tuning.py), one per model."""
+        records = (_record(line) for line in self.log_text().splitlines())
+        return [r for r in records if "lanes measured in" in str(r.get("msg", ""))]
 
     def log_text(self) -> str:
         """Everything the server logged so far."""

@@ -26,7 +26,7 @@ from service.runtime import Runtime
 from service.sampling import validate
 from service.scheduler import Scheduler
 from service.stream import Stream
-from service.tuning import LanePlan, describe, measure, plan
+from service.tuning import LanePlan, describe, measure_looks, plan
 from service.types import Chunk, EngineObserver, FeedResult, Finish, GenerateParams, SeqState
 from service.vocab import Vocab
 
@@ -115,12 +115,13 @@ class Engine:
         if one_way or self.runtime.provider != "cpu" or self.runtime.device_batch:  # (device: whole batch a call)
             return LanePlan(1, LANE_FILL)
         start = time.perf_counter()
-        timings = measure(lambda i, rows, alone: self.lanes[i].prepared_call(rows, alone), len(self.lanes),
-                          self.runtime.threads, self.config.max_batch)  # fmt: skip
+        first, timings = measure_looks(lambda i, rows, alone: self.lanes[i].prepared_call(rows, alone),
+                                       len(self.lanes), self.runtime.threads, self.config.max_batch)  # fmt: skip
         picked = plan(timings, LANE_FILL)
-        log.info("%s: lanes measured in %.2f s: all threads from %d rows, lane fill %d", self.model,
-                 time.perf_counter() - start, picked.all_threads_rows, picked.lane_fill,
-                 extra={"timings_us": describe(timings)})
+        log.info("%s: lanes measured in %.2f s: all threads from %d rows, lane fill %d (first look: %d)",
+                 self.model, time.perf_counter() - start, picked.all_threads_rows, picked.lane_fill,
+                 plan(first, LANE_FILL).lane_fill, extra={"timings_us": describe(timings),
+                                                          "first_look_us": describe(first)})  # fmt: skip
         return picked
 
     async def close(self) -> None:

@@ -12,7 +12,9 @@ Two choices of service/lane.py depend on the machine more than on the model:
 
 So the engine times its own prepared decode calls (``measure``: ~0.85 s for the shipped model on 2 cores,
 ~0.4 s for a tiny one, before it serves) and picks (``plan``); ``--all-threads-rows`` and ``--lane-fill`` set
-either choice instead.
+either choice instead. A busy moment slows two lanes side by side more than one lane alone (they need both
+cores), so it can only hide a smaller lane fill: the row counts that did not step faster spread are timed
+again (``measure_looks``), and each kind's fastest of every look counts.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ MIN_CALLS = 3  # calls per timing, at least (the fastest of ROUNDS timings count
 # starts on a 2-core VM picked a lane fill of 4, 8 or 16 rather than 2 (with 8: 10-17% fewer chars/s at 8 and 16
 # streams), and 0 of 20 with 6 rounds, alternated (docs/performance.md).
 ROUNDS = 6
+# Looks in all at the row counts a busy moment may have left unsettled. On a 2-vCPU AMD EPYC VM, the first look of
+# 12 of 50 starts picked a lane fill above 2 (8 or 16 in 5), and 7 kept one (8 or 16 in 2) after up to 3 looks
+# (docs/performance.md, "The lane plan's later looks").
+LOOKS = 3
 SPLIT_MARGIN = 0.9  # spreading n rows over two lanes must take under this share of one lane's time
 Call = Callable[[], None]
 
@@ -63,9 +69,38 @@ def plan(timings: Sequence[Timing], lane_fill: int) -> LanePlan:
             break
         rows = t.rows
     for t in timings:
-        if t.split is not None and t.split < SPLIT_MARGIN * min(t.all_threads, t.own_thread):
+        if spreads(t):
             return LanePlan(rows, max(1, t.rows // 2))
     return LanePlan(rows, lane_fill)
+
+
+def spreads(t: Timing) -> bool:
+    """Whether ``t.rows`` rows stepped faster spread over two lanes than in one, by ``SPLIT_MARGIN``."""
+    return t.split is not None and t.split < SPLIT_MARGIN * min(t.all_threads, t.own_thread)
+
+
+def unsettled(timings: Sequence[Timing]) -> list[int]:
+    """The row counts timed spread that stepped no faster so, below the fewest that did: where a busy moment,
+    which slows two lanes side by side more than one lane alone, may have hidden a smaller lane fill."""
+    rows = []
+    for t in timings:
+        if spreads(t):
+            break
+        if t.split is not None:
+            rows.append(t.rows)
+    return rows
+
+
+def fastest(first: Sequence[Timing], again: Sequence[Timing]) -> list[Timing]:
+    """``first``, each kind of call at the faster of its two times where ``again`` timed its rows too."""
+    seen = {t.rows: t for t in again}
+    out = []
+    for t in first:
+        u = seen.get(t.rows)
+        split = None if t.split is None or u is None or u.split is None else min(t.split, u.split)
+        out.append(t if u is None else Timing(t.rows, min(t.all_threads, u.all_threads),
+                                              min(t.own_thread, u.own_thread), split))  # fmt: skip
+    return out
 
 
 def describe(timings: Sequence[Timing]) -> str:
@@ -128,13 +163,26 @@ def call_times(calls: Sequence[Call], seconds: float, min_calls: int = MIN_CALLS
     return times
 
 
+def measure_looks(prepared: Callable[[int, int, bool], Call], lanes: int, threads: int, max_rows: int,
+                  seconds: float = 0.002, looks: int = LOOKS) -> tuple[list[Timing], list[Timing]]:  # fmt: skip
+    """``measure``, then its ``unsettled`` row counts measured again, up to ``looks`` looks in all or until none
+    are left: the first look's timings, and each kind's fastest of every look."""
+    first = best = measure(prepared, lanes, threads, max_rows, seconds)
+    for _ in range(looks - 1):
+        again = unsettled(best)
+        if not again:
+            break
+        best = fastest(best, measure(prepared, lanes, threads, max_rows, seconds, again))
+    return first, best
+
+
 def measure(prepared: Callable[[int, int, bool], Call], lanes: int, threads: int, max_rows: int,
-            seconds: float = 0.002) -> list[Timing]:  # fmt: skip
-    """Timings of the prepared calls at ``ROWS`` up to ``max_rows``. ``prepared(lane, rows, alone)``: lane
+            seconds: float = 0.002, rows_timed: Sequence[int] = ROWS) -> list[Timing]:  # fmt: skip
+    """Timings of the prepared calls at ``rows_timed`` up to ``max_rows``. ``prepared(lane, rows, alone)``: lane
     ``lane``'s call of ``rows`` rows on all (``threads``) threads (``alone``) or on its own thread; with one
     thread in all, the two are one kind of call, timed once."""
     timings = []
-    for rows in (r for r in ROWS if r <= max_rows):
+    for rows in (r for r in rows_timed if r <= max_rows):
         kinds: dict[str, Callable[[], float]] = {"own": partial(per_call, prepared(0, rows, False), seconds)}
         if threads > 1:
             kinds["all"] = partial(per_call, prepared(0, rows, True), seconds)

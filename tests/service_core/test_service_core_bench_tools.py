@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -75,9 +76,13 @@ def test_every_configuration_is_measured_every_round(model_repo: Path, capsys: p
     assert "(defaults)" in capsys.readouterr().out
 
 
-def test_a_configuration_the_server_refuses_is_an_error(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_configuration_the_server_refuses_is_an_error(
+        model_repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # (where the server's log goes)
     assert latency_ab(["--model", str(model_repo / "tiny-gru" / "1"), "--config", "--steps-wait-ms -1"]) == 2
     assert "steps_wait_ms: must be >= 0" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())  # the log went with the error that carried it
 
 
 @pytest.mark.timeout(120)

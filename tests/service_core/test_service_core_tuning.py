@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 
 import pytest
 from fixtures.service_core import EngineFactory, RecordingObserver, collect
 
 from service.batch import DecodeBatch
-from service.tuning import SPLIT_MARGIN, Timing, call_times, plan, side_by_side
+from service.tuning import SPLIT_MARGIN, Timing, call_times, fastest, measure_looks, plan, side_by_side, unsettled
 from service.types import GenerateParams, Sampling
 
 
@@ -47,6 +48,49 @@ def test_spreading_must_win_by_the_margin() -> None:
     just_under = [None, 0.9 * SPLIT_MARGIN * 1.001, None]
     assert plan(timings([1.0, 1.0, 1.0], [0.9, 0.9, 0.9], just_under), lane_fill=16).lane_fill == 16
     assert plan(timings([1.0, 1.0, 1.0], [0.9, 0.9, 0.9], [None, 0.8, None]), lane_fill=16).lane_fill == 1
+
+
+def test_unsettled_rows_are_those_spread_below_the_fewest_that_stepped_faster_spread() -> None:
+    own = [0.8, 0.9, 1.0, 2.0, 3.2, 6.3]
+    assert unsettled(timings([1.4] * 6, own, [None, 0.95, 1.6, 1.1, 2.0, 3.5])) == [2, 4]
+    assert unsettled(timings([1.4] * 6, own, [None, 0.5, 0.5, 1.0, 1.6, 3.5])) == []  # from 2 rows: settled
+    assert unsettled(timings([1.4] * 6, own, [None, 0.95, 1.6, 3.0, 5.0, 7.0])) == [2, 4, 8, 16, 32]
+    assert unsettled(timings([1.4] * 3, own[:3], [None] * 3)) == []  # one lane: nothing was spread
+
+
+def test_fastest_takes_each_kinds_faster_time_where_both_looks_timed_the_rows() -> None:
+    first = timings([1.0, 2.0, 4.0], [1.5, 2.5, 4.5], [None, 2.4, 4.0])
+    assert fastest(first, [Timing(2, 2.2, 2.1, 1.2)]) == [first[0], Timing(2, 2.0, 2.1, 1.2), first[2]]
+
+
+def sleeping_calls(busy_spread_calls: int) -> tuple[Callable[[int, int, bool], partial[None]], list[int]]:
+    """Prepared calls that sleep 0.5 ms a row, and the rows of each second lane's call asked for: its first
+    ``busy_spread_calls`` take twice as long (another process on a core, as two lanes side by side meet it)."""
+    spread: list[int] = []
+
+    def prepared(lane: int, rows: int, alone: bool) -> partial[None]:
+        if lane == 1:
+            spread.append(rows)
+        busy = lane == 1 and len(spread) <= busy_spread_calls
+        return partial(time.sleep, 0.0005 * rows * (2 if busy else 1))
+
+    return prepared, spread
+
+
+@pytest.mark.parametrize(("busy_looks", "looks", "fill"), [(1, 3, 1), (2, 3, 1), (3, 3, 16), (2, 2, 16)])
+def test_a_later_look_finds_the_lane_fill_a_busy_moment_hid(busy_looks: int, looks: int, fill: int) -> None:
+    prepared, spread = sleeping_calls(busy_spread_calls=2 * busy_looks)  # a look spreads 2 and 4 rows
+    first, best = measure_looks(prepared, lanes=2, threads=1, max_rows=4, looks=looks)
+    assert plan(first, lane_fill=16).lane_fill == 16  # busy: spreading looked no faster
+    assert plan(best, lane_fill=16).lane_fill == fill  # calm (within ``looks``): 2 rows stepped faster spread
+    assert spread == [1, 2] * min(looks, busy_looks + 1)  # the unsettled 2 and 4 rows timed again, and only they
+
+
+def test_no_second_look_where_the_fewest_rows_spread_already_stepped_faster() -> None:
+    prepared, spread = sleeping_calls(busy_spread_calls=0)
+    first, best = measure_looks(prepared, lanes=2, threads=1, max_rows=4)
+    assert best == first and plan(first, lane_fill=16).lane_fill == 1
+    assert spread == [1, 2]
 
 
 def test_side_by_side_makes_each_call_on_a_thread_of_its_own_at_least_min_calls_times() -> None:
@@ -87,6 +131,8 @@ async def test_an_engine_measures_what_its_config_leaves_to_be_measured(
     assert observer.lane_plans == [(2, measured.config.all_threads_rows, measured.config.lane_fill)]
     line = next(r for r in caplog.records if "lanes measured" in r.getMessage())
     assert vars(line)["timings_us"].startswith("1:")  # every timed row count, for the operator
+    assert vars(line)["first_look_us"].startswith("1:")  # and the first look's, where a second changed them
+    assert f"lane fill {measured.config.lane_fill} (first look: " in line.getMessage()
     caplog.clear()
     fixed_observer = RecordingObserver()
     fixed = make_engine("lstm", fixed_observer, lanes=2, lane_fill=3, all_threads_rows=5)

@@ -1,0 +1,44 @@
+"""bench/lane_plan.py: the lane plans real server starts pick, each start's first look beside the plan it kept."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.lane_plan import Start, main, parse, summary
+
+
+def test_a_starts_log_record_gives_both_picks() -> None:
+    msg = "tiny-lstm:1: lanes measured in 0.41 s: all threads from 32 rows, lane fill 2 (first look: 8)"
+    start = parse({"msg": msg, "timings_us": "1:70/60/-"}, busy=True)
+    assert start == Start(True, 0.41, 32, 2, 8, "1:70/60/-")
+    with pytest.raises(ValueError, match="first look"):  # a server from before the later looks
+        parse({"msg": "tiny-lstm:1: lanes measured in 0.41 s: all threads from 32 rows, lane fill 2"}, busy=False)
+
+
+def test_the_summary_counts_the_fills_of_the_starts_with_and_without_the_burner() -> None:
+    starts = [Start(False, 1.0, 32, 2, 8, ""), Start(False, 1.2, 32, 2, 2, ""), Start(True, 0.9, 16, 4, 4, "")]
+    quiet, busy = summary(starts)
+    assert quiet.startswith("without the burner, 2 starts: lane fill at the first look {2: 1, 8: 1}, kept {2: 2}")
+    assert "later looks changed 1" in quiet and "1.00-1.20 s" in quiet
+    assert busy.startswith("with the burner, 1 starts: lane fill at the first look {4: 1}, kept {4: 1}")
+
+
+def test_real_starts_keep_a_lane_fill_no_larger_than_their_first_looks(
+        model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    # (later looks time again only the rows below the fewest that stepped faster spread: the fill cannot grow)
+    assert main(["--model", str(model_repo / "tiny-lstm" / "1"), "--starts", "2", "--busy-ms", "20",
+                 "--server-arg=--lanes=2"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    picks = re.findall(r"^start +\d+( \(burner\))?: lane fill (\d+) \(first look (\d+)\)", out, re.M)
+    assert [bool(b) for b, _, _ in picks] == [False, True]
+    assert all(1 <= int(kept) <= int(first) <= 16 for _, kept, first in picks)
+    assert "without the burner, 1 starts" in out and "with the burner, 1 starts" in out
+
+
+def test_a_server_that_measures_nothing_is_an_error(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--model", str(model_repo / "tiny-lstm" / "1"), "--starts", "1", "--server-arg=--lanes=1",
+                 "--server-arg=--intra-op-threads=1"]) == 2  # fmt: skip
+    assert "measured no lanes" in capsys.readouterr().out  # (one lane on one thread: nothing to choose)
