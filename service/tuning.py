@@ -34,7 +34,7 @@ MIN_CALLS = 3  # calls per timing, at least (the fastest of ROUNDS timings count
 ROUNDS = 6
 # Looks in all at the row counts a busy moment may have left unsettled. On a 2-vCPU AMD EPYC VM, the first look of
 # 12 of 50 starts picked a lane fill above 2 (8 or 16 in 5), and 7 kept one (8 or 16 in 2) after up to 3 looks
-# (docs/performance.md, "The lane plan's later looks").
+# (docs/performance-history.md, "The sixty-first pass").
 LOOKS = 3
 SPLIT_MARGIN = 0.9  # spreading n rows over two lanes must take under this share of one lane's time
 Call = Callable[[], None]
