@@ -10,7 +10,7 @@ Two choices of service/lane.py depend on the machine more than on the model:
   Spread, every step's Python runs once per lane instead of once; on the Xeon, 8 streams in one lane were
   served as fast as spread over two, on the EPYC 8 streams spread over two lanes were served 1.3x faster.
 
-So the engine times its own prepared decode calls (``measure``: ~0.85 s for the shipped model on 2 cores,
+So the engine times its own prepared decode calls (``measure``: ~0.85 s a look for the shipped model on 2 cores,
 ~0.4 s for a tiny one, before it serves) and picks (``plan``); ``--all-threads-rows`` and ``--lane-fill`` set
 either choice instead. A busy moment slows two lanes side by side more than one lane alone (they need both
 cores), so it can only hide a smaller lane fill: the row counts that did not step faster spread are timed
