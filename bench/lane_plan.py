@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.server_proc import ServerError, ServerProcess
+from service.artifact import ArtifactError, load_artifact
 
 PICK = re.compile(r"measured in ([\d.]+) s: all threads from (\d+) rows, lane fill (\d+) \(first look: (\d+)\)")
 
@@ -99,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every-ms", type=float, default=200.0, help="one burst this often")
     p.add_argument("--server-arg", action="append", default=[], help="one more server flag (repeatable)")
     a = p.parse_args(argv)  # fmt: skip
-    model = f"{a.model.parent.name}:{a.model.name}"
-    args = ["--default-model", model, *a.server_arg]
+    try:
+        info = load_artifact(a.model).info  # (the model's name and version as its artifact gives them)
+    except ArtifactError as e:
+        p.error(str(e))
+    args = ["--default-model", f"{info.name}:{info.version}", *a.server_arg]
     starts = []
     for i in range(a.starts):
         busy = (a.busy_ms / 1e3, a.every_ms / 1e3) if a.busy_ms and i % 2 else None

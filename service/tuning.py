@@ -97,9 +97,11 @@ def fastest(first: Sequence[Timing], again: Sequence[Timing]) -> list[Timing]:
     out = []
     for t in first:
         u = seen.get(t.rows)
-        split = None if t.split is None or u is None or u.split is None else min(t.split, u.split)
-        out.append(t if u is None else Timing(t.rows, min(t.all_threads, u.all_threads),
-                                              min(t.own_thread, u.own_thread), split))  # fmt: skip
+        if u is None:
+            out.append(t)
+            continue
+        split = None if t.split is None or u.split is None else min(t.split, u.split)
+        out.append(Timing(t.rows, min(t.all_threads, u.all_threads), min(t.own_thread, u.own_thread), split))
     return out
 
 

@@ -42,3 +42,9 @@ def test_a_server_that_measures_nothing_is_an_error(model_repo: Path, capsys: py
     assert main(["--model", str(model_repo / "tiny-lstm" / "1"), "--starts", "1", "--server-arg=--lanes=1",
                  "--server-arg=--intra-op-threads=1"]) == 2  # fmt: skip
     assert "measured no lanes" in capsys.readouterr().out  # (one lane on one thread: nothing to choose)
+
+
+def test_a_folder_that_holds_no_artifact_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tmp_path / "none" / "1"), "--starts", "1"])
+    assert e.value.code == 2
