@@ -23,6 +23,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+IDLE_LOOK = "lanes looked at again while idle"  # (service/idle_looks.py's log line)
+
 
 class ServerError(RuntimeError):
     """The server process did not start or died."""
@@ -87,14 +89,18 @@ class ServerProcess:
         raise ServerError(f"the server did not start within {self.start_timeout:g}s:\n{text}")
 
     def lane_plan(self) -> str:
-        """What the server's engines measured at start (service/tuning.py), as its log put it: "all threads from
-        16 rows, lane fill 4" per model ("; " between models), or "" where nothing was measured."""
-        return "; ".join(str(r["msg"]).split(": ", 2)[-1] for r in self.lane_records())
+        """What the server's engines measured, as its log put it: "all threads from 16 rows, lane fill 4 (first
+        look: 4)" per model at start, then "while idle: lane fill 2 (was 8)" per later look (service/idle_looks.py),
+        "; " between them; "" where nothing was measured."""
+        return "; ".join(("while idle: " if IDLE_LOOK in str(r["msg"]) else "") + str(r["msg"]).split(": ", 2)[-1]
+                         for r in self.lane_records(later=True))  # fmt: skip
 
-    def lane_records(self) -> list[dict[str, Any]]:
-        """The log records of what the server's engines measured at start (service/tuning.py), one per model."""
+    def lane_records(self, later: bool = False) -> list[dict[str, Any]]:
+        """The log records of what the server's engines measured at start (service/tuning.py), one per model;
+        ``later``: and of their later looks while idle."""
         records = (_record(line) for line in self.log_text().splitlines())
-        return [r for r in records if "lanes measured in" in str(r.get("msg", ""))]
+        return [r for r in records if "lanes measured in" in str(r.get("msg", ""))
+                or (later and IDLE_LOOK in str(r.get("msg", "")))]  # fmt: skip
 
     def log_text(self) -> str:
         """Everything the server logged so far."""

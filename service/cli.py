@@ -109,6 +109,8 @@ OPTIONS = [
            "(0 = one per core on CPU, 1 on CUDA)"),
     Option("--lane-fill", "engine.lane_fill", int, "streams a lane takes before the next lane gets any (0 = "
            "measured at start)"),
+    Option("--idle-looks", "engine.idle_looks", int, "where a measured lane fill above 2 may hide a lower one, "
+           "look again this many times at most, each after 2 s with no request (0 = never)"),
     Option("--all-threads-rows", "engine.all_threads_rows", int, "rows from which a lane stepping alone runs its "
            "decode calls on all of onnxruntime's threads, with fewer on its own thread (0 = measured at start)"),
     Option("--max-batch", "engine.max_batch", int, "most streams one step of a lane advances"),

@@ -61,9 +61,15 @@ class EngineConfig:
     # (docs/performance.md); a prompt arriving meanwhile waits for one call at most. 0 = the message budget
     # alone (one stream then runs one step per call).
     steps_wait_ms: float = 2.0
+    # Where a measured lane fill above 2 leaves row counts unsettled, looks at them again, at most this many,
+    # each once no request has come for idle_look_after_s seconds (service/idle_looks.py). 0 = never.
+    idle_looks: int = 5
+    idle_look_after_s: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("lanes", "lane_fill", "all_threads_rows"):
+        if not self.idle_look_after_s > 0:
+            raise ValueError(f"idle_look_after_s: must be > 0, got {self.idle_look_after_s}")
+        for name in ("lanes", "lane_fill", "all_threads_rows", "idle_looks"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         for name in ("max_batch", "prefill_chunk", "prefill_chars", "stream_buffer_chars"):

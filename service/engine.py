@@ -14,19 +14,21 @@ import secrets
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import replace
+from functools import cache, partial
 
 import numpy as np
 
 from service.config import EngineConfig
 from service.cores import available_cores, quota_cores
 from service.errors import InvalidArgument, Unavailable
+from service.idle_looks import IdleLooks
 from service.lane import Lane
 from service.prompts import LonePrompts, consume
 from service.runtime import Runtime
 from service.sampling import validate
 from service.scheduler import Scheduler
 from service.stream import Stream
-from service.tuning import LanePlan, describe, measure_looks, plan
+from service.tuning import LanePlan, describe, measure, measure_looks, plan
 from service.types import Chunk, EngineObserver, FeedResult, Finish, GenerateParams, SeqState
 from service.vocab import Vocab
 
@@ -64,6 +66,7 @@ class Engine:
         self._reading = 0
         self._running = False
         self._starting = asyncio.Lock()
+        self._looks: IdleLooks | None = None  # later looks at a measured lane plan, while idle
 
     @property
     def active_streams(self) -> int:
@@ -88,6 +91,8 @@ class Engine:
             for lane in self.lanes:  # (no request before then: see Lane.warmed)
                 await lane.warmed()
             self._running = True
+            if self._looks is not None:
+                self._looks.start()
 
     def _prepare(self) -> None:
         for i, lane in enumerate(self.lanes):  # the lanes share the decode sessions: one of them makes the calls
@@ -100,12 +105,16 @@ class Engine:
         cfg = self.config
         if not (cfg.all_threads_rows and cfg.lane_fill):
             picked = self._measured_plan()
-            self.config = replace(cfg, all_threads_rows=cfg.all_threads_rows or picked.all_threads_rows,
-                                  lane_fill=cfg.lane_fill or picked.lane_fill)
-            for lane in self.lanes:
-                lane.config = self.config
+            cfg = replace(cfg, all_threads_rows=cfg.all_threads_rows or picked.all_threads_rows,
+                          lane_fill=cfg.lane_fill or picked.lane_fill)
+        self._use(cfg)
+
+    def _use(self, cfg: EngineConfig) -> None:
+        """Serve by ``cfg`` from now on, and report its lane plan."""
+        self.config = cfg
+        for lane in self.lanes:
+            lane.config = cfg
         if self.observer is not None:  # (what was measured differs by machine: operators see it in /metrics)
-            cfg = self.config
             self.observer.lanes(self.model, len(self.lanes), cfg.all_threads_rows, cfg.lane_fill,
                                 self.runtime.decode_precision, self.runtime.prompt_precision)  # fmt: skip
 
@@ -115,9 +124,14 @@ class Engine:
         if one_way or self.runtime.provider != "cpu" or self.runtime.device_batch:  # (device: whole batch a call)
             return LanePlan(1, LANE_FILL)
         start = time.perf_counter()
-        first, timings = measure_looks(lambda i, rows, alone: self.lanes[i].prepared_call(rows, alone),
-                                       len(self.lanes), self.runtime.threads, self.config.max_batch)  # fmt: skip
-        picked = plan(timings, LANE_FILL)
+        prepared = cache(lambda i, rows, alone: self.lanes[i].prepared_call(rows, alone))  # (a later look binds none)
+        timed = partial(measure, prepared, len(self.lanes), self.runtime.threads, self.config.max_batch)
+        first, timings = measure_looks(prepared, len(self.lanes), self.runtime.threads, self.config.max_batch)
+        picked, cfg = plan(timings, LANE_FILL), self.config
+        if not cfg.lane_fill and cfg.idle_looks:
+            self._looks = IdleLooks(self.model, timings, timed, LANE_FILL, self._idle,
+                                    lambda fill: self._use(replace(self.config, lane_fill=fill)),
+                                    cfg.idle_looks, cfg.idle_look_after_s)  # fmt: skip
         log.info("%s: lanes measured in %.2f s: all threads from %d rows, lane fill %d (first look: %d)",
                  self.model, time.perf_counter() - start, picked.all_threads_rows, picked.lane_fill,
                  plan(first, LANE_FILL).lane_fill, extra={"timings_us": describe(timings),
@@ -128,6 +142,8 @@ class Engine:
         """Stop the step threads (after their current steps); requests still held end with Unavailable."""
         async with self._starting:
             self._running = False
+            if self._looks is not None:
+                await self._looks.close()
             for lane in self.lanes:
                 await lane.close(Unavailable(f"{self.model}: the engine is closed"))
 
@@ -144,6 +160,8 @@ class Engine:
         ``state`` ends advanced past the prompt and the output. Log-probabilities, when asked, are those of
         each sampled character under the model's raw softmax (temperature 1, before penalty and truncation).
         """
+        if self._looks is not None:
+            await self._looks.hold()
         s = self._submit(state, prompt, params, cancel)
         self._reading += 1
         try:
@@ -155,7 +173,7 @@ class Engine:
                 elif s.finished:
                     if s.error is not None:
                         raise s.error
-                    yield self._finish_of(s)
+                    yield s.finish_record()
                     return
                 elif s.paused:  # the reader caught up with a paused stream: back into the batch
                     s.paused = False
@@ -172,6 +190,8 @@ class Engine:
         """Advance ``state`` over ``text`` and score it: each character by the step that consumed the previous
         (``field`` names the text in errors)."""
         self._check_running()
+        if self._looks is not None:
+            await self._looks.hold()
         ids = self.vocab.encode_array(text, field)
         if not ids.size:
             return FeedResult()
@@ -268,21 +288,12 @@ class Engine:
                 return lane
         return min(self.lanes, key=lambda lane: lane.active)
 
+    def _idle(self) -> bool:
+        """Whether no request is held or being read."""
+        return self.active_streams == 0 and self._reading == 0 and self._feeds == 0
+
     def _check_running(self) -> None:
         """Refuse new work unless the step loop runs (before start, after close)."""
         if not self._running:
             raise Unavailable(f"{self.model}: the engine is not running")
-
-    def _finish_of(self, s: Stream) -> Finish:
-        """The Finish record of a done stream."""
-        end = s.t_end if s.t_end is not None else time.perf_counter()
-        return Finish(
-            reason=s.finish_reason or "cancelled",
-            stop_sequence=s.stop_sequence,
-            prompt_chars=s.prompt_chars,
-            generated_chars=s.generated,
-            time_to_first_char_ms=(s.t_first - s.t0) * 1e3 if s.t_first is not None else 0.0,
-            total_ms=(end - s.t0) * 1e3,
-            seed=s.state.seed or 0,
-        )
 

@@ -144,7 +144,8 @@ class Metrics:
 
     def lanes(self, model: str, lanes: int, all_threads_rows: int, lane_fill: int, precision: str,
               prompt_precision: str) -> None:  # fmt: skip
-        """The engine's lanes, how it shares streams among them and its precisions (set once, at start)."""
+        """The engine's lanes, how it shares streams among them and its precisions (set at start; the lane fill
+        again where a later look while idle lowers it)."""
         plan = (("lanes", lanes), ("all_threads_rows", all_threads_rows), ("lane_fill", lane_fill),
                 ("decode_int8", int(precision == "int8")),
                 ("prompt_int8", int(prompt_precision == "int8")))  # fmt: skip

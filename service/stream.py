@@ -18,7 +18,7 @@ import numpy as np
 
 from service.logs import REQUEST_ID
 from service.sampling import BatchParams, by_head, draw_one, effective, log_softmax, sample
-from service.types import Chunk, FinishReason, GenerateParams, Sampling, SeqState
+from service.types import Chunk, Finish, FinishReason, GenerateParams, Sampling, SeqState
 
 Where = Literal["prefill", "ready", "batch", "moving", "paused", "done"]
 
@@ -252,6 +252,19 @@ class Stream:
             chunk = Chunk("".join(c.text for c in chunks), lps)
         self.taken += len(chunk.text)
         return chunk
+
+    def finish_record(self) -> Finish:
+        """The Finish record of a done stream."""
+        end = self.t_end if self.t_end is not None else time.perf_counter()
+        return Finish(
+            reason=self.finish_reason or "cancelled",
+            stop_sequence=self.stop_sequence,
+            prompt_chars=self.prompt_chars,
+            generated_chars=self.generated,
+            time_to_first_char_ms=(self.t_first - self.t0) * 1e3 if self.t_first is not None else 0.0,
+            total_ms=(end - self.t0) * 1e3,
+            seed=self.state.seed or 0,
+        )
 
     def _notify(self) -> None:
         w = self.waiter

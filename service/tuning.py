@@ -40,6 +40,10 @@ SPLIT_MARGIN = 0.9  # spreading n rows over two lanes must take under this share
 Call = Callable[[], None]
 
 
+class Interrupted(Exception):
+    """``measure`` was told to stop (a request came while it timed an idle engine's calls)."""
+
+
 @dataclass(frozen=True)
 class Timing:
     """Seconds per decode call of ``rows`` rows: one lane on all threads, one lane on its own thread, and
@@ -179,10 +183,12 @@ def measure_looks(prepared: Callable[[int, int, bool], Call], lanes: int, thread
 
 
 def measure(prepared: Callable[[int, int, bool], Call], lanes: int, threads: int, max_rows: int,
-            seconds: float = 0.002, rows_timed: Sequence[int] = ROWS) -> list[Timing]:  # fmt: skip
+            seconds: float = 0.002, rows_timed: Sequence[int] = ROWS,
+            stop: Callable[[], bool] | None = None) -> list[Timing]:  # fmt: skip
     """Timings of the prepared calls at ``rows_timed`` up to ``max_rows``. ``prepared(lane, rows, alone)``: lane
     ``lane``'s call of ``rows`` rows on all (``threads``) threads (``alone``) or on its own thread; with one
-    thread in all, the two are one kind of call, timed once."""
+    thread in all, the two are one kind of call, timed once. Raises Interrupted where ``stop()`` turns true
+    (asked before each timing, a few ms apart)."""
     timings = []
     for rows in (r for r in rows_timed if r <= max_rows):
         kinds: dict[str, Callable[[], float]] = {"own": partial(per_call, prepared(0, rows, False), seconds)}
@@ -193,6 +199,8 @@ def measure(prepared: Callable[[int, int, bool], Call], lanes: int, threads: int
         seen: dict[str, list[float]] = {k: [] for k in kinds}
         for _ in range(ROUNDS):  # alternated, so that the machine's drift meets every kind alike
             for k, f in kinds.items():
+                if stop is not None and stop():
+                    raise Interrupted
                 seen[k].append(f())
         best = {k: min(v) for k, v in seen.items()}
         timings.append(Timing(rows, best.get("all", best["own"]), best["own"], best.get("split")))

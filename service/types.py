@@ -159,4 +159,4 @@ class EngineObserver(Protocol):
     def lanes(self, model: str, lanes: int, all_threads_rows: int, lane_fill: int, precision: str,
               prompt_precision: str) -> None:  # fmt: skip
         """The engine's lanes and how it shares streams among them, as measured at start or set (EngineConfig),
-        and the precisions of its decode steps and prompt calls."""
+        and the precisions of its decode steps and prompt calls; again where a later look lowers the lane fill."""

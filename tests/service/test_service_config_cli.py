@@ -37,6 +37,7 @@ def test_flag_beats_env_beats_default() -> None:
         RuntimeConfig(device_batch="on", cuda_graphs=False)  # fmt: skip
     assert build_config([], {"CHARLM_DECODE_PRECISION": "INT8"}).runtime == RuntimeConfig(decode_precision="int8")
     assert c.engine.max_batch == 32 and c.engine.lanes == 3 and c.sessions.ttl_seconds == 1.5
+    assert build_config(["--idle-looks", "0"], {}).engine.idle_looks == 0 and c.engine.idle_looks == 5
     assert c.limits.max_chars == ServiceConfig().limits.max_chars  # untouched fields keep their defaults
 
 
@@ -46,6 +47,7 @@ def test_flag_beats_env_beats_default() -> None:
     (["--max-streams", "0"], {}, "max_streams"),
     ([], {"CHARLM_LANES": "-1"}, "lanes: must be >= 0"),
     (["--lane-fill", "-1"], {}, "lane_fill: must be >= 0"),
+    ([], {"CHARLM_IDLE_LOOKS": "-1"}, "idle_looks: must be >= 0"),
     ([], {"CHARLM_ALL_THREADS_ROWS": "-3"}, "all_threads_rows: must be >= 0"),
     ([], {"CHARLM_MALLOC_ARENAS": "-2"}, "malloc_arenas: must be >= 0"),
     ([], {"CHARLM_ACCEPT_SLOTS": "-1"}, "accept_slots: must be 0..1024"),

@@ -25,6 +25,15 @@ def test_the_summary_counts_the_fills_of_the_starts_with_and_without_the_burner(
     assert "later looks changed 1" in quiet and "1.00-1.20 s" in quiet
     assert busy.startswith("with the burner, 1 starts: lane fill at the first look {4: 1}, kept {4: 1}")
 
+    assert "looked again while idle in 0 starts (0 looks), lowering the fill in 0; served by {2: 2}" in quiet
+
+
+def test_the_summary_counts_the_looks_while_idle_and_the_fills_served_by() -> None:
+    starts = [Start(False, 1.0, 32, 16, 16, "", (16, 2)), Start(False, 1.2, 32, 8, 8, "", (8,)),
+              Start(False, 1.1, 32, 2, 2, "")]  # fmt: skip
+    assert [s.served_fill for s in starts] == [2, 8, 2]
+    (quiet,) = summary(starts)
+    assert "looked again while idle in 2 starts (3 looks), lowering the fill in 1; served by {2: 2, 8: 1}" in quiet
 
 def test_real_starts_keep_a_lane_fill_no_larger_than_their_first_looks(
         model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
@@ -36,6 +45,7 @@ def test_real_starts_keep_a_lane_fill_no_larger_than_their_first_looks(
     assert [bool(b) for b, _, _ in picks] == [False, True]
     assert all(1 <= int(kept) <= int(first) <= 16 for _, kept, first in picks)
     assert "without the burner, 1 starts" in out and "with the burner, 1 starts" in out
+    assert out.count("looked again while idle in ") == 2  # (--idle-s 0: whatever looks came before it stopped)
 
 
 def test_a_server_that_measures_nothing_is_an_error(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
