@@ -37,12 +37,12 @@ class Calls:
         time.sleep(self.per_row * rows * (2 if self.busy and lane == 1 else 1))
 
 
-def looks_over(calls: Calls, idle: list[bool], used: list[int], looks: int = 3) -> IdleLooks:
+def looks_over(calls: Calls, idle: list[bool], used: list[int], looks: int = 3, idle_s: float = IDLE_S) -> IdleLooks:
     """IdleLooks over ``calls``' two lanes, its first timings taken while busy (a lane fill of 16)."""
     timed = partial(measure, calls.prepared, 2, 1, 4)
     first = timed()
     assert plan(first, 16).lane_fill == 16
-    return IdleLooks("m", first, timed, 16, lambda: idle[0], used.append, looks, IDLE_S)
+    return IdleLooks("m", first, timed, 16, lambda: idle[0], used.append, looks, idle_s)
 
 
 async def test_a_look_while_idle_lowers_the_lane_fill_and_then_looks_no_more() -> None:
@@ -61,16 +61,16 @@ async def test_a_look_while_idle_lowers_the_lane_fill_and_then_looks_no_more() -
 
 async def test_no_look_while_busy_or_soon_after_a_request() -> None:
     calls, idle, used = Calls(), [False], []
-    looks = looks_over(calls, idle, used)
+    looks = looks_over(calls, idle, used, idle_s=0.5)  # (gaps between requests far shorter, on a busy machine too)
     calls.busy = False
     timed = calls.timed
     looks.start()
-    await asyncio.sleep(6 * IDLE_S)
+    await asyncio.sleep(1.2)
     assert calls.timed == timed  # streams held: no look
     idle[0] = True
-    for _ in range(8):  # a request every half idle_s: the engine is never idle long enough
+    for _ in range(12):  # a request every 0.1 s: the engine is never idle long enough
         await looks.hold()
-        await asyncio.sleep(IDLE_S / 2)
+        await asyncio.sleep(0.1)
     assert calls.timed == timed and looks.looks_left == 3
     await until(lambda: bool(used))  # requests stopped: it looks
     await looks.close()
