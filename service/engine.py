@@ -126,7 +126,7 @@ class Engine:
         start = time.perf_counter()
         prepared = cache(lambda i, rows, alone: self.lanes[i].prepared_call(rows, alone))  # (a later look binds none)
         timed = partial(measure, prepared, len(self.lanes), self.runtime.threads, self.config.max_batch)
-        first, timings = measure_looks(prepared, len(self.lanes), self.runtime.threads, self.config.max_batch)
+        first, timings = measure_looks(timed)
         picked, cfg = plan(timings, LANE_FILL), self.config
         if not cfg.lane_fill and cfg.idle_looks:
             self._looks = IdleLooks(self.model, timings, timed, LANE_FILL, self._idle,

@@ -18,12 +18,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from service.tuning import Interrupted, Timing, fastest, plan, unsettled
+from service.tuning import Interrupted, Timed, Timing, look_again, plan, unsettled
 
 log = logging.getLogger(__name__)
 FILL_KEPT = 2  # fills of 1 and 2 part on little (0.85-1.0x at 2 rows); above 2, spreading paid 10-17%
-# tuning.measure with all but these given: measure(rows_timed=rows, stop=stop) -> timings
-Measure = Callable[..., list[Timing]]
 
 
 class IdleLooks:
@@ -31,7 +29,7 @@ class IdleLooks:
     no request, at most ``looks`` times, until the lane fill they pick (``plan(timings, default_fill)``) is at
     most FILL_KEPT; ``use`` gets each lower fill."""
 
-    def __init__(self, model: str, timings: Sequence[Timing], measure: Measure, default_fill: int,
+    def __init__(self, model: str, timings: Sequence[Timing], measure: Timed, default_fill: int,
                  idle: Callable[[], bool], use: Callable[[int], None], looks: int, idle_s: float) -> None:  # fmt: skip
         self.model, self.timings, self.looks_left = model, list(timings), looks
         self.fill = plan(timings, default_fill).lane_fill
@@ -90,7 +88,7 @@ class IdleLooks:
         self._quiet.clear()  # (from here a request waits: the lanes' buffers are the look's)
         start = time.perf_counter()
         try:
-            again = await asyncio.to_thread(self._measure, rows_timed=rows, stop=lambda: self._stop)
+            timings = await asyncio.to_thread(look_again, self._measure, self.timings, lambda: self._stop)
         except Interrupted:
             log.debug("%s: a look at rows %s while idle was interrupted by a request", self.model, rows)
             return
@@ -101,7 +99,7 @@ class IdleLooks:
         finally:
             self._quiet.set()
         self.looks_left -= 1
-        self.timings = fastest(self.timings, again)
+        self.timings = timings
         fill = plan(self.timings, self._default_fill).lane_fill
         log.info("%s: lanes looked at again while idle in %.2f s (rows %s): lane fill %d (was %d)",
                  self.model, time.perf_counter() - start, rows, min(fill, self.fill), self.fill)  # fmt: skip

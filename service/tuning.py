@@ -169,17 +169,25 @@ def call_times(calls: Sequence[Call], seconds: float, min_calls: int = MIN_CALLS
     return times
 
 
-def measure_looks(prepared: Callable[[int, int, bool], Call], lanes: int, threads: int, max_rows: int,
-                  seconds: float = 0.002, looks: int = LOOKS) -> tuple[list[Timing], list[Timing]]:  # fmt: skip
-    """``measure``, then its ``unsettled`` row counts measured again, up to ``looks`` looks in all or until none
-    are left: the first look's timings, and each kind's fastest of every look."""
-    first = best = measure(prepared, lanes, threads, max_rows, seconds)
+# ``measure`` with its calls bound (partial(measure, prepared, lanes, threads, max_rows)): timed(rows_timed, stop)
+Timed = Callable[..., list[Timing]]
+
+
+def measure_looks(timed: Timed, looks: int = LOOKS) -> tuple[list[Timing], list[Timing]]:
+    """``timed()``, then ``look_again`` up to ``looks`` looks in all or until no row count is unsettled: the first
+    look's timings, and each kind's fastest of every look."""
+    first = best = timed()
     for _ in range(looks - 1):
-        again = unsettled(best)
-        if not again:
+        if not unsettled(best):
             break
-        best = fastest(best, measure(prepared, lanes, threads, max_rows, seconds, again))
+        best = look_again(timed, best)
     return first, best
+
+
+def look_again(timed: Timed, timings: Sequence[Timing], stop: Callable[[], bool] | None = None) -> list[Timing]:
+    """``timings``' ``unsettled`` row counts timed again, each kind at the faster of its two times (raises
+    Interrupted where ``stop()`` turns true)."""
+    return fastest(timings, timed(rows_timed=unsettled(timings), stop=stop))
 
 
 def measure(prepared: Callable[[int, int, bool], Call], lanes: int, threads: int, max_rows: int,

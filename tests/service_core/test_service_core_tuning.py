@@ -12,7 +12,17 @@ import pytest
 from fixtures.service_core import EngineFactory, RecordingObserver, collect
 
 from service.batch import DecodeBatch
-from service.tuning import SPLIT_MARGIN, Timing, call_times, fastest, measure_looks, plan, side_by_side, unsettled
+from service.tuning import (
+    SPLIT_MARGIN,
+    Timing,
+    call_times,
+    fastest,
+    measure,
+    measure_looks,
+    plan,
+    side_by_side,
+    unsettled,
+)
 from service.types import GenerateParams, Sampling
 
 
@@ -80,7 +90,7 @@ def sleeping_calls(busy_spread_calls: int) -> tuple[Callable[[int, int, bool], p
 @pytest.mark.parametrize(("busy_looks", "looks", "fill"), [(1, 3, 1), (2, 3, 1), (3, 3, 16), (2, 2, 16)])
 def test_a_later_look_finds_the_lane_fill_a_busy_moment_hid(busy_looks: int, looks: int, fill: int) -> None:
     prepared, spread = sleeping_calls(busy_spread_calls=2 * busy_looks)  # a look spreads 2 and 4 rows
-    first, best = measure_looks(prepared, lanes=2, threads=1, max_rows=4, looks=looks)
+    first, best = measure_looks(partial(measure, prepared, 2, 1, 4), looks=looks)
     assert plan(first, lane_fill=16).lane_fill == 16  # busy: spreading looked no faster
     assert plan(best, lane_fill=16).lane_fill == fill  # calm (within ``looks``): 2 rows stepped faster spread
     assert spread == [1, 2] * min(looks, busy_looks + 1)  # the unsettled 2 and 4 rows timed again, and only they
@@ -88,7 +98,7 @@ def test_a_later_look_finds_the_lane_fill_a_busy_moment_hid(busy_looks: int, loo
 
 def test_no_second_look_where_the_fewest_rows_spread_already_stepped_faster() -> None:
     prepared, spread = sleeping_calls(busy_spread_calls=0)
-    first, best = measure_looks(prepared, lanes=2, threads=1, max_rows=4)
+    first, best = measure_looks(partial(measure, prepared, 2, 1, 4))
     assert best == first and plan(first, lane_fill=16).lane_fill == 1
     assert spread == [1, 2]
 
