@@ -2,13 +2,15 @@
 
 The engine measures its lane plan before it serves (service/tuning.py). On a 2-vCPU VM a slow stretch of
 seconds can outlast the start's looks and leave a lane fill of 8 or 16 where 2 steps faster (2 of 50 starts in
-the sixty-first pass; docs/performance-history.md): 8 to 16 streams then served 10-17% slower until a restart.
+the sixty-first pass; docs/performance-history.md): 8 to 16 streams then served 10-17% slower until a restart
+(measured on 2026-12-01; the sixty-second pass's rounds on another VM moved by more than a fill does).
 So where the plan kept a fill above ``FILL_KEPT``, the row counts it left unsettled are timed again once the
 engine has been idle for a while, a look at a time, until a lower fill is found or the looks run out.
 
 A look times the lanes' own prepared decode calls, whose buffers the lanes use when they hold streams: a
-request that comes meanwhile first stops the look (within one timing, a few ms) and waits for it to end
-(``hold``); that look then counts for nothing.
+request that comes meanwhile first stops the look and waits for it to end (``hold``: within one timing, 3.9 ms
+at the median and 15.6 at most for the shipped model on 2 vCPUs with every row count unsettled); that look then
+counts for nothing.
 """
 
 from __future__ import annotations
