@@ -2,8 +2,9 @@
 
 The engine measures its lane plan before it serves (service/tuning.py). On a 2-vCPU VM a slow stretch of
 seconds can outlast the start's looks and leave a lane fill of 8 or 16 where 2 steps faster (2 of 50 starts in
-the sixty-first pass; docs/performance-history.md): 8 to 16 streams then served 10-17% slower until a restart
-(measured on 2026-12-01; the sixty-second pass's rounds on another VM moved by more than a fill does).
+the sixty-first pass; docs/performance-history.md): until a restart, the streams such a fill keeps in one lane are
+served slower (in process on that VM, 8 streams in one lane at 0.73-0.75x of their chars/s spread over two, 16 at
+0.60-0.64x; ``python -m bench.lane_fills``, the sixty-third pass).
 So where the plan kept a fill above ``FILL_KEPT``, the row counts it left unsettled are timed again once the
 engine has been idle for a while, a look at a time, until a lower fill is found or the looks run out.
 
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from service.tuning import Interrupted, Timed, Timing, look_again, plan, unsettled
 
 log = logging.getLogger(__name__)
-FILL_KEPT = 2  # fills of 1 and 2 part on little (0.85-1.0x at 2 rows); above 2, spreading paid 10-17%
+FILL_KEPT = 2  # 1 and 2 part on little (0.85-1.0x at 2 rows); above 2, a fill cost what one lane held 10-40%
 
 
 class IdleLooks:
