@@ -62,10 +62,10 @@ async def engine_rate(engine: Engine, streams: int, chars: int, prompt: str) -> 
 
 
 @contextlib.asynccontextmanager
-async def warm_engine(runtime: Runtime) -> AsyncIterator[tuple[Engine, str]]:
-    """The server's ``Engine`` over ``runtime`` (its default config), started and warmed up, and the 16-character
-    prompt in its vocabulary (PROMPT16 itself for the shipped model); closed after."""
-    engine = Engine(runtime, Vocab(runtime.vocabulary), EngineConfig(), runtime.model)
+async def warm_engine(runtime: Runtime, config: EngineConfig | None = None) -> AsyncIterator[tuple[Engine, str]]:
+    """The server's ``Engine`` over ``runtime`` (``config``, else its default config), started and warmed up, and
+    the 16-character prompt in its vocabulary (PROMPT16 itself for the shipped model); closed after."""
+    engine = Engine(runtime, Vocab(runtime.vocabulary), config or EngineConfig(), runtime.model)
     prompt = fit_prompt(PROMPT16, runtime.vocabulary, len(PROMPT16))
     await engine.start()
     try:

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.engine import parser
-from bench.engine_streams import engine_rate
-from bench.serve_runs import PROMPT16, fit_prompt
+from bench.engine_streams import engine_rate, warm_engine
 from service.artifact import load_artifact
 from service.engine import Engine, EngineConfig
 from service.runtime import Runtime, RuntimeConfig
@@ -79,17 +78,11 @@ async def run(model: Path, fills: list[int], levels: list[int], chars: int, roun
     probe = runtime()
     rows, fill = await measured_plan(probe)
     out = FillRuns(probe.model, fills, rows, fill, {n: {f: [] for f in fills} for n in levels})
-    prompt = fit_prompt(PROMPT16, probe.vocabulary, len(PROMPT16))
     async with contextlib.AsyncExitStack() as stack:
         engines = {}
         for f in fills:
-            rt = runtime()
-            engine = Engine(rt, Vocab(rt.vocabulary), EngineConfig(lane_fill=f, all_threads_rows=rows), rt.model)
-            await engine.start()
-            stack.push_async_callback(engine.close)
-            engines[f] = engine
-        for engine in engines.values():
-            await engine_rate(engine, 4, 100, prompt)  # warm-up
+            config = EngineConfig(lane_fill=f, all_threads_rows=rows)
+            engines[f], prompt = await stack.enter_async_context(warm_engine(runtime(), config))
         for r in range(rounds):
             order = fills[r % len(fills):] + fills[: r % len(fills)]
             for n in levels:

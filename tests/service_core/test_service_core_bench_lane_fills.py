@@ -19,8 +19,7 @@ def test_every_level_runs_at_every_fill_each_round_in_turned_order(model_repo: P
     real = lane_fills.engine_rate
 
     async def recording(engine: Engine, streams: int, chars: int, prompt: str) -> EngineRun:
-        if chars != 100:  # (not a warm-up)
-            calls.append((engine.config.lane_fill, engine.config.all_threads_rows, streams))
+        calls.append((engine.config.lane_fill, engine.config.all_threads_rows, streams))  # (warm-ups: not here)
         return await real(engine, streams, chars, prompt)
 
     monkeypatch.setattr(lane_fills, "engine_rate", recording)
