@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,8 +70,10 @@ async def measured_plan(runtime: Runtime) -> tuple[int, int]:
     return engine.config.all_threads_rows, engine.config.lane_fill
 
 
-async def run(model: Path, fills: list[int], levels: list[int], chars: int, rounds: int, threads: int) -> FillRuns:
-    """Every level at every fill, ``rounds`` times; the fills of a level run one after another."""
+async def run(model: Path, fills: list[int], levels: list[int], chars: int, rounds: int, threads: int,
+              progress: Callable[[str], None] | None = None) -> FillRuns:  # fmt: skip
+    """Every level at every fill, ``rounds`` times; the fills of a level run one after another (``progress`` gets a
+    line after each round)."""
     artifact = load_artifact(model)
 
     def runtime() -> Runtime:
@@ -88,6 +92,8 @@ async def run(model: Path, fills: list[int], levels: list[int], chars: int, roun
             for n in levels:
                 for f in order:
                     out.rates[n][f].append((await engine_rate(engines[f], n, chars, prompt)).chars_per_s)
+            if progress is not None:
+                progress(f"round {r + 1} of {rounds} done")
     return out
 
 
@@ -103,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     fills, levels = [int(x) for x in a.fills.split(",")], [int(x) for x in a.streams.split(",")]
     if len(set(fills)) != len(fills) or min(fills) < 1 or min(levels) < 1 or a.rounds < 1:
         p.error("--fills: distinct fills >= 1; --streams and --rounds >= 1")
-    print("\n".join(asyncio.run(run(a.model, fills, levels, a.chars, a.rounds, a.threads)).table()))
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)  # (the table alone on stdout)
+
+    runs = asyncio.run(run(a.model, fills, levels, a.chars, a.rounds, a.threads, progress))
+    print("\n".join(runs.table()))
     return 0
 
 

@@ -23,8 +23,10 @@ def test_every_level_runs_at_every_fill_each_round_in_turned_order(model_repo: P
         return await real(engine, streams, chars, prompt)
 
     monkeypatch.setattr(lane_fills, "engine_rate", recording)
+    rounds_done: list[str] = []
     runs = asyncio.run(lane_fills.run(model_repo / "tiny-gru" / "1", [1, 2, 4], [2, 3], chars=30, rounds=3,
-                                      threads=1))  # fmt: skip
+                                      threads=1, progress=rounds_done.append))  # fmt: skip
+    assert rounds_done == ["round 1 of 3 done", "round 2 of 3 done", "round 3 of 3 done"]
     assert {rows for _, rows, _ in calls} == {runs.all_threads_rows} and runs.measured_fill >= 1
     # round r: each level at every fill, the fills' order turned by r
     expected = [(f, n) for r in range(3) for n in (2, 3) for f in ([1, 2, 4] * 2)[r:r + 3]]
