@@ -26,6 +26,7 @@ import asyncio
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -190,6 +191,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     info = artifact.info
     model = f"{info.name}:{info.version}"
     res: dict[str, Any] = {"model": model, "shape": f"{info.architecture} {info.layers}x{info.hidden_size}",
+                           "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "nproc": os.cpu_count(), "load_avg": os.getloadavg(), "chars": a.chars,
                            "server_args": a.server_arg, "threads": a.threads,
                            "precision": runtime.decode_precision,

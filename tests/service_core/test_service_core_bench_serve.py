@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,8 @@ def test_quick_run_reports_every_part_as_json(model_repo: Path, capsys: pytest.C
     lanes = {"lanes", "8 steps, lanes", "16 steps, lanes"} if available_cores() > 1 else set()  # as the server's
     engines = {"spinning", "no spinning", "8 steps", "16 steps"} | lanes  # and each of its calls of several steps
     assert out["model"] == "tiny-lstm:1" and [lv["streams"] for lv in out["levels"]] == [1, 3]
+    started = datetime.strptime(out["started_utc"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert timedelta(0) <= datetime.now(UTC) - started < timedelta(minutes=3)  # when the run began
     assert out["lanes"].startswith("all threads from ") and ", lane fill " in out["lanes"]  # the server's log line
     for lv in out["levels"]:
         assert lv["served"]["total_chars"] == 30 * lv["streams"] and not lv["served"]["errors"]

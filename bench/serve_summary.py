@@ -1,0 +1,208 @@
+"""A pass's full runs of bench/serve.py summed up: how many met each target, the spread of their figures, and the
+rows of docs/performance.md's "The AVX2 EPYC, pass by pass" that they fill.
+
+Reads the files that ``python -m bench.serve --json-out F`` wrote (the full runs), and with ``--long`` those of
+its runs of 64 streams of 20,000 characters (``--streams 64 --chars 20000 --no-soak --no-baseline --no-probes
+--short-requests 0 --repeats 3 --json-out F``). A level's start and end (bench/timeline.py) and a bare call's CPU
+(bench/calls.py) come from their own benchmarks; their cells are left as ``?``.
+
+    python -m bench.serve_summary run*.json --long long*.json --label 64th [--table]
+
+``--table`` also prints each full run as a row of table 1 ("the latest full runs"), its first cell the run's start
+(HH:MM of ``started_utc``, in the files bench.serve writes since the sixty-fourth pass) or else the file's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+COUNTS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+# the targets of bench/serve_report.py, by a part of their names
+TARGETS = {"64 streams: served": "70%", "1 stream: TTFC": "TTFC", "1 stream: inter-char": "inter-char",
+           "streams for": "soak", "64 streams: batched": "batched", "-char prompt: first char": "prompt"}  # fmt: skip
+
+
+@dataclass
+class Run:
+    """What the summary reads of one run's JSON."""
+
+    ratio: float  # the 64-stream level's served / raw engine
+    pairs: list[float]  # its every (served, engine) pair's ratio
+    then: float  # served / raw engine while every stream streamed
+    engine: float  # the raw engine's chars/s at 64 rows
+    calls: float  # the served decode calls' µs a row-step over a raw lane's
+    met: dict[str, bool]  # by TARGETS' short names
+    ttfc: float = math.nan  # 1 stream's TTFC p50 (ms), its floor, the probe's raw prefill call, a null system call (ns)
+    floor: float = math.nan
+    prefill: float = math.nan
+    syscall: float = math.nan
+
+
+def read_run(data: dict[str, Any]) -> Run:
+    """One ``bench.serve --json-out`` file's figures; ValueError where it has no level of 64 streams."""
+    lv = next((lv for lv in data.get("levels", []) if lv["streams"] == 64), None)
+    if lv is None:
+        raise ValueError("no level of 64 streams")
+    engine = lv["engine"]["chars_per_s"]
+    run = Run(lv["ratio"], list(lv["ratios"]), lv["served"]["all_streaming_chars_per_s"] / engine, engine,
+              lv["call_us_per_char"] / lv["raw_lane_us_per_char"], judged(data))
+    if "ttfc16_floor" in data:
+        run.ttfc, run.floor = data["ttfc16"]["p50"], data["ttfc16_floor"]["p50"]
+        run.prefill, run.syscall = data["ttfc16_prefill"]["p50"], data.get("syscall_ns") or math.nan
+    return run
+
+
+def judged(data: dict[str, Any]) -> dict[str, bool]:
+    """Whether the run met each target it judged, by TARGETS' short names."""
+    return {short: bool(t["met"]) for t in data.get("targets", []) if t["met"] is not None
+            for key, short in TARGETS.items() if key in t["target"]}  # fmt: skip
+
+
+def down(x: float) -> int:
+    """A ratio in percent as bench.serve judges it: rounded down, so that 69.9% never reads as 70%."""
+    return math.floor(x * 100 + 1e-9)
+
+
+def span(xs: Sequence[float], fmt: str, unit: str = "") -> str:
+    """``lo-hi`` of ``xs``, each formatted with the format string ``fmt``, then ``unit``."""
+    lo, hi = fmt.format(min(xs)), fmt.format(max(xs))
+    return f"{lo}{unit}" if lo == hi else f"{lo}-{hi}{unit}"
+
+
+def spread(xs: Sequence[float], fmt: str, unit: str) -> str:
+    """The span of the values within 1.15x of the median, and those above it apart: a slow moment's, as the null
+    system call's 254-294 ns against 201-224 in the AVX2 EPYC's other runs."""
+    mid = statistics.median(xs)
+    usual, slow = [x for x in xs if x <= 1.15 * mid], [x for x in xs if x > 1.15 * mid]
+    if not slow:
+        return span(usual, fmt, unit)
+    times = "once" if len(slow) == 1 else f"in {COUNTS.get(len(slow), str(len(slow)))}"
+    return f"{span(usual, fmt, unit)} ({span(slow, fmt, '')} {times})"
+
+
+def correlation(xs: Sequence[float], ys: Sequence[float]) -> str:
+    """Pearson's correlation to two places, or ``-`` under three pairs or with a constant series."""
+    try:
+        return f"{statistics.correlation(xs, ys):.2f}" if len(xs) >= 3 else "-"
+    except statistics.StatisticsError:
+        return "-"
+
+
+@dataclass
+class Cells:
+    """The cells of a pass's two rows, and the lines that say more."""
+
+    throughput: list[str]  # of the first row (64 streams), those its runs fill, in order
+    first_char: list[str]  # of the second (the first character), the same
+    lines: list[str]
+
+
+def _full(full: Sequence[Run]) -> Cells:
+    n, met70 = len(full), sum(r.met.get("70%", False) for r in full)
+    then, engine = span([r.then * 100 for r in full], "{:.0f}", "%"), span([r.engine / 1e3 for r in full], "{:.0f}k")
+    lines = [f"64 streams >= 70%: {met70} of {n} ({', '.join(f'{down(r.ratio)}%' for r in full)}); the goal 85% "
+             f"in {sum(r.ratio >= 0.85 for r in full)}; while every stream streamed {then}; the raw engine at 64 "
+             f"rows {engine} chars/s; the served calls {span([r.calls for r in full], '{:.2f}', 'x')} a raw "
+             f"lane's time a row-step",
+             "met: " + ", ".join(f"{name} {sum(r.met.get(name, False) for r in full)} of {n}"
+                                 for name in TARGETS.values())]  # fmt: skip
+    return Cells([f"{met70} of {n}", span([down(r.ratio) for r in full], "{}", "%"), then, engine],
+                 [f"{sum(r.met.get('TTFC', False) for r in full)} of {n}"], lines)
+
+
+def _first_char(probed: Sequence[Run]) -> Cells:
+    if not probed:
+        return Cells([], ["-"] * 5, [])
+    floor = [r.floor for r in probed]
+    timed = [r.syscall for r in probed if not math.isnan(r.syscall)]
+    cells = [span([r.ttfc for r in probed], "{:.2f}", " ms"), span(floor, "{:.2f}", " ms"),
+             span([r.ttfc - r.floor for r in probed], "{:.2f}", " ms"),
+             correlation(floor, [r.prefill for r in probed]), spread(timed, "{:.0f}", " ns") if timed else "-"]
+    line = (f"TTFC p50: {', '.join(f'{r.ttfc:.2f}' for r in probed)} ms; floors {cells[1]}, charlm adds {cells[2]}; "
+            f"the floor's correlation with the raw prefill call {cells[3]}, with the null system call "
+            f"{correlation(floor, [r.syscall for r in probed])}; the null system call {cells[4]}")
+    return Cells([], cells, [line])
+
+
+def _long(long: Sequence[Run]) -> Cells:
+    if not long:
+        return Cells(["-", "-"], [], [])
+    pairs = span([p * 100 for r in long for p in r.pairs], "{:.0f}", "%")
+    cells = [f"{', '.join(f'{down(r.ratio)}%' for r in long)} ({pairs})", span([r.calls for r in long], "{:.2f}", "x")]
+    return Cells(cells, [], [f"64 streams x 20,000: {cells[0]}, the served calls {cells[1]} a raw lane's time"])
+
+
+def summary(full: Sequence[Run], long: Sequence[Run], label: str) -> str:
+    """The counts and spreads of ``full`` and ``long``, then the two table rows they fill (``?``: not measured by
+    bench.serve)."""
+    lines = [f"{len(full)} full runs, {len(long)} of 64 streams x 20,000 characters"]
+    probed = [r for r in full if not math.isnan(r.ttfc)]
+    lg, fc = _long(long), _first_char(probed)
+    if not full:
+        return "\n".join(lines + lg.lines)
+    f = _full(full)
+    row1 = [label, *f.throughput[:3], "?", *lg.throughput, f.throughput[3]]
+    row2 = [label, *f.first_char, *fc.first_char, "?"]
+    lines += [*f.lines, *fc.lines, *lg.lines, 'rows of "The AVX2 EPYC, pass by pass" (a level\'s start / end: '
+              "bench.timeline; a bare call's CPU: bench.calls):"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in (row1, row2)])
+
+
+def table_row(data: dict[str, Any], when: str) -> str:
+    """One full run as a row of docs/performance.md's table 1, a figure that misses its target in bold."""
+    lv64 = next(lv for lv in data["levels"] if lv["streams"] == 64)
+    one = next(lv for lv in data["levels"] if lv["streams"] == 1)
+    met = judged(data)
+    wall, served, engine = lv64["served"]["wall_s"], lv64["served"]["chars_per_s"], lv64["engine"]["chars_per_s"]
+    budget = 1.5 * (data["step1"]["step_us"] + data["message_us"])
+    batched = statistics.median(lv64["batched"]) if lv64["batched"] else served / data["baselines"][0]["chars_per_s"]
+    inter_char_us = one["served"]["inter_char_ms"]["p50"] * 1e3
+    cells = {"70%": f"{down(lv64['ratio'])}%", "TTFC": f"{data['ttfc16']['p50']:.2f} ms",
+             "inter-char": f"{inter_char_us:.0f} vs {budget:.0f} µs",
+             "batched": f"{math.floor(batched * 10 + 1e-9) / 10:.1f}x",
+             "prompt": f"{data['long_ttfc']['p50'] / data['prefill']['one_call_ms']:.2f}x",
+             "soak": f"{data['soak']['settled_growth'] * 100:+.1f}%"}  # fmt: skip
+    cells = {k: v if met.get(k, True) else f"**{v}**" for k, v in cells.items()}
+    then = lv64["served"]["all_streaming_chars_per_s"] / engine
+    return " | ".join(["", when, f"{cells['70%']} ({served / 1e3:.1f}k of {engine / 1e3:.1f}k)", f"{then:.0%}",
+                       f"{lv64['call_us_per_char']:.1f} / {lv64['raw_lane_us_per_char']:.1f}",
+                       f"{lv64['loop_cpu_s'] / wall:.2f}, {lv64['client_cpu_s'] / wall:.2f}",
+                       f"{lv64['host_idle_s'] / wall:.2f}, {lv64['host_stolen_s'] / wall:.2f} "
+                       f"({lv64['raw_stolen_s'] / lv64['raw_s']:.2f})",
+                       f"{cells['TTFC']} ({data['ttfc16_floor']['p50']:.2f})", cells["inter-char"], cells["batched"],
+                       cells["prompt"], cells["soak"], ""]).strip()  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    head, rest = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog="python -m bench.serve_summary", description=head, epilog=rest,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="JSON files of full runs (python -m bench.serve --json-out F)")
+    p.add_argument("--long", nargs="*", type=Path, default=[], help="JSON files of runs of 64 streams x 20,000 chars")
+    p.add_argument("--label", default="this pass", help="the rows' first cell, e.g. 64th")
+    p.add_argument("--table", action="store_true", help="also each full run as a row of performance.md's table 1")
+    a = p.parse_args(argv)
+    runs: dict[Path, Run] = {}
+    rows: list[str] = []
+    for f in [*a.runs, *a.long]:
+        try:
+            data = json.loads(f.read_text())
+            runs[f] = read_run(data)
+            if a.table and f in a.runs:
+                rows.append(table_row(data, data["started_utc"][11:16] if "started_utc" in data else f.stem))
+        except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:  # (JSONDecodeError is a ValueError)
+            p.error(f"{f}: not a run of bench.serve --json-out: {e!r}")
+    print("\n".join([*rows, summary([runs[f] for f in a.runs], [runs[f] for f in a.long], a.label)]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
