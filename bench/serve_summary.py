@@ -121,13 +121,14 @@ def _first_char(probed: Sequence[Run]) -> Cells:
     if not probed:
         return Cells([], ["-"] * 5, [])
     floor = [r.floor for r in probed]
-    timed = [r.syscall for r in probed if not math.isnan(r.syscall)]
+    timed = [r for r in probed if not math.isnan(r.syscall)]  # (runs before the fifty-seventh pass did not time it)
     cells = [span([r.ttfc for r in probed], "{:.2f}", " ms"), span(floor, "{:.2f}", " ms"),
              span([r.ttfc - r.floor for r in probed], "{:.2f}", " ms"),
-             correlation(floor, [r.prefill for r in probed]), spread(timed, "{:.0f}", " ns") if timed else "-"]
+             correlation(floor, [r.prefill for r in probed]),
+             spread([r.syscall for r in timed], "{:.0f}", " ns") if timed else "-"]
     line = (f"TTFC p50: {', '.join(f'{r.ttfc:.2f}' for r in probed)} ms; floors {cells[1]}, charlm adds {cells[2]}; "
             f"the floor's correlation with the raw prefill call {cells[3]}, with the null system call "
-            f"{correlation(floor, [r.syscall for r in probed])}; the null system call {cells[4]}")
+            f"{correlation([r.floor for r in timed], [r.syscall for r in timed])}; the null system call {cells[4]}")
     return Cells([], cells, [line])
 
 
