@@ -3,10 +3,11 @@ rows of docs/performance.md's "The AVX2 EPYC, pass by pass" that they fill.
 
 Reads the files that ``python -m bench.serve --json-out F`` wrote (the full runs), and with ``--long`` those of
 its runs of 64 streams of 20,000 characters (``--streams 64 --chars 20000 --no-soak --no-baseline --no-probes
---short-requests 0 --repeats 3 --json-out F``). A level's start and end (bench/timeline.py) and a bare call's CPU
-(bench/calls.py) come from their own benchmarks; their cells are left as ``?``.
+--short-requests 0 --repeats 3 --json-out F``). A level's start and end come from ``python -m bench.timeline
+--streams 64 --chars 2000 --rounds 5 --json-out F`` (``--timeline``) and a bare gRPC call's CPU from ``python -m
+bench.calls --calls 64 --bursts 30 --rounds 3 --json > F`` (``--calls``); without them their cells are ``?``.
 
-    python -m bench.serve_summary run*.json --long long*.json --label 64th [--table]
+    python -m bench.serve_summary run*.json --long long*.json --timeline tl*.json --calls calls*.json --label 64th
 
 ``--table`` also prints each full run as a row of table 1 ("the latest full runs"), its first cell the run's start
 (HH:MM of ``started_utc``, in the files bench.serve writes since the sixty-fourth pass) or else the file's name.
@@ -140,19 +141,37 @@ def _long(long: Sequence[Run]) -> Cells:
     return Cells(cells, [], [f"64 streams x 20,000: {cells[0]}, the served calls {cells[1]} a raw lane's time"])
 
 
-def summary(full: Sequence[Run], long: Sequence[Run], label: str) -> str:
-    """The counts and spreads of ``full`` and ``long``, then the two table rows they fill (``?``: not measured by
-    bench.serve)."""
+def timeline_cell(files: Sequence[dict[str, Any]]) -> str:
+    """A level's start / end in ms, and their share of it, over ``bench.timeline --json-out`` files."""
+    if not files:
+        return "?"
+    start, end = [f["phases"]["start"]["ms"] for f in files], [f["phases"]["end"]["ms"] for f in files]
+    share = [(f["phases"]["start"]["ms"] + f["phases"]["end"]["ms"]) / sum(p["ms"] for p in f["phases"].values())
+             for f in files]  # fmt: skip
+    return (f"{span(start, '{:.0f}')} / {span(end, '{:.0f}')} ms "
+            f"({span([s * 100 for s in share], '{:.0f}', '%')})")
+
+
+def calls_cell(files: Sequence[list[list[dict[str, Any]]]]) -> str:
+    """The bare grpc.aio server's CPU a call, the median of each ``bench.calls --json`` file's rounds."""
+    if not files:
+        return "?"
+    bare = [statistics.median(r["server_us"] for rnd in f for r in rnd if r["kind"] == "bare") for f in files]
+    return ", ".join(f"{x:.0f}" for x in bare) + " µs"
+
+
+def summary(full: Sequence[Run], long: Sequence[Run], label: str, timeline: str = "?", calls: str = "?") -> str:
+    """The counts and spreads of ``full`` and ``long``, then the two table rows they fill, with the cells of
+    bench.timeline and bench.calls as given."""
     lines = [f"{len(full)} full runs, {len(long)} of 64 streams x 20,000 characters"]
     probed = [r for r in full if not math.isnan(r.ttfc)]
     lg, fc = _long(long), _first_char(probed)
     if not full:
         return "\n".join(lines + lg.lines)
     f = _full(full)
-    row1 = [label, *f.throughput[:3], "?", *lg.throughput, f.throughput[3]]
-    row2 = [label, *f.first_char, *fc.first_char, "?"]
-    lines += [*f.lines, *fc.lines, *lg.lines, 'rows of "The AVX2 EPYC, pass by pass" (a level\'s start / end: '
-              "bench.timeline; a bare call's CPU: bench.calls):"]
+    row1 = [label, *f.throughput[:3], timeline, *lg.throughput, f.throughput[3]]
+    row2 = [label, *f.first_char, *fc.first_char, calls]
+    lines += [*f.lines, *fc.lines, *lg.lines, 'rows of "The AVX2 EPYC, pass by pass":']
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in (row1, row2)])
 
 
@@ -188,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="JSON files of full runs (python -m bench.serve --json-out F)")
     p.add_argument("--long", nargs="*", type=Path, default=[], help="JSON files of runs of 64 streams x 20,000 chars")
+    p.add_argument("--timeline", nargs="*", type=Path, default=[], help="JSON files of bench.timeline --json-out")
+    p.add_argument("--calls", nargs="*", type=Path, default=[], help="JSON files of bench.calls --json")
     p.add_argument("--label", default="this pass", help="the rows' first cell, e.g. 64th")
     p.add_argument("--table", action="store_true", help="also each full run as a row of performance.md's table 1")
     a = p.parse_args(argv)
@@ -201,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(table_row(data, data["started_utc"][11:16] if "started_utc" in data else f.stem))
         except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:  # (JSONDecodeError is a ValueError)
             p.error(f"{f}: not a run of bench.serve --json-out: {e!r}")
-    print("\n".join([*rows, summary([runs[f] for f in a.runs], [runs[f] for f in a.long], a.label)]))
+    try:
+        timeline = timeline_cell([json.loads(f.read_text()) for f in a.timeline])
+        calls = calls_cell([json.loads(f.read_text()) for f in a.calls])
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as e:
+        p.error(f"--timeline or --calls: not the JSON of bench.timeline --json-out or bench.calls --json: {e!r}")
+    print("\n".join([*rows, summary([runs[f] for f in a.runs], [runs[f] for f in a.long], a.label, timeline,
+                                     calls)]))  # fmt: skip
     return 0
 
 

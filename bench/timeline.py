@@ -12,18 +12,23 @@ by the VM's host (``/proc/stat``). Threads waiting while cores sit idle wait for
 hand-off), not for a core; cores stolen are the host's, not the load's.
 
     python -m bench.timeline --streams 64 --chars 2000 --rounds 5 [--bins] [--server-arg=--FLAG=VALUE]
+
+``--json-out F`` also writes the medians as JSON (each phase's ms and each group's cores), which
+``python -m bench.serve_summary --timeline F`` reads.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import statistics
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.engine import parser
@@ -127,6 +132,17 @@ def served(p: argparse.ArgumentParser, a: argparse.Namespace,
         return asyncio.run(run(server, a, prompt, model))
 
 
+def medians(results: list[Round]) -> dict[str, dict[str, Any]]:
+    """Per phase, over the rounds: its median ms, and each group's median (cores running, cores waiting)."""
+    out: dict[str, dict[str, Any]] = {}
+    for k, name in enumerate(("start", "all streaming", "end")):
+        spans = [phases(r)[k] for r, _ in results]
+        got = [shares(s.samples, t0, t1) for (_, t0, t1), (_, s) in zip(spans, results, strict=True)]
+        out[name] = {"ms": statistics.median((t1 - t0) * 1e3 for _, t0, t1 in spans),
+                     **{g: [sampled_median(x[g][i] for x in got) for i in (0, 1)] for g in GROUPS}}  # fmt: skip
+    return out
+
+
 def report(results: list[Round], bins: bool) -> list[str]:
     """Per phase, the medians over the rounds; and with ``bins``, the last round bin by bin."""
     rates = ", ".join(f"{r.chars_per_s:,.0f}" for r, _ in results)
@@ -134,13 +150,9 @@ def report(results: list[Round], bins: bool) -> list[str]:
              f"characters: {rates} chars/s; medians over the rounds; cores running / waiting for a core (host: the "
              "machine's cores idle / stolen)", f"{'phase':>14} {'ms':>6} {'loop':>11} {'server':>11} {'client':>11} "
              f"{'host':>11}"]  # fmt: skip
-    for k, name in enumerate(("start", "all streaming", "end")):
-        spans = [phases(r)[k] for r, _ in results]
-        got = [shares(s.samples, t0, t1) for (_, t0, t1), (_, s) in zip(spans, results, strict=True)]
-        ms = statistics.median((t1 - t0) * 1e3 for _, t0, t1 in spans)
-        cells = [f"{sampled_median(x[g][0] for x in got):.2f}/{sampled_median(x[g][1] for x in got):.2f}"
-                 for g in GROUPS]  # fmt: skip
-        lines.append(f"{name:>14} {ms:6.0f} " + " ".join(f"{c:>11}" for c in cells))
+    for name, m in medians(results).items():
+        cells = [f"{m[g][0]:.2f}/{m[g][1]:.2f}" for g in GROUPS]
+        lines.append(f"{name:>14} {m['ms']:6.0f} " + " ".join(f"{c:>11}" for c in cells))
     if bins:
         r, s = results[-1]
         lines.append(
@@ -162,12 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="loads, one after another")
     p.add_argument("--bin-ms", type=float, default=10.0, help="how often the threads' schedstat is read")
     p.add_argument("--bins", action="store_true", help="print the last round bin by bin")
+    p.add_argument("--json-out", type=Path, metavar="F", help="also write the medians to F as JSON")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `python -m service` (repeatable)")  # fmt: skip
     a = p.parse_args(argv)
     if a.streams < 1 or a.chars < 1 or a.rounds < 1 or a.bin_ms <= 0:
         p.error("--streams, --chars, --rounds and --bin-ms must be positive")
-    print("\n".join(report(served(p, a, rounds), a.bins)))
+    results = served(p, a, rounds)
+    print("\n".join(report(results, a.bins)))
+    if a.json_out is not None:
+        data = {"streams": a.streams, "chars": a.chars, "chars_per_s": [r.chars_per_s for r, _ in results],
+                "phases": medians(results)}
+        a.json_out.write_text(json.dumps(data, indent=2) + "\n")
     return 0
 
 

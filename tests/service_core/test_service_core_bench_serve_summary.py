@@ -29,7 +29,7 @@ def run_json(ratio: float, *, then: float = 0.8, engine: float = 120e3, calls: f
     return data
 
 
-def write(tmp_path: Path, name: str, data: dict[str, Any]) -> Path:
+def write(tmp_path: Path, name: str, data: Any) -> Path:
     path = tmp_path / name
     path.write_text(json.dumps(data))
     return path
@@ -92,3 +92,30 @@ def test_table_rows_bold_what_missed_its_target(tmp_path: Path, capsys: pytest.C
     assert capsys.readouterr().out.splitlines()[0] == (
         "| 19:26 | **64%** (88.2k of 137.8k) | 67% | 24.7 / 18.0 | 0.10, 0.12 | 0.09, 0.01 (0.00) | **2.42 ms** (1.78) "
         "| 95 vs 375 µs | 11.6x | 1.25x | **+5.9%** |")
+
+
+def test_the_start_end_and_call_cells_come_from_timeline_and_calls_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    def timeline(start: float, streaming: float, end: float) -> dict[str, Any]:
+        """What ``bench.timeline --json-out`` writes, its phases' medians (the groups' cores left out)."""
+        return {"phases": {"start": {"ms": start}, "all streaming": {"ms": streaming}, "end": {"ms": end}}}
+
+    def calls(*bare_us: float) -> list[list[dict[str, Any]]]:
+        """What ``bench.calls --json`` prints: every round, each of every server in turn."""
+        return [[{"kind": "bare", "server_us": us}, {"kind": "charlm", "server_us": 2 * us}] for us in bare_us]
+
+    argv = [str(write(tmp_path, "a.json", run_json(0.8, ttfc=1.5))),
+            "--timeline", str(write(tmp_path, "t1.json", timeline(49, 1198, 110))),
+            str(write(tmp_path, "t2.json", timeline(73, 1489, 148))),
+            "--calls", str(write(tmp_path, "c.json", calls(530, 542, 600)))]
+    assert main(argv) == 0
+    row1, row2 = capsys.readouterr().out.splitlines()[-2:]
+    # each level's start and end, and their share of it: (49 + 110) / 1357 and (73 + 148) / 1710
+    assert "| 49-73 / 110-148 ms (12-13%) |" in row1
+    assert row2.endswith("| 542 µs |")  # the bare server's, the median of the rounds
+
+
+def test_a_timeline_file_that_is_not_one_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main([str(write(tmp_path, "a.json", run_json(0.8))), "--timeline", str(write(tmp_path, "t.json", {"x": 1}))])
+    assert e.value.code == 2 and "not the JSON of bench.timeline --json-out" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -71,9 +72,10 @@ def test_a_phase_with_no_sample_in_one_round_takes_the_median_of_the_others() ->
 
 
 @pytest.mark.timeout(120)
-def test_a_real_load_is_sampled_and_reported_by_phase(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_real_load_is_sampled_and_reported_by_phase(model_repo: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     argv = ["--model", str(model_repo / "tiny-lstm" / "1"), "--streams", "4", "--chars", "2000", "--rounds", "2",
-            "--bin-ms", "2", "--bins"]  # fmt: skip
+            "--bin-ms", "2", "--bins", "--json-out", str(tmp_path / "tl.json")]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split() for line in out if line.strip().startswith(("start", "all", "end"))}
@@ -83,6 +85,12 @@ def test_a_real_load_is_sampled_and_reported_by_phase(model_repo: Path, capsys: 
     assert all(x >= 0 for x in (*loop, *server, *client))  # a thread that ended still counts: nothing goes back
     cores = os.cpu_count() or 1
     assert 0 <= host[0] <= cores + 0.5 and 0 <= host[1] <= cores + 0.5  # the machine's idle and stolen cores
+    # the same medians as JSON, for bench.serve_summary: each phase's ms, and each group's cores as printed
+    saved = json.loads((tmp_path / "tl.json").read_text())
+    assert saved["streams"] == 4 and saved["chars"] == 2000 and len(saved["chars_per_s"]) == 2
+    assert list(saved["phases"]) == ["start", "all streaming", "end"]
+    assert [f"{x:.2f}" for x in saved["phases"]["all streaming"]["server"]] == [f"{x:.2f}" for x in server]
+    assert round(saved["phases"]["all streaming"]["ms"]) == int(rows["all"][2])
     bins = out[out.index(next(x for x in out if x.startswith("the last round"))) + 1 :]
     assert len(bins) >= 3 and all(len(b.split()) == 5 for b in bins)
     with pytest.raises(SystemExit):
