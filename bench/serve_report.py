@@ -16,7 +16,7 @@ def _level(res: dict[str, Any], streams: int) -> Level | None:
     return next((lv for lv in res.get("levels", []) if lv.streams == streams), None)
 
 
-def _down(x: float, digits: int) -> float:
+def down(x: float, digits: int) -> float:
     """``x`` rounded down to ``digits`` decimals: a figure just under a target never prints as reaching it."""
     return math.floor(x * 10**digits + 1e-9) / 10**digits  # (+1e-9: 0.29 * 100 is 28.999...)
 
@@ -42,7 +42,7 @@ def targets(res: dict[str, Any]) -> list[Target]:
     lv64, lv1 = _level(res, 64), _level(res, 1)
     if lv64 is not None:
         out.append(("64 streams: served >= 70% of raw engine at batch 64 (goal 85%)", lv64.ratio >= 0.70,
-                    f"{_down(lv64.ratio * 100, 0):.0f}% ({lv64.served.chars_per_s:,.0f} vs "
+                    f"{down(lv64.ratio * 100, 0):.0f}% ({lv64.served.chars_per_s:,.0f} vs "
                     f"{lv64.engine.chars_per_s:,.0f} chars/s)"))
     else:
         out.append(("64 streams: served >= 70% of raw engine", None, "not run"))
@@ -74,14 +74,14 @@ def targets(res: dict[str, Any]) -> list[Target]:
         if lv64.batched:  # side by side: each pair's served rate over the loop measured right after it
             x = statistics.median(lv64.batched)
             loop = (f"the median over the level's pairs, each against the loop measured right after it: "
-                    f"{', '.join(f'{_down(b, 1):.1f}x' for b in lv64.batched)}; against the "
+                    f"{', '.join(f'{down(b, 1):.1f}x' for b in lv64.batched)}; against the "
                     f"{base[0].seconds:.0f} s loop after the levels ({base[0].chars_per_s:,.0f} chars/s): "
-                    f"{_down(lv64.served.chars_per_s / base[0].chars_per_s, 1):.1f}x")  # fmt: skip
+                    f"{down(lv64.served.chars_per_s / base[0].chars_per_s, 1):.1f}x")  # fmt: skip
         else:
             x = lv64.served.chars_per_s / base[0].chars_per_s
             loop = f"{base[0].chars_per_s:,.0f} chars/s"
         out.append(("64 streams: batched >= 10x the no-batching baseline", x >= 10,
-                    f"{_down(x, 1):.1f}x onnxruntime unbatched, no transport ({loop}), "
+                    f"{down(x, 1):.1f}x onnxruntime unbatched, no transport ({loop}), "
                     f"{torch_x:.0f}x PyTorch eager unbatched{served_x}"))
     if "long_ttfc" in res and "prefill" in res:
         r = res["long_ttfc"].p50 / res["prefill"].one_call_ms

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.serve_report import down  # a figure rounded down as bench.serve judges it: 69.9% never reads 70%
+
 COUNTS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 # the targets of bench/serve_report.py, by a part of their names
 TARGETS = {"64 streams: served": "70%", "1 stream: TTFC": "TTFC", "1 stream: inter-char": "inter-char",
@@ -66,9 +68,9 @@ def judged(data: dict[str, Any]) -> dict[str, bool]:
             for key, short in TARGETS.items() if key in t["target"]}  # fmt: skip
 
 
-def down(x: float) -> int:
-    """A ratio in percent as bench.serve judges it: rounded down, so that 69.9% never reads as 70%."""
-    return math.floor(x * 100 + 1e-9)
+def percents(runs: Sequence[Run]) -> str:
+    """Each run's 64-stream ratio, as bench.serve prints it."""
+    return ", ".join(f"{down(r.ratio * 100, 0):.0f}%" for r in runs)
 
 
 def span(xs: Sequence[float], fmt: str, unit: str = "") -> str:
@@ -108,13 +110,13 @@ class Cells:
 def _full(full: Sequence[Run]) -> Cells:
     n, met70 = len(full), sum(r.met.get("70%", False) for r in full)
     then, engine = span([r.then * 100 for r in full], "{:.0f}", "%"), span([r.engine / 1e3 for r in full], "{:.0f}k")
-    lines = [f"64 streams >= 70%: {met70} of {n} ({', '.join(f'{down(r.ratio)}%' for r in full)}); the goal 85% "
+    lines = [f"64 streams >= 70%: {met70} of {n} ({percents(full)}); the goal 85% "
              f"in {sum(r.ratio >= 0.85 for r in full)}; while every stream streamed {then}; the raw engine at 64 "
              f"rows {engine} chars/s; the served calls {span([r.calls for r in full], '{:.2f}', 'x')} a raw "
              f"lane's time a row-step",
              "met: " + ", ".join(f"{name} {sum(r.met.get(name, False) for r in full)} of {n}"
                                  for name in TARGETS.values())]  # fmt: skip
-    return Cells([f"{met70} of {n}", span([down(r.ratio) for r in full], "{}", "%"), then, engine],
+    return Cells([f"{met70} of {n}", span([down(r.ratio * 100, 0) for r in full], "{:.0f}", "%"), then, engine],
                  [f"{sum(r.met.get('TTFC', False) for r in full)} of {n}"], lines)
 
 
@@ -137,7 +139,7 @@ def _long(long: Sequence[Run]) -> Cells:
     if not long:
         return Cells(["-", "-"], [], [])
     pairs = span([p * 100 for r in long for p in r.pairs], "{:.0f}", "%")
-    cells = [f"{', '.join(f'{down(r.ratio)}%' for r in long)} ({pairs})", span([r.calls for r in long], "{:.2f}", "x")]
+    cells = [f"{percents(long)} ({pairs})", span([r.calls for r in long], "{:.2f}", "x")]
     return Cells(cells, [], [f"64 streams x 20,000: {cells[0]}, the served calls {cells[1]} a raw lane's time"])
 
 
@@ -184,9 +186,9 @@ def table_row(data: dict[str, Any], when: str) -> str:
     budget = 1.5 * (data["step1"]["step_us"] + data["message_us"])
     batched = statistics.median(lv64["batched"]) if lv64["batched"] else served / data["baselines"][0]["chars_per_s"]
     inter_char_us = one["served"]["inter_char_ms"]["p50"] * 1e3
-    cells = {"70%": f"{down(lv64['ratio'])}%", "TTFC": f"{data['ttfc16']['p50']:.2f} ms",
+    cells = {"70%": f"{down(lv64['ratio'] * 100, 0):.0f}%", "TTFC": f"{data['ttfc16']['p50']:.2f} ms",
              "inter-char": f"{inter_char_us:.0f} vs {budget:.0f} µs",
-             "batched": f"{math.floor(batched * 10 + 1e-9) / 10:.1f}x",
+             "batched": f"{down(batched, 1):.1f}x",
              "prompt": f"{data['long_ttfc']['p50'] / data['prefill']['one_call_ms']:.2f}x",
              "soak": f"{data['soak']['settled_growth'] * 100:+.1f}%"}  # fmt: skip
     cells = {k: v if met.get(k, True) else f"**{v}**" for k, v in cells.items()}

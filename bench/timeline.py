@@ -143,14 +143,14 @@ def medians(results: list[Round]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def report(results: list[Round], bins: bool) -> list[str]:
-    """Per phase, the medians over the rounds; and with ``bins``, the last round bin by bin."""
+def report(results: list[Round], by_phase: dict[str, dict[str, Any]], bins: bool) -> list[str]:
+    """Per phase, the medians over the rounds (``medians(results)``); and with ``bins``, the last round bin by bin."""
     rates = ", ".join(f"{r.chars_per_s:,.0f}" for r, _ in results)
     lines = [f"{len(results)} rounds of {results[0][0].streams} streams x {results[0][0].chars_per_stream} "
              f"characters: {rates} chars/s; medians over the rounds; cores running / waiting for a core (host: the "
              "machine's cores idle / stolen)", f"{'phase':>14} {'ms':>6} {'loop':>11} {'server':>11} {'client':>11} "
              f"{'host':>11}"]  # fmt: skip
-    for name, m in medians(results).items():
+    for name, m in by_phase.items():
         cells = [f"{m[g][0]:.2f}/{m[g][1]:.2f}" for g in GROUPS]
         lines.append(f"{name:>14} {m['ms']:6.0f} " + " ".join(f"{c:>11}" for c in cells))
     if bins:
@@ -181,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.streams < 1 or a.chars < 1 or a.rounds < 1 or a.bin_ms <= 0:
         p.error("--streams, --chars, --rounds and --bin-ms must be positive")
     results = served(p, a, rounds)
-    print("\n".join(report(results, a.bins)))
+    by_phase = medians(results)
+    print("\n".join(report(results, by_phase, a.bins)))
     if a.json_out is not None:
         data = {"streams": a.streams, "chars": a.chars, "chars_per_s": [r.chars_per_s for r, _ in results],
-                "phases": medians(results)}
+                "phases": by_phase}
         a.json_out.write_text(json.dumps(data, indent=2) + "\n")
     return 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.serve import main
-from bench.serve_report import _down
+from bench.serve_report import down
 from bench.serve_runs import fit_prompt
 from bench.soak import Soak
 from service.cores import available_cores
@@ -22,8 +22,8 @@ def test_fit_prompt_keeps_only_vocabulary_characters_and_the_length() -> None:
 
 
 def test_a_figure_just_under_its_target_never_prints_as_reaching_it() -> None:
-    assert _down(9.95, 1) == 9.9 and _down(69.6, 0) == 69  # 10x and 70% targets missed
-    assert _down(10.0, 1) == 10.0 and _down(0.29 * 100, 0) == 29  # met, and float noise does not cost a unit
+    assert down(9.95, 1) == 9.9 and down(69.6, 0) == 69  # 10x and 70% targets missed
+    assert down(10.0, 1) == 10.0 and down(0.29 * 100, 0) == 29  # met, and float noise does not cost a unit
 
 
 def test_the_soak_is_judged_on_where_memory_settled_not_on_one_round() -> None:
