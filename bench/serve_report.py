@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
 from bench.serve_runs import Level
@@ -19,6 +20,21 @@ def _level(res: dict[str, Any], streams: int) -> Level | None:
 def down(x: float, digits: int) -> float:
     """``x`` rounded down to ``digits`` decimals: a figure just under a target never prints as reaching it."""
     return math.floor(x * 10**digits + 1e-9) / 10**digits  # (+1e-9: 0.29 * 100 is 28.999...)
+
+
+def inter_char_budget_us(step_us: float, message_us: float) -> float:
+    """The inter-character target's budget: 1.5 x (one engine step + one message), in µs."""
+    return 1.5 * (step_us + message_us)
+
+
+def batched_x(pairs: Sequence[float], served: float, loop: float) -> float:
+    """Batched over the no-batching loop: the median of the level's side-by-side pairs, or else over the one loop."""
+    return statistics.median(pairs) if pairs else served / loop
+
+
+def prompt_x(first_char_ms: float, one_call_ms: float) -> float:
+    """The long prompt's first character over one raw prefill call of it."""
+    return first_char_ms / one_call_ms
 
 
 def _floor(res: dict[str, Any]) -> str:
@@ -52,7 +68,7 @@ def targets(res: dict[str, Any]) -> list[Target]:
                     f"{res['ttfc16'].p99:.2f} ms over {res['ttfc16'].count} requests (of which in the engine: "
                     f"p50 {res['ttfc16_engine'].p50:.2f} ms){_floor(res)}"))  # fmt: skip
     if lv1 is not None and "step1" in res:
-        budget_ms = 1.5 * (res["step1"].step_us + res["message_us"]) / 1e3
+        budget_ms = inter_char_budget_us(res["step1"].step_us, res["message_us"]) / 1e3
         p50 = lv1.served.inter_char_ms.p50
         out.append(("1 stream: inter-char p50 <= 1.5 x (engine step + one message)", p50 <= budget_ms,
                     f"p50 {p50 * 1e3:.0f} µs vs 1.5 x ({res['step1'].step_us:.0f} + {res['message_us']:.0f}) = "
@@ -71,20 +87,19 @@ def targets(res: dict[str, Any]) -> list[Target]:
         torch_x = lv64.served.chars_per_s / base[1].chars_per_s if base[1].chars else math.nan
         served = [b for b in base if b.engine.startswith("charlm")]
         served_x = f", {lv64.served.chars_per_s / served[0].chars_per_s:.1f}x this server unbatched" if served else ""
+        x = batched_x(lv64.batched, lv64.served.chars_per_s, base[0].chars_per_s)
         if lv64.batched:  # side by side: each pair's served rate over the loop measured right after it
-            x = statistics.median(lv64.batched)
             loop = (f"the median over the level's pairs, each against the loop measured right after it: "
                     f"{', '.join(f'{down(b, 1):.1f}x' for b in lv64.batched)}; against the "
                     f"{base[0].seconds:.0f} s loop after the levels ({base[0].chars_per_s:,.0f} chars/s): "
                     f"{down(lv64.served.chars_per_s / base[0].chars_per_s, 1):.1f}x")  # fmt: skip
         else:
-            x = lv64.served.chars_per_s / base[0].chars_per_s
             loop = f"{base[0].chars_per_s:,.0f} chars/s"
         out.append(("64 streams: batched >= 10x the no-batching baseline", x >= 10,
                     f"{down(x, 1):.1f}x onnxruntime unbatched, no transport ({loop}), "
                     f"{torch_x:.0f}x PyTorch eager unbatched{served_x}"))
     if "long_ttfc" in res and "prefill" in res:
-        r = res["long_ttfc"].p50 / res["prefill"].one_call_ms
+        r = prompt_x(res["long_ttfc"].p50, res["prefill"].one_call_ms)
         out.append((f"{res['prefill'].chars}-char prompt: first char <= 5x raw prefill", r <= 5,
                     f"{r:.2f}x (p50 {res['long_ttfc'].p50:.1f} ms, in the engine {res['long_ttfc_engine'].p50:.1f} ms, "
                     f"vs one prefill call {res['prefill'].one_call_ms:.1f} ms)"))

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.serve_report import down  # a figure rounded down as bench.serve judges it: 69.9% never reads 70%
+# the figures as bench.serve judges them, a ratio rounded down so that 69.9% never reads 70%
+from bench.serve_report import batched_x, down, inter_char_budget_us, prompt_x
 
 COUNTS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 # the targets of bench/serve_report.py, by a part of their names
@@ -183,13 +184,14 @@ def table_row(data: dict[str, Any], when: str) -> str:
     one = next(lv for lv in data["levels"] if lv["streams"] == 1)
     met = judged(data)
     wall, served, engine = lv64["served"]["wall_s"], lv64["served"]["chars_per_s"], lv64["engine"]["chars_per_s"]
-    budget = 1.5 * (data["step1"]["step_us"] + data["message_us"])
-    batched = statistics.median(lv64["batched"]) if lv64["batched"] else served / data["baselines"][0]["chars_per_s"]
+    budget = inter_char_budget_us(data["step1"]["step_us"], data["message_us"])
+    loop = math.nan if lv64["batched"] else data["baselines"][0]["chars_per_s"]  # (the one loop: runs without pairs)
+    batched = batched_x(lv64["batched"], served, loop)
     inter_char_us = one["served"]["inter_char_ms"]["p50"] * 1e3
     cells = {"70%": f"{down(lv64['ratio'] * 100, 0):.0f}%", "TTFC": f"{data['ttfc16']['p50']:.2f} ms",
              "inter-char": f"{inter_char_us:.0f} vs {budget:.0f} µs",
              "batched": f"{down(batched, 1):.1f}x",
-             "prompt": f"{data['long_ttfc']['p50'] / data['prefill']['one_call_ms']:.2f}x",
+             "prompt": f"{prompt_x(data['long_ttfc']['p50'], data['prefill']['one_call_ms']):.2f}x",
              "soak": f"{data['soak']['settled_growth'] * 100:+.1f}%"}  # fmt: skip
     cells = {k: v if met.get(k, True) else f"**{v}**" for k, v in cells.items()}
     then = lv64["served"]["all_streaming_chars_per_s"] / engine

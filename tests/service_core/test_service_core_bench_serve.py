@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.serve import main
-from bench.serve_report import down
+from bench.serve_report import batched_x, down, inter_char_budget_us, prompt_x
 from bench.serve_runs import fit_prompt
 from bench.soak import Soak
 from service.cores import available_cores
@@ -24,6 +24,13 @@ def test_fit_prompt_keeps_only_vocabulary_characters_and_the_length() -> None:
 def test_a_figure_just_under_its_target_never_prints_as_reaching_it() -> None:
     assert down(9.95, 1) == 9.9 and down(69.6, 0) == 69  # 10x and 70% targets missed
     assert down(10.0, 1) == 10.0 and down(0.29 * 100, 0) == 29  # met, and float noise does not cost a unit
+
+
+def test_the_targets_figures_as_the_run_and_its_summary_both_judge_them() -> None:
+    assert inter_char_budget_us(100.0, 150.0) == 375.0  # 1.5 x (one engine step + one message)
+    assert batched_x([11.69, 10.7, 13.1], 88e3, 4e3) == 11.69  # the pairs' median, not the one loop's 22x
+    assert batched_x((), 88e3, 8e3) == 11.0  # a run without pairs: over the one loop after the levels
+    assert prompt_x(50.0, 40.0) == 1.25  # the long prompt's first char over one raw prefill call
 
 
 def test_the_soak_is_judged_on_where_memory_settled_not_on_one_round() -> None:
