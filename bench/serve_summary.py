@@ -1,5 +1,6 @@
-"""A pass's full runs of bench/serve.py summed up: how many met each target, the spread of their figures, and the
-rows of docs/performance.md's "The AVX2 EPYC, pass by pass" that they fill.
+"""A pass's full runs of bench/serve.py summed up: how many met each target, the spread of their figures, the lane
+fill each start kept and what its looks while idle did to it, and the rows of docs/performance.md's "The AVX2 EPYC,
+pass by pass" that they fill.
 
 Reads the files that ``python -m bench.serve --json-out F`` wrote (the full runs), and with ``--long`` those of
 its runs of 64 streams of 20,000 characters (``--streams 64 --chars 20000 --no-soak --no-baseline --no-probes
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ class Run:
     floor: float = math.nan
     prefill: float = math.nan
     syscall: float = math.nan
+    fills: tuple[int, ...] = ()  # the lane fill a start kept, its first look's, then each later look's while idle
 
 
 def read_run(data: dict[str, Any]) -> Run:
@@ -60,6 +63,9 @@ def read_run(data: dict[str, Any]) -> Run:
     if "ttfc16_floor" in data:
         run.ttfc, run.floor = data["ttfc16"]["p50"], data["ttfc16_floor"]["p50"]
         run.prefill, run.syscall = data["ttfc16_prefill"]["p50"], data.get("syscall_ns") or math.nan
+    start = re.search(r"lane fill (\d+) \(first look: (\d+)\)", data.get("lanes", ""))  # (bench/server_proc.py)
+    if start:
+        run.fills = (int(start[1]), int(start[2]), *map(int, re.findall(r"while idle: lane fill (\d+)", data["lanes"])))
     return run
 
 
@@ -144,6 +150,19 @@ def _long(long: Sequence[Run]) -> Cells:
     return Cells(cells, [], [f"64 streams x 20,000: {cells[0]}, the served calls {cells[1]} a raw lane's time"])
 
 
+def lane_plan_line(full: Sequence[Run]) -> list[str]:
+    """The lane fill each start kept (its first look's), and what the looks while idle did to those above 2."""
+    planned = [r.fills for r in full if r.fills]
+    if not planned:
+        return []
+    served = [(f[2:] or f[:1])[-1] for f in planned]  # the last look's while idle, or else the start's
+    looked = [f"{f[0]} {'kept' if f[-1] == f[0] else f'to {f[-1]}'} ({' '.join(map(str, f[2:]))})"
+              for f in planned if len(f) > 2]  # fmt: skip
+    return [f"lane fill kept at start (first look): {', '.join(f'{f[0]} ({f[1]})' for f in planned)}; above 2 in "
+            f"{sum(f[0] > 2 for f in planned)} of {len(planned)}; while idle: {', '.join(looked) or 'no look'}; "
+            f"served above 2 in {sum(x > 2 for x in served)}"]
+
+
 def timeline_cell(files: Sequence[dict[str, Any]]) -> str:
     """A level's start / end in ms, and their share of it, over ``bench.timeline --json-out`` files."""
     if not files:
@@ -174,7 +193,7 @@ def summary(full: Sequence[Run], long: Sequence[Run], label: str, timeline: str 
     f = _full(full)
     row1 = [label, *f.throughput[:3], timeline, *lg.throughput, f.throughput[3]]
     row2 = [label, *f.first_char, *fc.first_char, calls]
-    lines += [*f.lines, *fc.lines, *lg.lines, 'rows of "The AVX2 EPYC, pass by pass":']
+    lines += [*f.lines, *fc.lines, *lane_plan_line(full), *lg.lines, 'rows of "The AVX2 EPYC, pass by pass":']
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in (row1, row2)])
 
 

@@ -64,6 +64,21 @@ def test_runs_without_the_probes_leave_the_first_character_cells_empty(
     assert rows[1] == "| this pass | 0 of 2 | - | - | - | - | - | ? |"
 
 
+def test_the_lane_plan_of_each_start_and_what_the_looks_while_idle_did(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    # what bench/server_proc.py's lane_plan() writes: the start's pick, then each look while idle
+    plans = ["all threads from 64 rows, lane fill 16 (first look: 16); while idle: lane fill 16 (was 16); "
+             "while idle: lane fill 4 (was 16)",
+             "all threads from 32 rows, lane fill 2 (first look: 8)",
+             "all threads from 64 rows, lane fill 4 (first look: 4); while idle: lane fill 4 (was 4)", ""]
+    files = [write(tmp_path, f"{i}.json", run_json(0.8) | {"lanes": plan}) for i, plan in enumerate(plans)]
+    assert main(list(map(str, files))) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("lane fill"))
+    # the run with no plan (a server from before the plan was logged) is left out of the counts
+    assert line == ("lane fill kept at start (first look): 16 (16), 2 (8), 4 (4); above 2 in 2 of 3; while idle: "
+                    "16 to 4 (16 4), 4 kept (4); served above 2 in 2")
+
+
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"levels": [{"streams": 8}]}), json.dumps({"x": 1})])
 def test_a_file_that_is_not_a_run_is_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       content: str) -> None:  # fmt: skip
