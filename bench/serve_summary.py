@@ -28,6 +28,7 @@ from typing import Any
 
 # the figures as bench.serve judges them, a ratio rounded down so that 69.9% never reads 70%
 from bench.serve_report import batched_x, down, inter_char_budget_us, prompt_x
+from bench.server_proc import IDLE_MARK
 
 COUNTS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 # the targets of bench/serve_report.py, by a part of their names
@@ -63,9 +64,10 @@ def read_run(data: dict[str, Any]) -> Run:
     if "ttfc16_floor" in data:
         run.ttfc, run.floor = data["ttfc16"]["p50"], data["ttfc16_floor"]["p50"]
         run.prefill, run.syscall = data["ttfc16_prefill"]["p50"], data.get("syscall_ns") or math.nan
-    start = re.search(r"lane fill (\d+) \(first look: (\d+)\)", data.get("lanes", ""))  # (bench/server_proc.py)
+    lanes = data.get("lanes", "")  # (bench/server_proc.py's lane_plan())
+    start = re.search(r"lane fill (\d+) \(first look: (\d+)\)", lanes)
     if start:
-        run.fills = (int(start[1]), int(start[2]), *map(int, re.findall(r"while idle: lane fill (\d+)", data["lanes"])))
+        run.fills = (int(start[1]), int(start[2]), *map(int, re.findall(IDLE_MARK + r"lane fill (\d+)", lanes)))
     return run
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 IDLE_LOOK = "lanes looked at again while idle"  # (service/idle_looks.py's log line)
+IDLE_MARK = "while idle: "  # before each later look in lane_plan(), which bench/serve_summary.py reads
 
 
 class ServerError(RuntimeError):
@@ -92,7 +93,7 @@ class ServerProcess:
         """What the server's engines measured, as its log put it: "all threads from 16 rows, lane fill 4 (first
         look: 4)" per model at start, then "while idle: lane fill 2 (was 8)" per later look (service/idle_looks.py),
         "; " between them; "" where nothing was measured."""
-        return "; ".join(("while idle: " if IDLE_LOOK in str(r["msg"]) else "") + str(r["msg"]).split(": ", 2)[-1]
+        return "; ".join((IDLE_MARK if IDLE_LOOK in str(r["msg"]) else "") + str(r["msg"]).split(": ", 2)[-1]
                          for r in self.lane_records(later=True))  # fmt: skip
 
     def lane_records(self, later: bool = False) -> list[dict[str, Any]]:
