@@ -225,15 +225,21 @@ def table_row(data: dict[str, Any], when: str) -> str:
                        cells["prompt"], cells["soak"], ""]).strip()  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry point."""
-    head, rest = __doc__.split("\n\n", 1)
-    p = argparse.ArgumentParser(prog="python -m bench.serve_summary", description=head, epilog=rest,
+def pass_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The command line of a tool that reads a pass's files: its full runs, and its long runs, timelines and calls."""
+    head, rest = doc.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog=prog, description=head, epilog=rest,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="JSON files of full runs (python -m bench.serve --json-out F)")
     p.add_argument("--long", nargs="*", type=Path, default=[], help="JSON files of runs of 64 streams x 20,000 chars")
     p.add_argument("--timeline", nargs="*", type=Path, default=[], help="JSON files of bench.timeline --json-out")
     p.add_argument("--calls", nargs="*", type=Path, default=[], help="JSON files of bench.calls --json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    p = pass_parser("python -m bench.serve_summary", __doc__)
     p.add_argument("--label", default="this pass", help="the rows' first cell, e.g. 64th")
     p.add_argument("--table", action="store_true", help="also each full run as a row of performance.md's table 1")
     a = p.parse_args(argv)

@@ -1,0 +1,205 @@
+"""The figures under docs/performance.md's table 1, from the same files as bench.serve_summary: each level's spread,
+where the 64-stream level's time went, the first character's floors, the baselines, the short requests, the soak,
+and with ``--long``, ``--timeline`` and ``--calls`` what those runs measured.
+
+A line for each of the table's notes, in their order, so that no figure of them comes from a scratch script:
+
+    python -m bench.serve_details run*.json --long long*.json --timeline tl*.json --calls calls.json
+
+The full runs are ``python -m bench.serve --json-out F``'s files, the long ones its ``--streams 64 --chars 20000
+--no-soak --no-baseline --no-probes --short-requests 0 --repeats 3 --json-out F``, the timelines ``python -m
+bench.timeline --streams 64 --chars 2000 --rounds 5 --json-out F`` and the calls ``python -m bench.calls --calls 64
+--bursts 30 --rounds 3 --json > F``. A ratio is rounded as bench.serve's table prints it, but a long run's own,
+which is rounded down as bench.serve judges it and bench.serve_summary prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from bench.serve_report import down
+from bench.serve_summary import correlation, judged, pass_parser, span, spread
+
+Run = dict[str, Any]  # one bench.serve --json-out file
+MIB = 1024  # the soak's RSS is in KiB
+
+
+def level(run: Run, streams: int) -> dict[str, Any]:
+    """The run's level of ``streams`` streams; KeyError where it has none."""
+    for lv in run["levels"]:
+        if lv["streams"] == streams:
+            return dict(lv)
+    raise KeyError(f"no level of {streams} streams")
+
+
+def pct(x: float) -> float:
+    """A ratio as a percentage, rounded as bench.serve's table prints it."""
+    return float(f"{x:.0%}".rstrip("%"))
+
+
+def per_wall(lv: dict[str, Any], key: str) -> float:
+    """A level's seconds of ``key`` a second of its load."""
+    return float(lv[key]) / lv["served"]["wall_s"]
+
+
+def streaming(lv: dict[str, Any]) -> float:
+    """The share of a level's load in which every stream streamed."""
+    return float(lv["served"]["all_streaming_s"]) / lv["served"]["wall_s"]
+
+
+def levels_line(runs: Sequence[Run]) -> str:
+    """Each level but 64 streams: its served share of the raw engine and its chars/s."""
+    parts = []
+    for streams in (256, 8, 1):
+        lvs = [level(r, streams) for r in runs]
+        ratio, rate = span([pct(lv["ratio"]) for lv in lvs], "{:.0f}", "%"), span(
+            [lv["served"]["chars_per_s"] / 1e3 for lv in lvs], "{:.1f}k")
+        parts.append(f"{streams} stream{'s' if streams > 1 else ''} {ratio} ({rate} chars/s)")
+    return "levels: " + "; ".join(parts)
+
+
+def pairs_line(runs: Sequence[Run]) -> str:
+    """The 64-stream level's every (served, engine) pair, run by run."""
+    return "64-stream pairs: " + "; ".join(", ".join(f"{pct(x):.0f}%" for x in level(r, 64)["ratios"]) for r in runs)
+
+
+def lanes_line(runs: Sequence[Run]) -> str:
+    """How busy the lanes were at 64 streams, the served calls' time against a raw lane's, by whether 70% was met."""
+    lvs = [level(r, 64) for r in runs]
+    calls = [lv["call_us_per_char"] / lv["raw_lane_us_per_char"] for lv in lvs]
+    met = [judged(r).get("70%", False) for r in runs]
+    hit = [c for c, m in zip(calls, met, strict=True) if m]
+    miss = [c for c, m in zip(calls, met, strict=True) if not m]
+    return (f"64 streams: lanes busy {span([lv['lanes_busy'] for lv in lvs], '{:.2f}')} of 2; the served calls "
+            f"{span(hit, '{:.2f}', 'x') if hit else '-'} a raw lane's time where 70% was met, "
+            f"{', '.join(f'{c:.2f}x' for c in miss) or '-'} where not; the other threads waited "
+            f"{span([per_wall(lv, 'other_wait_s') for lv in lvs], '{:.2f}')} s a second for a core; every stream "
+            f"streamed {span([pct(streaming(lv)) for lv in lvs], '{:.0f}', '%')} of the level")
+
+
+def first_char_line(runs: Sequence[Run]) -> str:
+    """The first character's floors, and what charlm added to them in the runs that met 2 ms and those that missed."""
+    probed = [r for r in runs if "ttfc16_floor" in r]
+    if not probed:
+        return "TTFC: no probes"
+    floor = [r["ttfc16_floor"]["p50"] for r in probed]
+    prefill = [r["ttfc16_prefill"]["p50"] for r in probed]
+    timed = [r for r in probed if r.get("syscall_ns")]  # (runs before the fifty-seventh pass did not time it)
+    syscall = [r["syscall_ns"] for r in timed]
+    parts = []
+    for name, want in (("met", True), ("missed", False)):
+        some = [r for r in probed if judged(r).get("TTFC", False) == want]
+        if some:
+            adds = [r["ttfc16"]["p50"] - r["ttfc16_floor"]["p50"] for r in some]
+            parts.append(f"{name} in {len(some)}: floors {span([r['ttfc16_floor']['p50'] for r in some], '{:.2f}')}"
+                         f", charlm adding {span(adds, '{:.2f}', ' ms')}")
+    return (f"TTFC: floors {span(floor, '{:.2f}', ' ms')} (median {statistics.median(floor):.2f}); the raw prefill "
+            f"call {span(prefill, '{:.2f}', ' ms')}; the floor's correlation with it {correlation(floor, prefill)}, "
+            f"with the null system call {correlation([r['ttfc16_floor']['p50'] for r in timed], syscall)} "
+            f"({spread(syscall, '{:.0f}', ' ns') if syscall else '-'}); "
+            + "; ".join(parts))
+
+
+def baselines_line(runs: Sequence[Run]) -> str:
+    """The no-batching baselines and the 2,000-character prompt against one raw prefill call."""
+    def rate(engine: str) -> str:
+        return span([next(b["chars_per_s"] for b in r["baselines"] if b["engine"].startswith(engine)) / 1e3
+                     for r in runs], "{:.1f}k")  # fmt: skip
+
+    return (f"baselines: the onnxruntime loop {rate('onnxruntime')} chars/s (a raw step of one row "
+            f"{span([r['step1']['step_us'] for r in runs], '{:.0f}', ' µs')}), pytorch-eager {rate('pytorch')}, "
+            f"charlm --max-batch 1 {rate('charlm')}; the 2,000-character prompt "
+            f"{span([r['long_ttfc_engine']['p50'] for r in runs], '{:.1f}', ' ms')} in the engine against one raw "
+            f"prefill call's {span([r['prefill']['one_call_ms'] for r in runs], '{:.1f}', ' ms')}")
+
+
+def short_and_soak_lines(runs: Sequence[Run]) -> list[str]:
+    """The short requests' rate and server CPU, and the soak's RSS."""
+    short = [r for r in runs if r.get("short")]
+    soak = [r["soak"] for r in runs if r.get("soak")]
+    lines = []
+    if short:
+        ms = [r["short_server_cpu_s"] / r["short"]["completed"] * 1e3 for r in short]
+        lines.append(f"short requests: {span([r['short']['requests_per_s'] for r in short], '{:,.0f}')} "
+                     f"requests/s at {span(ms, '{:.2f}', ' ms')} of server CPU each")
+    if soak:
+        def mib(key: str) -> str:
+            return span([s[key] / MIB for s in soak], "{:.1f}")
+
+        rounds = [kib / MIB for s in soak for kib in s["rss_rounds_kib"]]
+        growth = [s["settled_growth"] * 100 for s in soak]
+        lines.append(f"soak: settled {mib('rss_settled_kib')} MiB against the warm-ups' highest "
+                     f"{mib('rss_warm_high_kib')}; {span([s['rounds'] for s in soak], '{}')} rounds "
+                     f"({span([s['warmup_rounds'] for s in soak], '{}')} of warm-up) in "
+                     f"{span([s['wall_s'] for s in soak], '{:.0f}', ' s')}; rounds {span(rounds, '{:.0f}')} MiB, "
+                     f"peaks {mib('rss_max_kib')}; growth {span(growth, '{:+.1f}%').replace('%-', '% to ')}")
+    return lines
+
+
+def machine_line(runs: Sequence[Run]) -> str:
+    """The raw engine at 64 rows, and the load average at the runs' starts."""
+    return (f"the raw engine at 64 rows {span([level(r, 64)['engine']['chars_per_s'] / 1e3 for r in runs], '{:.0f}k')}"
+            f" chars/s; load average at start {span([r['load_avg'][0] for r in runs], '{:.1f}')}")
+
+
+def long_line(run: Run) -> str:
+    """One run of 64 streams x 20,000 characters."""
+    lv = level(run, 64)
+    cores = per_wall(lv, "loop_cpu_s") + per_wall(lv, "client_cpu_s")
+    return (f"long: {down(lv['ratio'] * 100, 0):.0f}% ({lv['served']['chars_per_s'] / 1e3:.1f}k chars/s; pairs "
+            f"{span([pct(x) for x in lv['ratios']], '{:.0f}', '%')}), every stream streaming "
+            f"{pct(streaming(lv)):.0f}%, the served calls "
+            f"{lv['call_us_per_char'] / lv['raw_lane_us_per_char']:.2f}x a raw lane's time, the loop and the load "
+            f"generator {cores:.2f} of the cores, the raw engine {lv['engine']['chars_per_s'] / 1e3:.0f}k; lanes: "
+            f"{run.get('lanes') or '-'}")
+
+
+def timeline_line(data: dict[str, Any]) -> str:
+    """One bench.timeline file: its phases' medians, and the cores of its groups where every stream streamed."""
+    ph = data["phases"]
+    ms = sum(p["ms"] for p in ph.values())
+    mid = ph["all streaming"]
+    return (f"timeline ({span([x / 1e3 for x in data['chars_per_s']], '{:.0f}k')} chars/s): start "
+            f"{ph['start']['ms']:.0f} ms ({ph['start']['host'][0]:.2f} of the cores idle), every stream streaming "
+            f"{mid['ms']:,.0f} ms (the step threads {mid['server'][0]:.2f} cores, the loop {mid['loop'][0]:.2f}, the "
+            f"load generator {mid['client'][0]:.2f}), end {ph['end']['ms']:.0f} ms: "
+            f"{(ph['start']['ms'] + ph['end']['ms']) / ms:.0%} of the level")
+
+
+def calls_lines(rounds: list[list[dict[str, Any]]]) -> list[str]:
+    """One bench.calls --json file: each server's medians over the rounds."""
+    def med(kind: str, key: str) -> float:
+        return statistics.median(r[key] for rnd in rounds for r in rnd if r["kind"] == kind)
+
+    return [f"calls: {k} {med(k, 'server_us'):.0f} µs of CPU a call ({med(k, 'kernel_us'):.0f} in the kernel), "
+            f"first messages p50 {med(k, 'first_p50_ms'):.1f} ms, p99 {med(k, 'first_p99_ms'):.1f}"
+            for k in (r["kind"] for r in rounds[0])]
+
+
+def details(runs: Sequence[Run], long: Sequence[Run] = (), timelines: Sequence[dict[str, Any]] = (),
+            calls: Sequence[list[list[dict[str, Any]]]] = ()) -> list[str]:  # fmt: skip
+    """Every line, in the order of table 1's notes."""
+    lines = [levels_line(runs), pairs_line(runs), lanes_line(runs), first_char_line(runs), baselines_line(runs),
+             *short_and_soak_lines(runs), machine_line(runs)]
+    lines += [timeline_line(t) for t in timelines] + [long_line(r) for r in long]
+    return lines + [x for c in calls for x in calls_lines(c)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    p = pass_parser("python -m bench.serve_details", __doc__)
+    a = p.parse_args(argv)
+    try:
+        read = [[json.loads(f.read_text()) for f in files] for files in (a.runs, a.long, a.timeline, a.calls)]
+        lines = details(*read)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, StopIteration, ZeroDivisionError) as e:
+        p.error(f"not the files of bench.serve --json-out, bench.timeline --json-out and bench.calls --json: {e!r}")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
