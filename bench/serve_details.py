@@ -16,23 +16,16 @@ which is rounded down as bench.serve judges it and bench.serve_summary prints it
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
 from bench.serve_report import down
-from bench.serve_summary import correlation, judged, pass_parser, span, spread
+from bench.serve_summary import Run, correlation, level, pass_parser, read_run, span, spread
 
-Run = dict[str, Any]  # one bench.serve --json-out file
+RunFile = dict[str, Any]  # one bench.serve --json-out file, as read; Run: what bench.serve_summary reads of it
 MIB = 1024  # the soak's RSS is in KiB
-
-
-def level(run: Run, streams: int) -> dict[str, Any]:
-    """The run's level of ``streams`` streams; KeyError where it has none."""
-    for lv in run["levels"]:
-        if lv["streams"] == streams:
-            return dict(lv)
-    raise KeyError(f"no level of {streams} streams")
 
 
 def pct(x: float) -> float:
@@ -50,7 +43,7 @@ def streaming(lv: dict[str, Any]) -> float:
     return float(lv["served"]["all_streaming_s"]) / lv["served"]["wall_s"]
 
 
-def levels_line(runs: Sequence[Run]) -> str:
+def levels_line(runs: Sequence[RunFile]) -> str:
     """Each level but 64 streams: its served share of the raw engine and its chars/s."""
     parts = []
     for streams in (256, 8, 1):
@@ -61,18 +54,16 @@ def levels_line(runs: Sequence[Run]) -> str:
     return "levels: " + "; ".join(parts)
 
 
-def pairs_line(runs: Sequence[Run]) -> str:
+def pairs_line(runs: Sequence[RunFile]) -> str:
     """The 64-stream level's every (served, engine) pair, run by run."""
     return "64-stream pairs: " + "; ".join(", ".join(f"{pct(x):.0f}%" for x in level(r, 64)["ratios"]) for r in runs)
 
 
-def lanes_line(runs: Sequence[Run]) -> str:
+def lanes_line(runs: Sequence[RunFile], figures: Sequence[Run]) -> str:
     """How busy the lanes were at 64 streams, the served calls' time against a raw lane's, by whether 70% was met."""
     lvs = [level(r, 64) for r in runs]
-    calls = [lv["call_us_per_char"] / lv["raw_lane_us_per_char"] for lv in lvs]
-    met = [judged(r).get("70%", False) for r in runs]
-    hit = [c for c, m in zip(calls, met, strict=True) if m]
-    miss = [c for c, m in zip(calls, met, strict=True) if not m]
+    hit = [f.calls for f in figures if f.met.get("70%", False)]
+    miss = [f.calls for f in figures if not f.met.get("70%", False)]
     return (f"64 streams: lanes busy {span([lv['lanes_busy'] for lv in lvs], '{:.2f}')} of 2; the served calls "
             f"{span(hit, '{:.2f}', 'x') if hit else '-'} a raw lane's time where 70% was met, "
             f"{', '.join(f'{c:.2f}x' for c in miss) or '-'} where not; the other threads waited "
@@ -80,30 +71,28 @@ def lanes_line(runs: Sequence[Run]) -> str:
             f"streamed {span([pct(streaming(lv)) for lv in lvs], '{:.0f}', '%')} of the level")
 
 
-def first_char_line(runs: Sequence[Run]) -> str:
+def first_char_line(figures: Sequence[Run]) -> str:
     """The first character's floors, and what charlm added to them in the runs that met 2 ms and those that missed."""
-    probed = [r for r in runs if "ttfc16_floor" in r]
+    probed = [f for f in figures if not math.isnan(f.floor)]
     if not probed:
         return "TTFC: no probes"
-    floor = [r["ttfc16_floor"]["p50"] for r in probed]
-    prefill = [r["ttfc16_prefill"]["p50"] for r in probed]
-    timed = [r for r in probed if r.get("syscall_ns")]  # (runs before the fifty-seventh pass did not time it)
-    syscall = [r["syscall_ns"] for r in timed]
+    floor, prefill = [f.floor for f in probed], [f.prefill for f in probed]
+    timed = [f for f in probed if not math.isnan(f.syscall)]  # (runs before the fifty-seventh pass did not time it)
+    syscall = [f.syscall for f in timed]
     parts = []
     for name, want in (("met", True), ("missed", False)):
-        some = [r for r in probed if judged(r).get("TTFC", False) == want]
+        some = [f for f in probed if f.met.get("TTFC", False) == want]
         if some:
-            adds = [r["ttfc16"]["p50"] - r["ttfc16_floor"]["p50"] for r in some]
-            parts.append(f"{name} in {len(some)}: floors {span([r['ttfc16_floor']['p50'] for r in some], '{:.2f}')}"
-                         f", charlm adding {span(adds, '{:.2f}', ' ms')}")
+            parts.append(f"{name} in {len(some)}: floors {span([f.floor for f in some], '{:.2f}')}, charlm adding "
+                         f"{span([f.ttfc - f.floor for f in some], '{:.2f}', ' ms')}")
     return (f"TTFC: floors {span(floor, '{:.2f}', ' ms')} (median {statistics.median(floor):.2f}); the raw prefill "
             f"call {span(prefill, '{:.2f}', ' ms')}; the floor's correlation with it {correlation(floor, prefill)}, "
-            f"with the null system call {correlation([r['ttfc16_floor']['p50'] for r in timed], syscall)} "
+            f"with the null system call {correlation([f.floor for f in timed], syscall)} "
             f"({spread(syscall, '{:.0f}', ' ns') if syscall else '-'}); "
             + "; ".join(parts))
 
 
-def baselines_line(runs: Sequence[Run]) -> str:
+def baselines_line(runs: Sequence[RunFile]) -> str:
     """The no-batching baselines and the 2,000-character prompt against one raw prefill call."""
     def rate(engine: str) -> str:
         return span([next(b["chars_per_s"] for b in r["baselines"] if b["engine"].startswith(engine)) / 1e3
@@ -116,7 +105,7 @@ def baselines_line(runs: Sequence[Run]) -> str:
             f"prefill call's {span([r['prefill']['one_call_ms'] for r in runs], '{:.1f}', ' ms')}")
 
 
-def short_and_soak_lines(runs: Sequence[Run]) -> list[str]:
+def short_and_soak_lines(runs: Sequence[RunFile]) -> list[str]:
     """The short requests' rate and server CPU, and the soak's RSS."""
     short = [r for r in runs if r.get("short")]
     soak = [r["soak"] for r in runs if r.get("soak")]
@@ -139,20 +128,20 @@ def short_and_soak_lines(runs: Sequence[Run]) -> list[str]:
     return lines
 
 
-def machine_line(runs: Sequence[Run]) -> str:
+def machine_line(runs: Sequence[RunFile]) -> str:
     """The raw engine at 64 rows, and the load average at the runs' starts."""
     return (f"the raw engine at 64 rows {span([level(r, 64)['engine']['chars_per_s'] / 1e3 for r in runs], '{:.0f}k')}"
             f" chars/s; load average at start {span([r['load_avg'][0] for r in runs], '{:.1f}')}")
 
 
-def long_line(run: Run) -> str:
+def long_line(run: RunFile) -> str:
     """One run of 64 streams x 20,000 characters."""
     lv = level(run, 64)
     cores = per_wall(lv, "loop_cpu_s") + per_wall(lv, "client_cpu_s")
     return (f"long: {down(lv['ratio'] * 100, 0):.0f}% ({lv['served']['chars_per_s'] / 1e3:.1f}k chars/s; pairs "
             f"{span([pct(x) for x in lv['ratios']], '{:.0f}', '%')}), every stream streaming "
             f"{pct(streaming(lv)):.0f}%, the served calls "
-            f"{lv['call_us_per_char'] / lv['raw_lane_us_per_char']:.2f}x a raw lane's time, the loop and the load "
+            f"{read_run(run).calls:.2f}x a raw lane's time, the loop and the load "
             f"generator {cores:.2f} of the cores, the raw engine {lv['engine']['chars_per_s'] / 1e3:.0f}k; lanes: "
             f"{run.get('lanes') or '-'}")
 
@@ -179,11 +168,12 @@ def calls_lines(rounds: list[list[dict[str, Any]]]) -> list[str]:
             for k in (r["kind"] for r in rounds[0])]
 
 
-def details(runs: Sequence[Run], long: Sequence[Run] = (), timelines: Sequence[dict[str, Any]] = (),
+def details(runs: Sequence[RunFile], long: Sequence[RunFile] = (), timelines: Sequence[dict[str, Any]] = (),
             calls: Sequence[list[list[dict[str, Any]]]] = ()) -> list[str]:  # fmt: skip
     """Every line, in the order of table 1's notes."""
-    lines = [levels_line(runs), pairs_line(runs), lanes_line(runs), first_char_line(runs), baselines_line(runs),
-             *short_and_soak_lines(runs), machine_line(runs)]
+    figures = [read_run(r) for r in runs]  # what bench.serve_summary reads of each run
+    lines = [levels_line(runs), pairs_line(runs), lanes_line(runs, figures), first_char_line(figures),
+             baselines_line(runs), *short_and_soak_lines(runs), machine_line(runs)]
     lines += [timeline_line(t) for t in timelines] + [long_line(r) for r in long]
     return lines + [x for c in calls for x in calls_lines(c)]
 

@@ -53,11 +53,17 @@ class Run:
     fills: tuple[int, ...] = ()  # the lane fill a start kept, its first look's, then each later look's while idle
 
 
+def level(data: dict[str, Any], streams: int) -> dict[str, Any]:
+    """A ``bench.serve --json-out`` file's level of ``streams`` streams; ValueError where it has none."""
+    lv: dict[str, Any] | None = next((lv for lv in data.get("levels", []) if lv["streams"] == streams), None)
+    if lv is None:
+        raise ValueError(f"no level of {streams} streams")
+    return lv
+
+
 def read_run(data: dict[str, Any]) -> Run:
     """One ``bench.serve --json-out`` file's figures; ValueError where it has no level of 64 streams."""
-    lv = next((lv for lv in data.get("levels", []) if lv["streams"] == 64), None)
-    if lv is None:
-        raise ValueError("no level of 64 streams")
+    lv = level(data, 64)
     engine = lv["engine"]["chars_per_s"]
     run = Run(lv["ratio"], list(lv["ratios"]), lv["served"]["all_streaming_chars_per_s"] / engine, engine,
               lv["call_us_per_char"] / lv["raw_lane_us_per_char"], judged(data))
@@ -201,8 +207,7 @@ def summary(full: Sequence[Run], long: Sequence[Run], label: str, timeline: str 
 
 def table_row(data: dict[str, Any], when: str) -> str:
     """One full run as a row of docs/performance.md's table 1, a figure that misses its target in bold."""
-    lv64 = next(lv for lv in data["levels"] if lv["streams"] == 64)
-    one = next(lv for lv in data["levels"] if lv["streams"] == 1)
+    lv64, one = level(data, 64), level(data, 1)
     met = judged(data)
     wall, served, engine = lv64["served"]["wall_s"], lv64["served"]["chars_per_s"], lv64["engine"]["chars_per_s"]
     budget = inter_char_budget_us(data["step1"]["step_us"], data["message_us"])

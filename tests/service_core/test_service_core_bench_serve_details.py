@@ -14,7 +14,8 @@ from bench.serve_details import main
 def lv(streams: int, ratio: float, served: float, **more: Any) -> dict[str, Any]:
     """A level as bench.serve writes it: the parts the details read."""
     return {"streams": streams, "ratio": ratio, "ratios": [ratio - 0.1, ratio, ratio + 0.05],
-            "served": {"chars_per_s": served, "wall_s": 2.0, "all_streaming_s": 1.8},
+            "served": {"chars_per_s": served, "wall_s": 2.0, "all_streaming_s": 1.8,
+                       "all_streaming_chars_per_s": served},
             "engine": {"chars_per_s": served / ratio}, **more}  # fmt: skip
 
 
