@@ -15,14 +15,25 @@ which is rounded down as bench.serve judges it and bench.serve_summary prints it
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
 from bench.serve_report import down
-from bench.serve_summary import Run, correlation, level, pass_parser, read_run, span, spread
+from bench.serve_summary import (
+    CALLS,
+    RUN,
+    TIMELINE,
+    Run,
+    correlation,
+    level,
+    pass_parser,
+    read_files,
+    read_run,
+    span,
+    spread,
+)
 
 RunFile = dict[str, Any]  # one bench.serve --json-out file, as read; Run: what bench.serve_summary reads of it
 MIB = 1024  # the soak's RSS is in KiB
@@ -182,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     p = pass_parser("python -m bench.serve_details", __doc__)
     a = p.parse_args(argv)
-    try:
-        read = [[json.loads(f.read_text()) for f in files] for files in (a.runs, a.long, a.timeline, a.calls)]
-        lines = details(*read)
-    except (OSError, ValueError, KeyError, TypeError, IndexError, StopIteration, ZeroDivisionError) as e:
-        p.error(f"not the files of bench.serve --json-out, bench.timeline --json-out and bench.calls --json: {e!r}")
+    # each file is put through its own lines alone first, so that one that is not what it should be is named
+    runs = read_files(p, a.runs, RUN, lambda r: details([r]))
+    long = read_files(p, a.long, RUN, long_line)
+    timelines = read_files(p, a.timeline, TIMELINE, timeline_line)
+    calls = read_files(p, a.calls, CALLS, calls_lines)
+    lines = details(runs, long, timelines, calls)
     print("\n".join(lines))
     return 0
 

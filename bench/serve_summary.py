@@ -21,7 +21,7 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,11 @@ from typing import Any
 from bench.serve_report import batched_x, down, inter_char_budget_us, prompt_x
 from bench.server_proc import IDLE_MARK
 
+# what a file that is not the JSON a tool wrote raises as it is read (JSONDecodeError is a ValueError)
+NOT_READ = (OSError, ValueError, KeyError, TypeError, IndexError, StopIteration, ZeroDivisionError)
+# what each of a pass's files is, as an error names it
+RUN, TIMELINE, CALLS = ("a run of bench.serve --json-out", "the JSON of bench.timeline --json-out",
+                        "the JSON of bench.calls --json")
 COUNTS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 # the targets of bench/serve_report.py, by a part of their names
 TARGETS = {"64 streams: served": "70%", "1 stream: TTFC": "TTFC", "1 stream: inter-char": "inter-char",
@@ -242,28 +247,36 @@ def pass_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def read_files(p: argparse.ArgumentParser, files: Sequence[Path], what: str,
+               check: Callable[[Any], object]) -> list[Any]:
+    """Each file's JSON, put through ``check`` alone, so that one that is not ``what`` is refused by its name."""
+    read = []
+    for f in files:
+        try:
+            data = json.loads(f.read_text())
+            check(data)
+        except NOT_READ as e:
+            p.error(f"{f}: not {what}: {e!r}")
+        read.append(data)
+    return read
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     p = pass_parser("python -m bench.serve_summary", __doc__)
     p.add_argument("--label", default="this pass", help="the rows' first cell, e.g. 64th")
     p.add_argument("--table", action="store_true", help="also each full run as a row of performance.md's table 1")
     a = p.parse_args(argv)
-    runs: dict[Path, Run] = {}
-    rows: list[str] = []
-    for f in [*a.runs, *a.long]:
-        try:
-            data = json.loads(f.read_text())
-            runs[f] = read_run(data)
-            if a.table and f in a.runs:
-                rows.append(table_row(data, data["started_utc"][11:16] if "started_utc" in data else f.stem))
-        except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:  # (JSONDecodeError is a ValueError)
-            p.error(f"{f}: not a run of bench.serve --json-out: {e!r}")
-    try:
-        timeline = timeline_cell([json.loads(f.read_text()) for f in a.timeline])
-        calls = calls_cell([json.loads(f.read_text()) for f in a.calls])
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as e:
-        p.error(f"--timeline or --calls: not the JSON of bench.timeline --json-out or bench.calls --json: {e!r}")
-    print("\n".join([*rows, summary([runs[f] for f in a.runs], [runs[f] for f in a.long], a.label, timeline,
+
+    def when(data: dict[str, Any], f: Path) -> str:
+        return data["started_utc"][11:16] if "started_utc" in data else f.stem
+
+    full = read_files(p, a.runs, RUN, lambda d: (read_run(d), table_row(d, "") if a.table else ""))
+    long = read_files(p, a.long, RUN, read_run)
+    timeline = timeline_cell(read_files(p, a.timeline, TIMELINE, lambda t: timeline_cell([t])))
+    calls = calls_cell(read_files(p, a.calls, CALLS, lambda c: calls_cell([c])))
+    rows = [table_row(d, when(d, f)) for d, f in zip(full, a.runs, strict=True)] if a.table else []
+    print("\n".join([*rows, summary([read_run(d) for d in full], [read_run(d) for d in long], a.label, timeline,
                                      calls)]))  # fmt: skip
     return 0
 

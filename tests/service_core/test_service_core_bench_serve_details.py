@@ -96,7 +96,14 @@ def test_the_long_runs_timelines_and_calls(tmp_path: Path, capsys: pytest.Captur
                         "calls: charlm 860 µs of CPU a call (150 in the kernel), first messages p50 40.0 ms, p99 70.0"]
 
 
-def test_a_file_that_is_not_a_run_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("flag", ["", "--long", "--timeline", "--calls"])
+def test_a_file_that_is_not_what_its_flag_reads_is_refused_by_name(tmp_path: Path, flag: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    full = write(tmp_path, "r.json", run(0.75, calls=1.1, ttfc=1.5, floor=1.2, prefill=0.4, syscall=210,
+                                         soak_kib=[240 * 1024] * 4))  # fmt: skip
+    bad = write(tmp_path, "bad.json", {"levels": [{"streams": 8}]})  # a level, but not of 64 streams
     with pytest.raises(SystemExit) as e:
-        main([write(tmp_path, "a.json", {"levels": [{"streams": 8}]})])
-    assert e.value.code == 2 and "not the files of bench.serve --json-out" in capsys.readouterr().err
+        main([bad] if not flag else [full, flag, bad])
+    what = {"": "a run of bench.serve", "--long": "a run of bench.serve", "--timeline": "the JSON of bench.timeline",
+            "--calls": "the JSON of bench.calls"}[flag]  # fmt: skip
+    assert e.value.code == 2 and f"{bad}: not {what}" in capsys.readouterr().err
