@@ -1,6 +1,7 @@
 """The figures under docs/performance.md's table 1, from the same files as bench.serve_summary: each level's spread,
-where the 64-stream level's time went, the first character's floors, the baselines, the short requests, the soak,
-and with ``--long``, ``--timeline`` and ``--calls`` what those runs measured.
+where the 64-stream level's time went and the runs under 70%, the first character's floors and what charlm added to
+them, the baselines, the short requests, the soak, and with ``--long``, ``--timeline`` and ``--calls`` what those
+runs measured.
 
 A line for each of the table's notes, in their order, so that no figure of them comes from a scratch script:
 
@@ -20,7 +21,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from bench.serve_report import down
+from bench.serve_report import down, prompt_x
 from bench.serve_summary import (
     CALLS,
     RUN,
@@ -33,6 +34,7 @@ from bench.serve_summary import (
     read_run,
     span,
     spread,
+    started,
 )
 
 RunFile = dict[str, Any]  # one bench.serve --json-out file, as read; Run: what bench.serve_summary reads of it
@@ -79,7 +81,23 @@ def lanes_line(runs: Sequence[RunFile], figures: Sequence[Run]) -> str:
             f"{span(hit, '{:.2f}', 'x') if hit else '-'} a raw lane's time where 70% was met, "
             f"{', '.join(f'{c:.2f}x' for c in miss) or '-'} where not; the other threads waited "
             f"{span([per_wall(lv, 'other_wait_s') for lv in lvs], '{:.2f}')} s a second for a core; every stream "
-            f"streamed {span([pct(streaming(lv)) for lv in lvs], '{:.0f}', '%')} of the level")
+            f"streamed {span([pct(streaming(lv)) for lv in lvs], '{:.0f}', '%')} of the level; the loop and the load "
+            f"generator {span([per_wall(lv, 'loop_cpu_s') + per_wall(lv, 'client_cpu_s') for lv in lvs], '{:.2f}')} "
+            "of the cores")
+
+
+def under_line(runs: Sequence[RunFile], figures: Sequence[Run]) -> str:
+    """The 64-stream levels under 70%, with what else each showed, and those that read 70% by less than a point."""
+    under, edge = [], []
+    for r, f in zip(runs, figures, strict=True):
+        lv = level(r, 64)
+        if not f.met.get("70%", False):
+            under.append(f"{started(r)} {down(f.ratio * 100, 0):.0f}% (every stream streaming "
+                         f"{pct(streaming(lv)):.0f}%, {per_wall(lv, 'host_stolen_s'):.2f} of the cores stolen, the raw "
+                         f"engine {f.engine / 1e3:.1f}k chars/s)")
+        elif f.ratio < 0.71:
+            edge.append(f"{started(r)} {f.ratio:.2%}")
+    return f"under 70%: {'; '.join(under) or 'none'}; read 70%: {', '.join(edge) or 'none'}"
 
 
 def first_char_line(figures: Sequence[Run]) -> str:
@@ -103,17 +121,36 @@ def first_char_line(figures: Sequence[Run]) -> str:
             + "; ".join(parts))
 
 
+def adds_line(runs: Sequence[RunFile], figures: Sequence[Run]) -> str:
+    """Where charlm added most and least to TTFC's floor, and how much longer the server's own prefill took there."""
+    adds = sorted(((f.ttfc - f.floor, r) for r, f in zip(runs, figures, strict=True)
+                   if not math.isnan(f.floor) and "ttfc16_engine" in r), key=lambda x: x[0])  # fmt: skip
+    if not adds:
+        return "TTFC, what charlm added: no probes that timed the server's own prefill"
+
+    def one(add: float, r: RunFile) -> str:
+        own, raw = r["ttfc16_engine"]["p50"], r["ttfc16_prefill"]["p50"]
+        return (f"{add:.2f} ms ({started(r)}: the server's own prefill {own:.2f} against the raw call's {raw:.2f} ms, "
+                f"{own - raw:+.2f})")
+
+    return f"TTFC, what charlm added: most {' and '.join(one(*x) for x in adds[:-3:-1])}; least {one(*adds[0])}"
+
+
 def baselines_line(runs: Sequence[RunFile]) -> str:
     """The no-batching baselines and the 2,000-character prompt against one raw prefill call."""
     def rate(engine: str) -> str:
         return span([next(b["chars_per_s"] for b in r["baselines"] if b["engine"].startswith(engine)) / 1e3
                      for r in runs], "{:.1f}k")  # fmt: skip
 
+    top = max(runs, key=lambda r: prompt_x(r["long_ttfc"]["p50"], r["prefill"]["one_call_ms"]))
+    first, raw = top["long_ttfc"]["p50"], top["prefill"]["one_call_ms"]
     return (f"baselines: the onnxruntime loop {rate('onnxruntime')} chars/s (a raw step of one row "
             f"{span([r['step1']['step_us'] for r in runs], '{:.0f}', ' µs')}), pytorch-eager {rate('pytorch')}, "
             f"charlm --max-batch 1 {rate('charlm')}; the 2,000-character prompt "
             f"{span([r['long_ttfc_engine']['p50'] for r in runs], '{:.1f}', ' ms')} in the engine against one raw "
-            f"prefill call's {span([r['prefill']['one_call_ms'] for r in runs], '{:.1f}', ' ms')}")
+            f"prefill call's {span([r['prefill']['one_call_ms'] for r in runs], '{:.1f}', ' ms')}; the highest, "
+            f"{prompt_x(first, raw):.2f}x ({started(top)}): its first character at {first:.1f} ms, "
+            f"{top['long_ttfc_engine']['p50']:.1f} in the engine, beside a raw call of {raw:.1f}")
 
 
 def short_and_soak_lines(runs: Sequence[RunFile]) -> list[str]:
@@ -183,8 +220,9 @@ def details(runs: Sequence[RunFile], long: Sequence[RunFile] = (), timelines: Se
             calls: Sequence[list[list[dict[str, Any]]]] = ()) -> list[str]:  # fmt: skip
     """Every line, in the order of table 1's notes."""
     figures = [read_run(r) for r in runs]  # what bench.serve_summary reads of each run
-    lines = [levels_line(runs), pairs_line(runs), lanes_line(runs, figures), first_char_line(figures),
-             baselines_line(runs), *short_and_soak_lines(runs), machine_line(runs)]
+    lines = [levels_line(runs), pairs_line(runs), lanes_line(runs, figures), under_line(runs, figures),
+             first_char_line(figures), adds_line(runs, figures), baselines_line(runs), *short_and_soak_lines(runs),
+             machine_line(runs)]
     lines += [timeline_line(t) for t in timelines] + [long_line(r) for r in long]
     return lines + [x for c in calls for x in calls_lines(c)]
 

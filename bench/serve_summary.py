@@ -66,6 +66,11 @@ def level(data: dict[str, Any], streams: int) -> dict[str, Any]:
     return lv
 
 
+def started(data: dict[str, Any], name: str = "?") -> str:
+    """A run's start, HH:MM of its ``started_utc`` (bench.serve writes it since the sixty-fourth pass), or ``name``."""
+    return str(data["started_utc"][11:16]) if "started_utc" in data else name
+
+
 def read_run(data: dict[str, Any]) -> Run:
     """One ``bench.serve --json-out`` file's figures; ValueError where it has no level of 64 streams."""
     lv = level(data, 64)
@@ -267,15 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label", default="this pass", help="the rows' first cell, e.g. 64th")
     p.add_argument("--table", action="store_true", help="also each full run as a row of performance.md's table 1")
     a = p.parse_args(argv)
-
-    def when(data: dict[str, Any], f: Path) -> str:
-        return data["started_utc"][11:16] if "started_utc" in data else f.stem
-
     full = read_files(p, a.runs, RUN, lambda d: (read_run(d), table_row(d, "") if a.table else ""))
     long = read_files(p, a.long, RUN, read_run)
     timeline = timeline_cell(read_files(p, a.timeline, TIMELINE, lambda t: timeline_cell([t])))
     calls = calls_cell(read_files(p, a.calls, CALLS, lambda c: calls_cell([c])))
-    rows = [table_row(d, when(d, f)) for d, f in zip(full, a.runs, strict=True)] if a.table else []
+    rows = [table_row(d, started(d, f.stem)) for d, f in zip(full, a.runs, strict=True)] if a.table else []
     print("\n".join([*rows, summary([read_run(d) for d in full], [read_run(d) for d in long], a.label, timeline,
                                      calls)]))  # fmt: skip
     return 0
