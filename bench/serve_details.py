@@ -51,6 +51,11 @@ def per_wall(lv: dict[str, Any], key: str) -> float:
     return float(lv[key]) / lv["served"]["wall_s"]
 
 
+def side_cores(lv: dict[str, Any]) -> float:
+    """The cores a level's event loop and load generator held beside the lanes."""
+    return per_wall(lv, "loop_cpu_s") + per_wall(lv, "client_cpu_s")
+
+
 def streaming(lv: dict[str, Any]) -> float:
     """The share of a level's load in which every stream streamed."""
     return float(lv["served"]["all_streaming_s"]) / lv["served"]["wall_s"]
@@ -82,7 +87,7 @@ def lanes_line(runs: Sequence[RunFile], figures: Sequence[Run]) -> str:
             f"{', '.join(f'{c:.2f}x' for c in miss) or '-'} where not; the other threads waited "
             f"{span([per_wall(lv, 'other_wait_s') for lv in lvs], '{:.2f}')} s a second for a core; every stream "
             f"streamed {span([pct(streaming(lv)) for lv in lvs], '{:.0f}', '%')} of the level; the loop and the load "
-            f"generator {span([per_wall(lv, 'loop_cpu_s') + per_wall(lv, 'client_cpu_s') for lv in lvs], '{:.2f}')} "
+            f"generator {span([side_cores(lv) for lv in lvs], '{:.2f}')} "
             "of the cores")
 
 
@@ -123,15 +128,15 @@ def first_char_line(figures: Sequence[Run]) -> str:
 
 def adds_line(runs: Sequence[RunFile], figures: Sequence[Run]) -> str:
     """Where charlm added most and least to TTFC's floor, and how much longer the server's own prefill took there."""
-    adds = sorted(((f.ttfc - f.floor, r) for r, f in zip(runs, figures, strict=True)
-                   if not math.isnan(f.floor) and "ttfc16_engine" in r), key=lambda x: x[0])  # fmt: skip
+    adds = sorted(((f, r) for r, f in zip(runs, figures, strict=True) if not math.isnan(f.floor)
+                   and "ttfc16_engine" in r), key=lambda x: x[0].ttfc - x[0].floor)  # fmt: skip
     if not adds:
         return "TTFC, what charlm added: no probes that timed the server's own prefill"
 
-    def one(add: float, r: RunFile) -> str:
-        own, raw = r["ttfc16_engine"]["p50"], r["ttfc16_prefill"]["p50"]
-        return (f"{add:.2f} ms ({started(r)}: the server's own prefill {own:.2f} against the raw call's {raw:.2f} ms, "
-                f"{own - raw:+.2f})")
+    def one(f: Run, r: RunFile) -> str:
+        own = r["ttfc16_engine"]["p50"]
+        return (f"{f.ttfc - f.floor:.2f} ms ({started(r)}: the server's own prefill {own:.2f} against the raw call's "
+                f"{f.prefill:.2f} ms, {own - f.prefill:+.2f})")
 
     return f"TTFC, what charlm added: most {' and '.join(one(*x) for x in adds[:-3:-1])}; least {one(*adds[0])}"
 
@@ -185,13 +190,11 @@ def machine_line(runs: Sequence[RunFile]) -> str:
 def long_line(run: RunFile) -> str:
     """One run of 64 streams x 20,000 characters."""
     lv = level(run, 64)
-    cores = per_wall(lv, "loop_cpu_s") + per_wall(lv, "client_cpu_s")
     return (f"long: {down(lv['ratio'] * 100, 0):.0f}% ({lv['served']['chars_per_s'] / 1e3:.1f}k chars/s; pairs "
             f"{span([pct(x) for x in lv['ratios']], '{:.0f}', '%')}), every stream streaming "
-            f"{pct(streaming(lv)):.0f}%, the served calls "
-            f"{read_run(run).calls:.2f}x a raw lane's time, the loop and the load "
-            f"generator {cores:.2f} of the cores, the raw engine {lv['engine']['chars_per_s'] / 1e3:.0f}k; lanes: "
-            f"{run.get('lanes') or '-'}")
+            f"{pct(streaming(lv)):.0f}%, the served calls {read_run(run).calls:.2f}x a raw lane's time, the loop "
+            f"and the load generator {side_cores(lv):.2f} of the cores, the raw engine "
+            f"{lv['engine']['chars_per_s'] / 1e3:.0f}k; lanes: {run.get('lanes') or '-'}")
 
 
 def timeline_line(data: dict[str, Any]) -> str:

@@ -89,7 +89,6 @@ def test_a_file_that_is_not_a_run_is_refused_by_name(tmp_path: Path, capsys: pyt
     assert e.value.code == 2 and f"{bad}: not a run of bench.serve --json-out" in capsys.readouterr().err
 
 
-
 @pytest.mark.parametrize("flag", ["--timeline", "--calls"])
 def test_a_timeline_or_calls_file_that_is_not_one_is_refused_by_name(tmp_path: Path, flag: str,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -97,6 +96,7 @@ def test_a_timeline_or_calls_file_that_is_not_one_is_refused_by_name(tmp_path: P
     with pytest.raises(SystemExit) as e:
         main([str(good), flag, str(bad)])
     assert e.value.code == 2 and f"{bad}: not the JSON of bench.{flag[2:]}" in capsys.readouterr().err
+
 
 def test_table_rows_bold_what_missed_its_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = run_json(0.64, then=0.67, engine=137.8e3, calls=1.37, ttfc=2.42, floor=1.78)
